@@ -1,0 +1,43 @@
+# fleetcert: build, test and demo targets. `make test` is what CI runs.
+GO       ?= go
+BIN      ?= bin/fleetcert
+PKGS_UNIT = $(shell $(GO) list ./... | grep -v '/e2e$$')
+export TESTCONTAINERS_RYUK_DISABLED = true
+
+.PHONY: build test unit lint e2e e2e-image demo demo-up demo-down bench clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) .
+
+# Everything CI checks: static checks, unit tests, then the e2e suite
+# against the container fleet.
+test: lint unit e2e
+
+unit:
+	$(GO) test -count=1 $(PKGS_UNIT)
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+e2e-image:
+	$(GO) run ./e2e/image
+
+e2e: e2e-image
+	$(GO) test -count=1 -timeout 30m ./e2e/
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS_UNIT)
+
+demo: e2e-image
+	$(GO) run ./e2e/demo
+
+demo-up: e2e-image
+	$(GO) run ./e2e/demo up
+
+demo-down:
+	$(GO) run ./e2e/demo down
+
+clean:
+	rm -rf bin

@@ -1,0 +1,44 @@
+package cmd
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const defaultTimeout = 2 * time.Minute
+
+// duration is a flag value taking Go durations plus whole or fractional
+// days ("120d", "1.5d"), since certificate lifetimes are spoken of in days.
+type duration time.Duration
+
+func (d *duration) String() string { return time.Duration(*d).String() }
+func (d *duration) Type() string   { return "duration" }
+
+func (d *duration) Set(s string) error {
+	v, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+
+// parseDuration accepts Go duration syntax and a plain number of days with
+// a "d" suffix.
+func parseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseFloat(days, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("invalid duration %q: want e.g. 120d, 36h or 90s", s)
+		}
+		return time.Duration(n * float64(24*time.Hour)), nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("invalid duration %q: want e.g. 120d, 36h or 90s", s)
+	}
+	return v, nil
+}
