@@ -47,8 +47,15 @@ func ParseToken(s string) (Token, error) {
 	var t Token
 	rest := s
 	if !strings.HasPrefix(s, tokenPrefix) {
+		// k3s reads a short token as K10:::<token>: all of it is the
+		// password, unless it is a bootstrap token.
 		t.raw = s
-		return t, t.parseCreds(s)
+		if bootstrapTokenRE.MatchString(s) {
+			t.BootstrapID, t.BootstrapSecret, _ = strings.Cut(s, ".")
+		} else {
+			t.Password = s
+		}
+		return t, nil
 	}
 	rest = s[len(tokenPrefix):]
 	hash, creds, ok := strings.Cut(rest, "::")
@@ -69,11 +76,7 @@ func (t *Token) parseCreds(creds string) error {
 		return nil
 	}
 	user, pw, ok := strings.Cut(creds, ":")
-	if !ok {
-		// A short token is the password alone.
-		user, pw = "", creds
-	}
-	if pw == "" {
+	if !ok || pw == "" {
 		return errors.New("invalid token format")
 	}
 	t.Username, t.Password = user, pw
