@@ -98,9 +98,11 @@ func (t Token) String() string {
 }
 
 // WithCAHash returns the token pinning hash instead, the credentials kept
-// byte for byte. A short token gains the secure form.
+// byte for byte. A short token pins nothing and is returned unchanged.
 func (t Token) WithCAHash(hash string) Token {
-	t.CAHash = hash
+	if t.Secure() {
+		t.CAHash = hash
+	}
 	return t
 }
 
