@@ -33,23 +33,29 @@ type Token struct {
 	BootstrapID     string
 	BootstrapSecret string
 
-	// raw is the credential part exactly as written, kept byte for byte
-	// when the hash is replaced.
+	// raw is, for a secure token, the credential part exactly as written,
+	// kept byte for byte when the hash is replaced; for a token that pins no
+	// hash, the whole token as written.
 	raw string
 }
 
 // ParseToken parses a token as k3s does (pkg/clientaccess parseToken),
-// with k3s's error texts.
+// with k3s's error texts:
+//   - a token without the K10 prefix is a short token: k3s reads it as
+//     K10:::<token> (or K10::<token> for a bootstrap token), so all of it is
+//     the password and nothing is pinned;
+//   - after K10, the part before the first "::" is the CA hash; a non-empty
+//     hash that is not 64 characters long is "invalid token CA hash length".
+//     Without "::" k3s takes everything after K10 as the credentials;
+//   - the credentials are a bootstrap token <id>.<secret>, or user:password
+//     split on the first ":"; no ":" or an empty password is
+//     "invalid token format".
 func ParseToken(s string) (Token, error) {
 	if s == "" {
 		return Token{}, errors.New("token must not be empty")
 	}
-	var t Token
-	rest := s
+	t := Token{raw: s}
 	if !strings.HasPrefix(s, tokenPrefix) {
-		// k3s reads a short token as K10:::<token>: all of it is the
-		// password, unless it is a bootstrap token.
-		t.raw = s
 		if bootstrapTokenRE.MatchString(s) {
 			t.BootstrapID, t.BootstrapSecret, _ = strings.Cut(s, ".")
 		} else {
@@ -57,17 +63,20 @@ func ParseToken(s string) (Token, error) {
 		}
 		return t, nil
 	}
-	rest = s[len(tokenPrefix):]
-	hash, creds, ok := strings.Cut(rest, "::")
+	hash, creds, ok := strings.Cut(s[len(tokenPrefix):], "::")
 	if !ok {
-		return Token{}, errors.New("invalid token format")
+		hash, creds = "", s[len(tokenPrefix):]
 	}
 	if hash != "" && len(hash) != caHashLen {
 		return Token{}, errors.New("invalid token CA hash length")
 	}
-	t.CAHash = hash
-	t.raw = creds
-	return t, t.parseCreds(creds)
+	if err := t.parseCreds(creds); err != nil {
+		return Token{}, err
+	}
+	if hash != "" {
+		t.CAHash, t.raw = hash, creds
+	}
+	return t, nil
 }
 
 func (t *Token) parseCreds(creds string) error {
@@ -89,7 +98,8 @@ func (t Token) Secure() bool { return t.CAHash != "" }
 // Bootstrap reports whether the credentials are a bootstrap token.
 func (t Token) Bootstrap() bool { return t.BootstrapID != "" }
 
-// String formats the token as k3s writes it; a short token stays short.
+// String formats the token as k3s writes it; a token that pins no hash is
+// returned exactly as it was written.
 func (t Token) String() string {
 	if t.CAHash == "" {
 		return t.raw
