@@ -1,0 +1,105 @@
+package k3s
+
+import (
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+// The commands fleetcert runs on nodes, in one place. Every value is quoted.
+
+// k3sBin is invoked by name: install.sh puts it in /usr/local/bin, which
+// the scripts put first on PATH.
+const k3sBin = "k3s"
+
+// RotateCACmd loads staged CA material (stageDir/tls/...) into the cluster
+// datastore. -d is always passed: rotate-ca reads its credentials from
+// <data-dir>/server/token, not from config.yaml.
+func (l Layout) RotateCACmd(stageDir string, force bool) string {
+	cmd := remote.Quotef(k3sBin+" certificate rotate-ca -d %s --path=%s", l.dataDir(), stageDir)
+	if force {
+		cmd += " --force"
+	}
+	return cmd
+}
+
+// RotateCAOK is what rotate-ca prints when the datastore took the material.
+const RotateCAOK = "certificates saved to datastore"
+
+// EtcdSnapshotCmd takes an on-demand snapshot of embedded etcd.
+func (l Layout) EtcdSnapshotCmd(name string) string {
+	return remote.Quotef(k3sBin+" etcd-snapshot save -d %s --name %s", l.dataDir(), name)
+}
+
+// RestartCmd restarts the unit without waiting: a Type=notify k3s unit
+// with TimeoutStartSec=0 can block `systemctl restart` forever (e.g. while
+// etcd waits for quorum), so readiness is polled with our own deadline.
+func (l Layout) RestartCmd() string {
+	return remote.Quotef("systemctl --no-block restart %s", l.UnitName()+".service")
+}
+
+// StopCmd and StartCmd are for `certificate rotate`, which needs k3s down.
+func (l Layout) StopCmd() string {
+	return remote.Quotef("systemctl stop %s", l.UnitName()+".service")
+}
+
+func (l Layout) StartCmd() string {
+	return remote.Quotef("systemctl --no-block start %s", l.UnitName()+".service")
+}
+
+// DaemonReloadCmd makes systemd reread edited unit files.
+const DaemonReloadCmd = "systemctl daemon-reload"
+
+// UnitActiveCmd prints the unit's state (active, activating, failed, ...).
+func (l Layout) UnitActiveCmd() string {
+	return remote.Quotef("systemctl is-active %s || true", l.UnitName()+".service")
+}
+
+// ReadyzCmd asks the local apiserver for /readyz with the admin kubeconfig
+// k3s writes at every start.
+const ReadyzCmd = k3sBin + " kubectl get --raw=/readyz"
+
+// NodesCmd lists the cluster's nodes as JSON.
+const NodesCmd = k3sBin + " kubectl get nodes -o json"
+
+// JournalSinceCmd prints the unit's log since t (node clock).
+func (l Layout) JournalSinceCmd(t time.Time) string {
+	return remote.Quotef("journalctl -q --no-pager -o cat -u %s --since %s",
+		l.UnitName()+".service", "@"+fmt.Sprint(t.Unix()))
+}
+
+// TokenMismatchLog is what an agent logs, retrying forever, when its token
+// pins another CA than the server serves.
+const TokenMismatchLog = "token CA hash does not match"
+
+// CertificateRotateCmd renews leaf certificates (k3s must be stopped).
+func (l Layout) CertificateRotateCmd(services []string) string {
+	cmd := remote.Quotef(k3sBin+" certificate rotate -d %s", l.dataDir())
+	if len(services) > 0 {
+		cmd += " --service " + remote.Quote(strings.Join(services, ","))
+	}
+	return cmd
+}
+
+// StageDir is where a run stages new CA material on the primary: inside
+// fleetcert's own 0700 directory, never in the live server/tls.
+func (l Layout) StageDir(runID string) string {
+	return path.Join(l.FleetcertDir(), "stage-"+runID)
+}
+
+// BackupDir is where a run keeps copies of the files it changes on a node.
+func (l Layout) BackupDir(runID string) string {
+	return path.Join(l.nodeStateDir(), "backup-"+runID)
+}
+
+// nodeStateDir is fleetcert's directory on any node: the server one on
+// servers, a sibling under agent/ on agents, which have no server dir.
+func (l Layout) nodeStateDir() string {
+	if l.Role == RoleAgent {
+		return path.Join(l.AgentDir(), "fleetcert")
+	}
+	return l.FleetcertDir()
+}

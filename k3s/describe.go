@@ -1,0 +1,118 @@
+package k3s
+
+import (
+	"strings"
+	"time"
+
+	"github.com/fleetcert/fleetcert/pki"
+)
+
+// NodeFacts is what fleetcert knows about a node from its snapshot: what
+// `fleetcert facts` shows and what preflight checks decide on.
+type NodeFacts struct {
+	Hostname  string `json:"hostname"`
+	OS        string `json:"os"`
+	Init      string `json:"init"`
+	Installed bool   `json:"installed"`
+	Version   string `json:"version,omitempty"`
+	// Role is what the node is as found on it: server when it has a server
+	// data dir, agent when it has only an agent one, empty when neither.
+	Role         Role   `json:"role,omitempty"`
+	Unit         string `json:"unit"`
+	UnitState    string `json:"unitState"`
+	DataDir      string `json:"dataDir"`
+	EmbeddedEtcd bool   `json:"embeddedEtcd"`
+	// Tokens lists every place the node defines a join token.
+	Tokens []TokenSource `json:"-"`
+	// CAHash is hashCA of the CA bundle the node holds: the server's own
+	// server-ca.crt, or an agent's downloaded copy.
+	CAHash string `json:"caHash,omitempty"`
+	// ServerTokenHash is the hash in server/token, which k3s rewrites at
+	// every server start: proof of what the running server pinned.
+	ServerTokenHash string    `json:"serverTokenHash,omitempty"`
+	CAExpiry        time.Time `json:"caExpiry,omitzero"`
+	LeafExpiry      time.Time `json:"leafExpiry,omitzero"`
+	Certs           []Cert    `json:"-"`
+	Unreadable      []string  `json:"unreadableFiles,omitempty"`
+}
+
+// Describe derives a node's facts from its snapshot and the contents of
+// the token files its configuration points to (read in a second round trip
+// when there are any).
+func Describe(l Layout, s *Snapshot, tokenFiles map[string]File) NodeFacts {
+	f := NodeFacts{
+		Hostname: s.Hostname, OS: s.OS, Init: s.Init,
+		Installed: s.VersionText != "",
+		Version:   versionWord(s.VersionText),
+		Unit:      l.UnitName(), UnitState: s.UnitStates[l.UnitName()],
+		DataDir:      l.dataDir(),
+		EmbeddedEtcd: s.Dirs[l.EtcdDBDir()],
+	}
+	switch {
+	case s.Dirs[l.ServerDir()]:
+		f.Role = RoleServer
+	case s.Dirs[l.AgentDir()]:
+		f.Role = RoleAgent
+	}
+	held := l
+	if f.Role != "" {
+		held.Role = f.Role
+	}
+	if ca, ok := s.Files[held.HeldCA()]; ok {
+		f.CAHash = pki.HashCA(ca.Data)
+	}
+	if tok, ok := s.Files[l.ServerToken()]; ok {
+		if t, err := pki.ParseToken(strings.TrimSpace(string(tok.Data))); err == nil {
+			f.ServerTokenHash = t.CAHash
+		}
+	}
+	f.Tokens, _ = FindTokenSources(l, contents(s.Files, tokenFiles))
+	f.Certs, f.Unreadable = s.Certs()
+	for _, c := range f.Certs {
+		if c.Bundle {
+			f.CAExpiry = earliest(f.CAExpiry, c.NotAfter)
+		} else {
+			f.LeafExpiry = earliest(f.LeafExpiry, c.NotAfter)
+		}
+	}
+	return f
+}
+
+// TokenFilesToRead lists the files the node's token configuration points
+// to (token-file targets, extra EnvironmentFile= files) that neither the
+// snapshot nor read hold yet: what another round trip must read.
+func TokenFilesToRead(l Layout, s *Snapshot, read map[string]File) []string {
+	_, pending := FindTokenSources(l, contents(s.Files, read))
+	return pending
+}
+
+// contents maps paths to file data; a file recorded as absent (nil data)
+// stays in the map as nil, which tells the token finder it was looked for.
+func contents(sets ...map[string]File) map[string][]byte {
+	out := map[string][]byte{}
+	for _, set := range sets {
+		for p, f := range set {
+			out[p] = f.Data
+		}
+	}
+	return out
+}
+
+// versionWord picks v1.2.3+k3s1 out of `k3s --version` output
+// ("k3s version v1.31.1+k3s1 (abc123)").
+func versionWord(text string) string {
+	first, _, _ := strings.Cut(text, "\n")
+	for _, w := range strings.Fields(first) {
+		if strings.HasPrefix(w, "v") {
+			return w
+		}
+	}
+	return ""
+}
+
+func earliest(cur, t time.Time) time.Time {
+	if cur.IsZero() || t.Before(cur) {
+		return t
+	}
+	return cur
+}

@@ -1,0 +1,104 @@
+// Package k3s knows what a k3s node is: where its files live, what its units
+// are called, which versions can do what, where its join token is defined and
+// how to rewrite it without disturbing anything else. Paths and commands come
+// from here only, so that RKE2 (same commands, other names) can follow.
+package k3s
+
+import (
+	"path"
+)
+
+// Role is what a node is in its cluster.
+type Role string
+
+const (
+	RoleServer Role = "server"
+	RoleAgent  Role = "agent"
+)
+
+// Defaults install.sh and k3s use.
+const (
+	DefaultDataDir    = "/var/lib/rancher/k3s"
+	DefaultConfigFile = "/etc/rancher/k3s/config.yaml"
+	DefaultSystemdDir = "/etc/systemd/system"
+	DefaultServerUnit = "k3s"
+	DefaultAgentUnit  = "k3s-agent"
+	// KubeconfigFile is rewritten by every server start.
+	KubeconfigFile = "/etc/rancher/k3s/k3s.yaml"
+)
+
+// Layout is where one node keeps its k3s files. Zero fields take the
+// defaults above, so Layout{} describes a stock install.sh server.
+type Layout struct {
+	Role       Role
+	DataDir    string
+	ConfigFile string
+	SystemdDir string
+	Unit       string // unit name without .service
+}
+
+func (l Layout) dataDir() string    { return or(l.DataDir, DefaultDataDir) }
+func (l Layout) systemdDir() string { return or(l.SystemdDir, DefaultSystemdDir) }
+
+// UnitName is the systemd unit without the .service suffix.
+func (l Layout) UnitName() string {
+	if l.Unit != "" {
+		return l.Unit
+	}
+	if l.Role == RoleAgent {
+		return DefaultAgentUnit
+	}
+	return DefaultServerUnit
+}
+
+// Config is the k3s config file; ConfigDropInDir holds its drop-ins
+// (config.yaml.d/*.yaml|*.yml, read in name order after the main file).
+func (l Layout) Config() string          { return or(l.ConfigFile, DefaultConfigFile) }
+func (l Layout) ConfigDropInDir() string { return l.Config() + ".d" }
+
+// UnitFile is the unit install.sh writes; EnvFile the environment file it
+// loads last (so it wins over /etc/default and /etc/sysconfig).
+func (l Layout) UnitFile() string { return path.Join(l.systemdDir(), l.UnitName()+".service") }
+func (l Layout) EnvFile() string  { return l.UnitFile() + ".env" }
+
+// UnitDropInDir holds systemd drop-ins (*.conf) for the unit.
+func (l Layout) UnitDropInDir() string { return l.UnitFile() + ".d" }
+
+// DistroEnvFiles are the EnvironmentFile=-/etc/default/%N and
+// -/etc/sysconfig/%N lines of install.sh's unit, in load order.
+func (l Layout) DistroEnvFiles() []string {
+	return []string{path.Join("/etc/default", l.UnitName()), path.Join("/etc/sysconfig", l.UnitName())}
+}
+
+// Server side of the data dir.
+func (l Layout) ServerDir() string      { return path.Join(l.dataDir(), "server") }
+func (l Layout) ServerTLSDir() string   { return path.Join(l.ServerDir(), "tls") }
+func (l Layout) ServerToken() string    { return path.Join(l.ServerDir(), "token") }
+func (l Layout) AgentTokenFile() string { return path.Join(l.ServerDir(), "agent-token") }
+func (l Layout) ServerCA() string       { return path.Join(l.ServerTLSDir(), "server-ca.crt") }
+func (l Layout) EtcdDBDir() string      { return path.Join(l.ServerDir(), "db", "etcd") }
+
+// Agent side of the data dir; servers have one too.
+func (l Layout) AgentDir() string      { return path.Join(l.dataDir(), "agent") }
+func (l Layout) AgentServerCA() string { return path.Join(l.AgentDir(), "server-ca.crt") }
+func (l Layout) AgentClientCA() string { return path.Join(l.AgentDir(), "client-ca.crt") }
+
+// FleetcertDir is where fleetcert keeps its lock, run state and backups on
+// a server: inside the data dir, so it follows the cluster's own files.
+func (l Layout) FleetcertDir() string { return path.Join(l.ServerDir(), "fleetcert") }
+
+// HeldCA is the CA bundle whose hashCA a node's token must carry: the
+// server's own bundle on servers, the downloaded copy on agents.
+func (l Layout) HeldCA() string {
+	if l.Role == RoleAgent {
+		return l.AgentServerCA()
+	}
+	return l.ServerCA()
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

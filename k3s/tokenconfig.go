@@ -1,0 +1,259 @@
+package k3s
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/fleetcert/fleetcert/pki"
+	"go.yaml.in/yaml/v3"
+)
+
+// configKeyRE matches a top-level token key of config.yaml at the start of
+// a line, with k3s's optional "+" (append) suffix.
+var configKeyRE = regexp.MustCompile(`^(token|token-file|agent-token|agent-token-file)(\+?)[ \t]*:(?:[ \t]|$)`)
+
+// errConfigForm is the reason fleetcert refuses a config value it cannot
+// locate byte for byte.
+var errConfigForm = errors.New("written in a YAML form fleetcert does not edit (multi-line, block, flow, anchor, alias or tag)")
+
+// parseConfig finds token, token-file, agent-token and agent-token-file
+// (and their key+ forms) at the top level of a k3s config file. Values may
+// be plain, '…' or "…" scalars on the key's line, followed by a comment.
+// The findings are checked against what a YAML parser reads from the same
+// file; anything that does not agree is an error, never a guess.
+func parseConfig(file string, kind SourceKind, content []byte) []TokenSource {
+	var out []TokenSource
+	lines := splitLines(content)
+	sawContent := false
+	for n, ln := range lines {
+		text := string(content[ln.start:ln.end])
+		if text == "---" || strings.HasPrefix(text, "--- ") || text == "..." {
+			if sawContent {
+				out = append(out, problem(file, kind, n+1, "a second YAML document: k3s reads only the first"))
+				break
+			}
+			continue
+		}
+		if t := strings.TrimSpace(text); t != "" && t[0] != '#' {
+			sawContent = true
+		}
+		m := configKeyRE.FindStringSubmatchIndex(text)
+		if m == nil {
+			continue
+		}
+		key := text[m[2]:m[5]]
+		setting := text[m[2]:m[3]]
+		colon := strings.IndexByte(text[m[3]:], ':') + m[3]
+		pos := colon + 1
+		for pos < len(text) && (text[pos] == ' ' || text[pos] == '\t') {
+			pos++
+		}
+		v, plainOrEmpty, err := yamlScalar(content, ln.start+pos, ln.end)
+		if err == nil && plainOrEmpty && continues(content, lines[n+1:]) {
+			err = errConfigForm
+		}
+		s := newSource(file, kind, key, setting, v, content, ln.start)
+		if err != nil {
+			s.Err = err
+		}
+		out = append(out, s)
+	}
+	return crossCheckYAML(file, kind, content, out)
+}
+
+type lineSpan struct{ start, end int } // end excludes "\n" and a CR before it
+
+func splitLines(b []byte) []lineSpan {
+	var out []lineSpan
+	for start := 0; start < len(b); {
+		end := start
+		for end < len(b) && b[end] != '\n' {
+			end++
+		}
+		e := end
+		if e > start && b[e-1] == '\r' {
+			e--
+		}
+		out = append(out, lineSpan{start, e})
+		start = end + 1
+	}
+	return out
+}
+
+// continues reports whether a plain or empty value goes on in the next
+// lines: the next line that is not blank or a comment is indented.
+func continues(b []byte, rest []lineSpan) bool {
+	for _, ln := range rest {
+		text := string(b[ln.start:ln.end])
+		t := strings.TrimLeft(text, " \t")
+		if t == "" || t[0] == '#' {
+			continue
+		}
+		return t != text
+	}
+	return false
+}
+
+// yamlScalar decodes the scalar starting at b[pos] and ending before end
+// (the line end). plainOrEmpty is set for plain and empty values, which a
+// YAML parser continues on indented lines.
+func yamlScalar(b []byte, pos, end int) (v span, plainOrEmpty bool, err error) {
+	if pos >= end || b[pos] == '#' {
+		return v, true, nil
+	}
+	switch c := b[pos]; {
+	case c == '\'':
+		i := pos + 1
+		for ; i < end; i++ {
+			if b[i] != '\'' {
+				v.lit(b[i], i)
+				continue
+			}
+			if i+1 < end && b[i+1] == '\'' {
+				v.esc('\'')
+				i++
+				continue
+			}
+			break
+		}
+		if i >= end {
+			return v, false, errConfigForm
+		}
+		return v, false, trailer(b, i+1, end)
+	case c == '"':
+		i := pos + 1
+		for ; i < end && b[i] != '"'; i++ {
+			if b[i] != '\\' {
+				v.lit(b[i], i)
+				continue
+			}
+			if i+1 >= end {
+				return v, false, errConfigForm
+			}
+			i++
+			r, ok := yamlEscapes[b[i]]
+			if !ok {
+				return v, false, errors.New(`uses a "\` + string(b[i]) + `" escape fleetcert does not decode`)
+			}
+			v.esc(r)
+		}
+		if i >= end {
+			return v, false, errConfigForm
+		}
+		return v, false, trailer(b, i+1, end)
+	case strings.IndexByte("|>&*!{[%@`", c) >= 0:
+		return v, false, errConfigForm
+	}
+	i := pos
+	for ; i < end; i++ {
+		if b[i] == '#' && (b[i-1] == ' ' || b[i-1] == '\t') {
+			break
+		}
+		v.lit(b[i], i)
+	}
+	n := len(v.b)
+	for n > 0 && (v.b[n-1] == ' ' || v.b[n-1] == '\t') {
+		n--
+	}
+	v.truncate(n)
+	return v, true, nil
+}
+
+var yamlEscapes = map[byte]byte{'\\': '\\', '"': '"', '/': '/', 't': '\t', 'n': '\n', 'r': '\r', '0': 0, ' ': ' '}
+
+// trailer checks that only blanks and a comment follow a quoted scalar.
+func trailer(b []byte, i, end int) error {
+	rest := strings.TrimLeft(string(b[i:end]), " \t")
+	if rest == "" || (rest[0] == '#' && i < end && (b[i] == ' ' || b[i] == '\t')) {
+		return nil
+	}
+	return errors.New("unexpected text after the quoted value")
+}
+
+// crossCheckYAML parses the file as YAML and makes sure the token keys it
+// finds at the top level are exactly the ones found textually, with the
+// same values. k3s reads config files with a YAML parser; where fleetcert's
+// line-based reading could differ, it refuses.
+func crossCheckYAML(file string, kind SourceKind, content []byte, srcs []TokenSource) []TokenSource {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(content, &doc); err != nil {
+		return append(srcs, problem(file, kind, 0, "not valid YAML: %s", redactYAMLError(err)))
+	}
+	if len(doc.Content) == 0 {
+		return srcs
+	}
+	top := doc.Content[0]
+	if top.Kind != yaml.MappingNode {
+		if top.Kind == yaml.ScalarNode && top.Tag == "!!null" {
+			return srcs
+		}
+		return append(srcs, problem(file, kind, top.Line, "the top level is not a mapping"))
+	}
+	matched := make([]bool, len(srcs))
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		k, v := top.Content[i], top.Content[i+1]
+		name := strings.TrimSuffix(k.Value, "+")
+		if seen[k.Value] {
+			srcs = append(srcs, problem(file, kind, k.Line, "%s is defined twice (a YAML error for k3s)", k.Value))
+		}
+		seen[k.Value] = true
+		if k.Value == "<<" {
+			srcs = append(srcs, problem(file, kind, k.Line, "a YAML merge key (<<) at the top level: not supported"))
+			continue
+		}
+		if _, ok := flagSettings[name]; !ok || name == "t" {
+			continue
+		}
+		j := findSource(srcs, k.Value, k.Line)
+		if j < 0 {
+			srcs = append(srcs, problem(file, kind, k.Line, "%s: %v", k.Value, errConfigForm))
+			continue
+		}
+		matched[j] = true
+		if srcs[j].Err != nil {
+			continue
+		}
+		want := v.Value
+		if v.Kind == yaml.ScalarNode && v.Tag == "!!null" && isYAMLNull(srcs[j].Value) {
+			// token: (empty), ~ or null: the setting is not given.
+			want, srcs[j].Value, srcs[j].Token = "", "", pki.Token{}
+		}
+		if v.Kind != yaml.ScalarNode || v.Alias != nil || want != srcs[j].Value {
+			srcs[j].Err = fmt.Errorf("fleetcert's reading of this value differs from YAML's: %w", errConfigForm)
+		}
+	}
+	for j, s := range srcs {
+		if s.Key != "" && !matched[j] && s.Err == nil {
+			srcs[j].Err = errors.New("not a top-level key to a YAML parser (inside a block scalar or another document?)")
+		}
+	}
+	return srcs
+}
+
+func isYAMLNull(s string) bool {
+	switch s {
+	case "", "~", "null", "Null", "NULL":
+		return true
+	}
+	return false
+}
+
+func findSource(srcs []TokenSource, key string, line int) int {
+	for i, s := range srcs {
+		if s.Key == key && s.keyLine == line {
+			return i
+		}
+	}
+	return -1
+}
+
+var redactRE = regexp.MustCompile("`[^`]*`|\"[^\"]*\"|'[^']*'|K10\\S*")
+
+// redactYAMLError keeps a YAML error's line and reason but not any value
+// it quotes, which could be a secret.
+func redactYAMLError(err error) string {
+	return redactRE.ReplaceAllString(err.Error(), "****")
+}

@@ -1,0 +1,377 @@
+package k3s
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/fleetcert/fleetcert/pki"
+)
+
+// FileKind is the format of a file that may define tokens.
+type FileKind string
+
+// File formats; each reads like the program that reads it on a node.
+const (
+	FileEnv          FileKind = "env"           // systemd EnvironmentFile (install.sh .env, other EnvironmentFile=)
+	FileDistroEnv    FileKind = "distro-env"    // /etc/default/<unit>, /etc/sysconfig/<unit> (systemd EnvironmentFile)
+	FileUnit         FileKind = "unit"          // the systemd unit file
+	FileUnitDropIn   FileKind = "unit-dropin"   // <unit>.service.d/*.conf
+	FileConfig       FileKind = "config"        // config.yaml
+	FileConfigDropIn FileKind = "config-dropin" // config.yaml.d/*.yaml|*.yml
+	FileToken        FileKind = "token-file"    // target of a token-file setting
+)
+
+// ReloadsUnit reports whether systemd must re-read its units
+// (systemctl daemon-reload) after a file of this kind changed.
+func (k FileKind) ReloadsUnit() bool { return k == FileUnit || k == FileUnitDropIn }
+
+// parseFile lists every definition in one file, without the unit's
+// precedence (resets, load order): all of them are rewritten alike.
+func parseFile(kind FileKind, file string, content []byte, unit string) ([]TokenSource, error) {
+	var srcs []TokenSource
+	switch kind {
+	case FileEnv:
+		srcs = parseEnvFile(file, KindEnvFile, content, "")
+	case FileDistroEnv:
+		srcs = parseEnvFile(file, KindDistroEnvFile, content, "")
+	case FileUnit, FileUnitDropIn:
+		execKind := KindUnitExecStart
+		if kind == FileUnitDropIn {
+			execKind = KindUnitDropIn
+		}
+		for _, set := range scanUnit(content) {
+			switch set.key {
+			case "ExecStart":
+				srcs = append(srcs, parseExecStart(file, execKind, set, content, unit)...)
+			case "Environment":
+				srcs = append(srcs, parseEnvironment(file, set, content, unit)...)
+			}
+		}
+	case FileConfig:
+		srcs = parseConfig(file, KindConfigFile, content)
+	case FileConfigDropIn:
+		srcs = parseConfig(file, KindConfigDropIn, content)
+	case FileToken:
+		srcs = []TokenSource{parseTokenFile(file, content)}
+	default:
+		return nil, fmt.Errorf("unknown file kind %q", kind)
+	}
+	return append(srcs, uncovered(kind, file, content, srcs)...), nil
+}
+
+var (
+	secureTokenRE = regexp.MustCompile(`K10[0-9A-Fa-f]{64}::`)
+	tokenFileRE   = regexp.MustCompile(`(?i)(agent[-_])?token[-_]file`)
+)
+
+// uncovered is the safety net under the parsers: a secure token, or a
+// token-file setting, anywhere in the file outside the definitions found
+// (a wrapper like sh -c '…', an unsupported syntax) is a problem, so that
+// no token is silently left with the old hash. Comment lines are exempt.
+func uncovered(kind FileKind, file string, content []byte, srcs []TokenSource) []TokenSource {
+	if kind == FileToken {
+		return nil
+	}
+	hashes, lines := map[int]bool{}, map[int]bool{}
+	for _, s := range srcs {
+		hashes[s.hashOff] = true
+		lines[s.Line], lines[s.keyLine] = true, true
+	}
+	comment := "#;"
+	if kind == FileConfig || kind == FileConfigDropIn {
+		comment = "#"
+	}
+	ls := splitLines(content)
+	isComment := func(line int) bool {
+		t := strings.TrimLeft(string(content[ls[line-1].start:ls[line-1].end]), " \t")
+		return t != "" && strings.IndexByte(comment, t[0]) >= 0
+	}
+	var out []TokenSource
+	for _, m := range secureTokenRE.FindAllIndex(content, -1) {
+		if line := lineAt(content, m[0]); !hashes[m[0]+3] && !isComment(line) {
+			out = append(out, problem(file, kindOfFile(kind), line, "a secure token outside any definition fleetcert understands"))
+		}
+	}
+	for _, m := range tokenFileRE.FindAllIndex(content, -1) {
+		if partOfLongerName(content, m[0]) {
+			continue
+		}
+		if line := lineAt(content, m[0]); !lines[line] && !isComment(line) {
+			out = append(out, problem(file, kindOfFile(kind), line, "a token-file setting fleetcert does not understand"))
+		}
+	}
+	return out
+}
+
+// partOfLongerName reports whether the match at i continues a longer
+// dashed name (service-account-token-file): "-" preceded by a letter or
+// digit. --token-file, K3S_TOKEN_FILE and token-file: are not.
+func partOfLongerName(b []byte, i int) bool {
+	if i < 2 || b[i-1] != '-' {
+		return false
+	}
+	c := b[i-2]
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+func kindOfFile(k FileKind) SourceKind {
+	switch k {
+	case FileEnv:
+		return KindEnvFile
+	case FileDistroEnv:
+		return KindDistroEnvFile
+	case FileUnit:
+		return KindUnitExecStart
+	case FileUnitDropIn:
+		return KindUnitDropIn
+	case FileConfig:
+		return KindConfigFile
+	case FileConfigDropIn:
+		return KindConfigDropIn
+	}
+	return KindTokenFile
+}
+
+// RewriteOptions say what to rewrite.
+type RewriteOptions struct {
+	// NewHash is the CA hash every secure token must pin: 64 lower-case hex.
+	NewHash string
+	// OldHashes, when not empty, limits the rewrite to tokens pinning one
+	// of these hashes; a token pinning anything else (some unrelated CA) is
+	// left as it is and reported in Skipped.
+	OldHashes []string
+}
+
+// Reasons a token is left as it is.
+const (
+	SkipShort   = "short token: pins no CA hash"
+	SkipCurrent = "already pins the new CA hash"
+	SkipForeign = "pins a CA hash that is not one of the expected old hashes"
+)
+
+// Skipped is a token definition a rewrite left unchanged, and why.
+type Skipped struct {
+	Source TokenSource
+	Reason string
+}
+
+// FileRewrite is the planned change of one file.
+type FileRewrite struct {
+	Path      string
+	Kind      FileKind
+	Old, New  []byte
+	Rewritten []TokenSource // definitions whose hash changes, as found in Old
+	Skipped   []Skipped
+}
+
+// Changed reports whether the file changes at all.
+func (f FileRewrite) Changed() bool { return len(f.Rewritten) > 0 }
+
+// RewriteTokenHash replaces the CA hash of every secure token defined in
+// content (a file of the given kind) by newHash and reports how many it
+// changed. Everything else stays byte for byte: quoting, spacing,
+// comments, other keys, line endings, credentials. It refuses, changing
+// nothing, when any definition in the file cannot be read unambiguously.
+func RewriteTokenHash(kind FileKind, content []byte, newHash string) ([]byte, int, error) {
+	r, err := RewriteFile(kind, "", content, RewriteOptions{NewHash: newHash})
+	if err != nil {
+		return content, 0, err
+	}
+	return r.New, len(r.Rewritten), nil
+}
+
+// RewriteFile plans the rewrite of one file (path only names it in
+// findings). Short tokens, tokens already pinning NewHash and, with
+// OldHashes, tokens pinning another CA are skipped and listed. Any
+// unreadable or ambiguous definition, or a secure token outside a
+// definition fleetcert understands, refuses the whole file. The result is
+// re-read and checked to differ from content in the hash bytes only.
+func RewriteFile(kind FileKind, path string, content []byte, opts RewriteOptions) (FileRewrite, error) {
+	if !pki.ValidCAHash(opts.NewHash) {
+		return FileRewrite{}, errors.New("new CA hash must be 64 lower-case hex characters")
+	}
+	srcs, err := parseFile(kind, path, content, DefaultServerUnit)
+	if err != nil {
+		return FileRewrite{}, err
+	}
+	return rewrite(kind, path, content, srcs, opts)
+}
+
+func rewrite(kind FileKind, path string, content []byte, srcs []TokenSource, opts RewriteOptions) (FileRewrite, error) {
+	r := FileRewrite{Path: path, Kind: kind, Old: content, New: bytes.Clone(content)}
+	if err := refuse(srcs); err != nil {
+		return FileRewrite{}, err
+	}
+	for _, s := range srcs {
+		if s.FileRef || s.Value == "" {
+			continue
+		}
+		if reason := skipReason(s, opts); reason != "" {
+			r.Skipped = append(r.Skipped, Skipped{Source: s, Reason: reason})
+			continue
+		}
+		copy(r.New[s.hashOff:s.hashOff+64], opts.NewHash)
+		r.Rewritten = append(r.Rewritten, s)
+	}
+	if err := verifyRewrite(kind, path, r, opts.NewHash); err != nil {
+		return FileRewrite{}, err
+	}
+	if !r.Changed() {
+		r.New = content
+	}
+	return r, nil
+}
+
+// refuse is an error listing every problem that makes the file unsafe to
+// rewrite.
+func refuse(srcs []TokenSource) error {
+	var msgs []string
+	for _, s := range srcs {
+		if s.Err != nil {
+			msgs = append(msgs, s.String())
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("refusing to rewrite tokens: %s", strings.Join(msgs, "; "))
+}
+
+func skipReason(s TokenSource, opts RewriteOptions) string {
+	switch {
+	case !s.Token.Secure():
+		return SkipShort
+	case s.Token.CAHash == opts.NewHash:
+		return SkipCurrent
+	case len(opts.OldHashes) > 0 && !contains(opts.OldHashes, s.Token.CAHash):
+		return SkipForeign
+	}
+	return ""
+}
+
+// verifyRewrite re-reads the new content and checks that it defines the
+// same tokens at the same places, with only the rewritten hashes changed,
+// and that no byte outside those hashes moved.
+func verifyRewrite(kind FileKind, path string, r FileRewrite, newHash string) error {
+	fail := func(what string) error {
+		return fmt.Errorf("%s: internal check failed after rewriting (%s); nothing changed", path, what)
+	}
+	if len(r.New) != len(r.Old) {
+		return fail("length")
+	}
+	allowed := map[int]bool{}
+	for _, s := range r.Rewritten {
+		for i := 0; i < 64; i++ {
+			allowed[s.hashOff+i] = true
+		}
+	}
+	for i := range r.Old {
+		if r.Old[i] != r.New[i] && !allowed[i] {
+			return fail("a byte outside a hash")
+		}
+	}
+	before, _ := parseFile(kind, path, r.Old, DefaultServerUnit)
+	after, err := parseFile(kind, path, r.New, DefaultServerUnit)
+	if err != nil || len(before) != len(after) {
+		return fail("definitions")
+	}
+	rewritten := map[int]bool{}
+	for _, s := range r.Rewritten {
+		rewritten[s.hashOff] = true
+	}
+	for i, b := range before {
+		a := b.Value
+		if rewritten[b.hashOff] {
+			a = a[:3] + newHash + a[67:]
+		}
+		x := after[i]
+		if x.Key != b.Key || x.Line != b.Line || x.Kind != b.Kind || x.Value != a || (x.Err == nil) != (b.Err == nil) {
+			return fail("definition " + b.String())
+		}
+		if rewritten[b.hashOff] && (x.Token.CAHash != newHash || x.Token.Password != b.Token.Password ||
+			x.Token.Username != b.Token.Username || x.Token.BootstrapSecret != b.Token.BootstrapSecret) {
+			return fail("token " + b.String())
+		}
+	}
+	return nil
+}
+
+// PlanTokenRewrites plans the rewrite of every file in files that defines
+// a token (files as for FindTokenSources, token-file targets included),
+// in a stable order. Paths FindTokenSources still asks for, and any
+// problem it reports, are errors. Files with nothing to change are included with
+// Changed() false so that skipped tokens are reported. Any file that cannot
+// be rewritten safely makes the whole plan an error: rewriting only some
+// places would leave the node with tokens that disagree.
+func PlanTokenRewrites(l Layout, files map[string][]byte, opts RewriteOptions) ([]FileRewrite, error) {
+	if !pki.ValidCAHash(opts.NewHash) {
+		return nil, errors.New("new CA hash must be 64 lower-case hex characters")
+	}
+	srcs, pending := FindTokenSources(l, files)
+	if len(pending) > 0 {
+		return nil, fmt.Errorf("files that define tokens were not read: %s", strings.Join(pending, ", "))
+	}
+	if err := refuse(srcs); err != nil {
+		return nil, err
+	}
+	kinds := fileKinds(l, files, srcs)
+	paths := make([]string, 0, len(kinds))
+	for p := range kinds {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	var out []FileRewrite
+	var errs []error
+	for _, p := range paths {
+		fs, err := parseFile(kinds[p], p, files[p], l.UnitName())
+		if err == nil {
+			var r FileRewrite
+			if r, err = rewrite(kinds[p], p, files[p], fs, opts); err == nil {
+				if len(r.Rewritten)+len(r.Skipped) > 0 {
+					out = append(out, r)
+				}
+				continue
+			}
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// fileKinds is the format of every file FindTokenSources read.
+func fileKinds(l Layout, files map[string][]byte, srcs []TokenSource) map[string]FileKind {
+	kinds := map[string]FileKind{}
+	set := func(p string, k FileKind) {
+		if _, ok := kinds[p]; !ok && files[p] != nil {
+			kinds[p] = k
+		}
+	}
+	set(l.UnitFile(), FileUnit)
+	for _, p := range dropIns(CandidateDirs(l)[0], files) {
+		set(p, FileUnitDropIn)
+	}
+	set(l.Config(), FileConfig)
+	for _, p := range dropIns(CandidateDirs(l)[1], files) {
+		set(p, FileConfigDropIn)
+	}
+	for _, ef := range readUnitChain(l, files).envFiles {
+		if ef.kind == KindDistroEnvFile {
+			set(ef.path, FileDistroEnv)
+		} else {
+			set(ef.path, FileEnv)
+		}
+	}
+	for _, s := range srcs {
+		if s.Kind == KindTokenFile {
+			set(s.File, FileToken)
+		}
+	}
+	return kinds
+}

@@ -1,0 +1,398 @@
+package k3s
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/fleetcert/fleetcert/pki"
+)
+
+// span is a value as its reader decodes it, with for each decoded byte the
+// offset in the file of the raw byte it is, or -1 when it was produced by
+// an escape sequence, a doubled quote or an expansion. Rewrites only touch
+// bytes whose offsets are known, so what they change is exactly what was
+// decoded.
+type span struct {
+	b    []byte
+	offs []int
+}
+
+func (s *span) lit(c byte, off int) { s.b = append(s.b, c); s.offs = append(s.offs, off) }
+func (s *span) esc(c byte)          { s.b = append(s.b, c); s.offs = append(s.offs, -1) }
+func (s span) String() string       { return string(s.b) }
+func (s span) from(i int) span      { return span{b: s.b[i:], offs: s.offs[i:]} }
+func (s *span) truncate(n int)      { s.b, s.offs = s.b[:n], s.offs[:n] }
+
+// firstOff is the file offset of the first literal byte, or -1.
+func (s span) firstOff() int {
+	for _, o := range s.offs {
+		if o >= 0 {
+			return o
+		}
+	}
+	return -1
+}
+
+// trimSpace drops leading and trailing blanks (space, tab, CR, LF).
+func (s span) trimSpace() span {
+	i, j := 0, len(s.b)
+	for i < j && isBlank(s.b[i]) {
+		i++
+	}
+	for j > i && isBlank(s.b[j-1]) {
+		j--
+	}
+	return span{b: s.b[i:j], offs: s.offs[i:j]}
+}
+
+func isBlank(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// hashOffset is the file offset of the 64 hash bytes of a secure token
+// when "K10<hash>" is written as one literal run of bytes, else -1.
+func (s span) hashOffset() int {
+	const n = 3 + 64
+	if len(s.b) < n || string(s.b[:3]) != "K10" || s.offs[0] < 0 {
+		return -1
+	}
+	for i := 1; i < n; i++ {
+		if s.offs[i] != s.offs[0]+i {
+			return -1
+		}
+	}
+	return s.offs[3]
+}
+
+func isHex(h string) bool {
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return h != ""
+}
+
+// lineAt is the 1-based line of byte offset off.
+func lineAt(b []byte, off int) int {
+	if off < 0 {
+		return 0
+	}
+	if off > len(b) {
+		off = len(b)
+	}
+	return 1 + bytes.Count(b[:off], []byte{'\n'})
+}
+
+// classOf is the precedence class of a kind (see EffectiveToken).
+func classOf(k SourceKind) int {
+	switch k {
+	case KindUnitEnvironment:
+		return clsEnvironment
+	case KindEnvFile, KindDistroEnvFile:
+		return clsEnvFile
+	case KindConfigFile:
+		return clsConfig
+	case KindConfigDropIn:
+		return clsConfigDropIn
+	case KindUnitExecStart, KindUnitDropIn:
+		return clsExecStart
+	}
+	return 0
+}
+
+// newSource makes the source for one definition of setting, parsing the
+// token and locating its hash.
+func newSource(file string, kind SourceKind, key, setting string, v span, content []byte, keyOff int) TokenSource {
+	s := TokenSource{
+		File: file, Kind: kind, Key: key, Value: v.String(),
+		Agent:   setting == settingAgentToken || setting == settingAgentTokenFile,
+		FileRef: setting == settingTokenFile || setting == settingAgentTokenFile,
+		hashOff: -1, cls: classOf(kind),
+	}
+	s.Line = lineAt(content, v.firstOff())
+	if s.Line == 0 {
+		s.Line = lineAt(content, keyOff)
+	}
+	s.keyLine = lineAt(content, keyOff)
+	if s.FileRef {
+		if s.Value != "" && !path.IsAbs(s.Value) {
+			s.Err = errors.New("token file path is not absolute: where k3s looks for it depends on its working directory")
+		}
+		return s
+	}
+	if s.Value == "" {
+		return s
+	}
+	t, err := pki.ParseToken(s.Value)
+	if err != nil {
+		s.Err = fmt.Errorf("unparseable token: %w", err)
+		return s
+	}
+	s.Token = t
+	if !t.Secure() {
+		return s
+	}
+	switch s.hashOff = v.hashOffset(); {
+	case s.hashOff < 0:
+		s.Err = errors.New("the K10<hash> part is not written as plain characters (quotes or escapes inside it): cannot rewrite it safely")
+	case !isHex(t.CAHash):
+		s.Err = errors.New("the CA hash is not hexadecimal")
+	}
+	return s
+}
+
+// problem is a whole-file finding: the file cannot be read or rewritten
+// safely as a whole.
+func problem(file string, kind SourceKind, line int, format string, args ...any) TokenSource {
+	return TokenSource{File: file, Kind: kind, Line: line, Err: fmt.Errorf(format, args...), hashOff: -1}
+}
+
+// ---- environment files (systemd EnvironmentFile=) ----
+
+// envEntry is one assignment of an environment file.
+type envEntry struct {
+	key                   string
+	keyOff                int
+	val                   span
+	segments              int  // quoted or unquoted pieces the value is made of
+	escaped               bool // a backslash escape was used
+	quote                 byte // quote opening the first piece, 0 for a plain one
+	afterCommentBackslash bool
+}
+
+// scanEnv reads an environment file exactly as systemd's
+// parse_env_file_internal (src/basic/env-file.c) does: a key runs to "=";
+// a comment starts with # or ; where a key could; the value is
+// unquoted (backslash escapes the next character, backslash-newline is
+// eaten, trailing blanks dropped), '…' (verbatim, may span lines) or "…"
+// (\" \\ \` \$ unescaped, backslash-newline eaten, other backslashes kept);
+// pieces may follow one another and are joined, and a closing quote does
+// not end the value: K='a'\”b' is a”b' to systemd, not the shell's a'b.
+// CR counts as a line end, as in systemd.
+func scanEnv(b []byte) []envEntry {
+	const (
+		preKey = iota
+		inKey
+		preValue
+		inValue
+		valueEscape
+		single
+		double
+		doubleEscape
+		comment
+		commentEscape
+	)
+	var (
+		out              []envEntry
+		e                envEntry
+		key              []byte
+		lastKeyWS        = -1
+		lastValWS        = -1
+		st               = preKey
+		commentBackslash bool
+	)
+	push := func(chomp bool) {
+		if lastKeyWS >= 0 {
+			key = key[:lastKeyWS]
+		}
+		if chomp && lastValWS >= 0 {
+			e.val.truncate(lastValWS)
+		}
+		e.key = string(key)
+		out = append(out, e)
+		e, key = envEntry{}, nil
+	}
+	isNL := func(c byte) bool { return c == '\n' || c == '\r' }
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch st {
+		case preKey:
+			if c == '#' || c == ';' {
+				st = comment
+			} else if !isBlank(c) {
+				st, key, lastKeyWS = inKey, []byte{c}, -1
+				e = envEntry{keyOff: i, afterCommentBackslash: commentBackslash}
+				commentBackslash = false
+			} else if c == '\n' {
+				commentBackslash = false
+			}
+		case inKey:
+			switch {
+			case isNL(c):
+				st, key = preKey, nil
+			case c == '=':
+				st, lastValWS = preValue, -1
+			default:
+				if !isBlank(c) {
+					lastKeyWS = -1
+				} else if lastKeyWS < 0 {
+					lastKeyWS = len(key)
+				}
+				key = append(key, c)
+			}
+		case preValue:
+			switch {
+			case isNL(c):
+				st = preKey
+				push(false)
+			case c == '\'':
+				st = single
+				e.segments++
+				if e.segments == 1 {
+					e.quote = c
+				}
+			case c == '"':
+				st = double
+				e.segments++
+				if e.segments == 1 {
+					e.quote = c
+				}
+			case c == '\\':
+				st = valueEscape
+				e.segments++
+			case !isBlank(c):
+				st = inValue
+				e.segments++
+				e.val.lit(c, i)
+			}
+		case inValue:
+			switch {
+			case isNL(c):
+				st = preKey
+				push(true)
+			case c == '\\':
+				st, lastValWS = valueEscape, -1
+			default:
+				if !isBlank(c) {
+					lastValWS = -1
+				} else if lastValWS < 0 {
+					lastValWS = len(e.val.b)
+				}
+				e.val.lit(c, i)
+			}
+		case valueEscape:
+			st = inValue
+			e.escaped = true
+			if !isNL(c) {
+				e.val.esc(c)
+			}
+		case single:
+			if c == '\'' {
+				st = preValue
+			} else {
+				e.val.lit(c, i)
+			}
+		case double:
+			if c == '"' {
+				st = preValue
+			} else if c == '\\' {
+				st = doubleEscape
+			} else {
+				e.val.lit(c, i)
+			}
+		case doubleEscape:
+			st = double
+			e.escaped = true
+			if strings.IndexByte("\"\\`$", c) >= 0 {
+				e.val.esc(c)
+			} else if c != '\n' {
+				e.val.lit('\\', i-1)
+				e.val.lit(c, i)
+			}
+		case comment:
+			if c == '\\' {
+				st = commentEscape
+			} else if isNL(c) {
+				st = preKey
+			}
+		case commentEscape:
+			// systemd >= v254: a comment ending in a backslash ends at
+			// the newline; older versions continued it on the next line.
+			if isNL(c) {
+				st = preKey
+				commentBackslash = c == '\n' || (c == '\r' && i+1 < len(b) && b[i+1] == '\n')
+			} else {
+				st = comment
+			}
+		}
+	}
+	switch st {
+	case preValue, valueEscape, single, double, doubleEscape:
+		push(false)
+	case inValue:
+		push(true)
+	}
+	return out
+}
+
+// parseEnvFile finds K3S_TOKEN, K3S_TOKEN_FILE, K3S_AGENT_TOKEN and
+// K3S_AGENT_TOKEN_FILE in a systemd environment file. ignored, when set,
+// marks every definition as one k3s does not see (file not loaded).
+func parseEnvFile(file string, kind SourceKind, content []byte, ignored string) []TokenSource {
+	var out []TokenSource
+	for _, e := range scanEnv(content) {
+		name, exported := e.key, false
+		if rest, ok := strings.CutPrefix(name, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
+			name, exported = strings.TrimLeft(rest, " \t"), true
+		}
+		setting, ok := envSettings[name]
+		if !ok {
+			continue
+		}
+		s := newSource(file, kind, name, setting, e.val, content, e.keyOff)
+		s.Ignored = ignored
+		switch {
+		case exported && s.Ignored == "":
+			s.Ignored = `systemd ignores "export NAME=" lines in environment files`
+		case e.afterCommentBackslash:
+			s.Warning = "follows a comment ending in a backslash: systemd before v254 reads this line as part of that comment"
+		case !shellSafeEnv(e):
+			s.Warning = "systemd and a POSIX shell read this value differently (quote pieces, escapes or blanks); fleetcert follows systemd"
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// shellSafeEnv reports whether sh would read the value as systemd does:
+// one single-quoted piece, one double-quoted piece without $ or `, or one
+// plain word of characters sh takes literally; no escapes.
+func shellSafeEnv(e envEntry) bool {
+	if e.segments > 1 || e.escaped {
+		return false
+	}
+	special := ""
+	switch e.quote {
+	case '\'':
+		return true
+	case '"':
+		special = "$`"
+	default:
+		special = " \t\r'\"`$\\;&|<>()~"
+	}
+	return !bytes.ContainsAny(e.val.b, special)
+}
+
+// ---- token files ----
+
+// parseTokenFile reads a token-file target: k3s uses its content with
+// surrounding white space trimmed (util.ReadFile, strings.TrimSpace).
+func parseTokenFile(file string, content []byte) TokenSource {
+	var v span
+	for i, c := range content {
+		v.lit(c, i)
+	}
+	v = v.trimSpace()
+	off := v.firstOff()
+	if off < 0 {
+		off = 0
+	}
+	s := newSource(file, KindTokenFile, "", settingToken, v, content, off)
+	if s.Value == "" {
+		s.Err = errors.New("token file is empty")
+	}
+	return s
+}

@@ -1,0 +1,459 @@
+package k3s
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/fleetcert/fleetcert/pki"
+)
+
+// SourceKind says what kind of place defines a token on a node.
+type SourceKind string
+
+// The places a node may define its join token (K3S.md §6, research §7).
+const (
+	// KindEnvFile is install.sh's <unit>.service.env, or any other file an
+	// EnvironmentFile= line of the unit names.
+	KindEnvFile SourceKind = "env-file"
+	// KindDistroEnvFile is /etc/default/<unit> or /etc/sysconfig/<unit>.
+	KindDistroEnvFile SourceKind = "distro-env-file"
+	// KindUnitExecStart is a flag on the ExecStart= of the unit file itself.
+	KindUnitExecStart SourceKind = "unit-execstart"
+	// KindUnitEnvironment is an Environment=K3S_TOKEN=... line in the unit
+	// or one of its drop-ins.
+	KindUnitEnvironment SourceKind = "unit-environment"
+	// KindUnitDropIn is a flag on an ExecStart= of a unit drop-in.
+	KindUnitDropIn SourceKind = "unit-dropin"
+	// KindConfigFile is a key of config.yaml.
+	KindConfigFile SourceKind = "config"
+	// KindConfigDropIn is a key of a config.yaml.d/*.yaml|*.yml drop-in.
+	KindConfigDropIn SourceKind = "config-dropin"
+	// KindTokenFile is the file a token-file setting points to; its whole
+	// content (surrounding white space trimmed, as k3s reads it) is the token.
+	KindTokenFile SourceKind = "token-file"
+)
+
+// The four settings k3s reads a token from, by their config.yaml names.
+// K3S.md §2: token/token-file on both roles, agent-token(-file) on servers.
+const (
+	settingToken          = "token"
+	settingTokenFile      = "token-file"
+	settingAgentToken     = "agent-token"
+	settingAgentTokenFile = "agent-token-file"
+)
+
+// envSettings maps the environment variables k3s reads (urfave/cli EnvVars
+// of the flags) to settings.
+var envSettings = map[string]string{
+	"K3S_TOKEN":            settingToken,
+	"K3S_TOKEN_FILE":       settingTokenFile,
+	"K3S_AGENT_TOKEN":      settingAgentToken,
+	"K3S_AGENT_TOKEN_FILE": settingAgentTokenFile,
+}
+
+// flagSettings maps flag names (without dashes; Go's flag package, which
+// urfave/cli uses, accepts one or two dashes alike) to settings. -t is
+// the alias of --token.
+var flagSettings = map[string]string{
+	"token":            settingToken,
+	"t":                settingToken,
+	"token-file":       settingTokenFile,
+	"agent-token":      settingAgentToken,
+	"agent-token-file": settingAgentTokenFile,
+}
+
+// TokenSource is one place where a node defines a join token, or a
+// reference to a file holding one.
+//
+// Value is a secret: String, Redacted and every error of this package keep
+// it out; never log a TokenSource with %#v.
+type TokenSource struct {
+	File string     // absolute path of the file holding the definition
+	Kind SourceKind // what kind of place it is
+	// Key is the name as written: K3S_TOKEN, --token, -t, token, token+,
+	// K3S_AGENT_TOKEN_FILE, --agent-token-file, ... For KindTokenFile it is
+	// the key of the (first) setting that points to the file.
+	Key string
+	// Value is the value as k3s receives it (quotes and escapes resolved):
+	// the token, or for a token-file reference the path.
+	Value string
+	// Line is the 1-based line of the file where the value starts.
+	Line int
+	// Agent is set for agent-token(-file) settings (server only): that token
+	// pins the CA the same way and is rewritten like the server token.
+	Agent bool
+	// FileRef is set for token-file settings: Value is a path and the token
+	// is in the KindTokenFile source for that path.
+	FileRef bool
+	// Token is Value parsed, for definitions that are not file references
+	// and parsed cleanly.
+	Token pki.Token
+	// Err says why the definition cannot be used or rewritten safely
+	// (unparseable token, unsupported syntax, ambiguity). It never holds the
+	// secret. A problem with a whole file has an empty Key.
+	Err error
+	// Ignored, when not empty, says why k3s never sees this definition
+	// (ExecStart replaced by a drop-in, export-prefixed line systemd
+	// ignores, env file the unit does not load, setting only servers read).
+	// Such definitions are still rewritten so they stay consistent.
+	Ignored string
+	// Warning flags a definition that works but is read differently by
+	// systemd and a POSIX shell, or uses expansions fleetcert does not model.
+	Warning string
+	// ReferencedBy, for KindTokenFile, lists the settings that point to
+	// the file, as "file:line key".
+	ReferencedBy []string
+
+	keyLine int // line of the key, for coverage checks
+	hashOff int // byte offset of the CA hash in File, -1 when not a literal run
+	cls     int // precedence class, see EffectiveToken
+}
+
+// Secure reports whether the definition is a token that pins a CA hash.
+func (s TokenSource) Secure() bool { return s.Err == nil && !s.FileRef && s.Token.Secure() }
+
+// Setting is the k3s setting the definition feeds: token, token-file,
+// agent-token or agent-token-file (for KindTokenFile: token or
+// agent-token).
+func (s TokenSource) Setting() string {
+	switch {
+	case s.Agent && s.FileRef:
+		return settingAgentTokenFile
+	case s.Agent:
+		return settingAgentToken
+	case s.FileRef:
+		return settingTokenFile
+	}
+	return settingToken
+}
+
+// Redacted is the value safe to show: the token with its secret replaced
+// (K10<hash>::server:****), or the path of a token file.
+func (s TokenSource) Redacted() string {
+	switch {
+	case s.FileRef:
+		return s.Value
+	case s.Err != nil || s.Value == "":
+		return "****"
+	}
+	return s.Token.Redacted()
+}
+
+// TokenClass is "secure", "short", "file" or "invalid".
+func (s TokenSource) TokenClass() string {
+	switch {
+	case s.FileRef:
+		return "file"
+	case s.Err != nil:
+		return "invalid"
+	case s.Token.Secure():
+		return "secure"
+	}
+	return "short"
+}
+
+// String describes the source without its secret, e.g.
+// "/etc/systemd/system/k3s.service.env:1 K3S_TOKEN (env-file) K10ab..::server:****".
+func (s TokenSource) String() string {
+	where := fmt.Sprintf("%s:%d", s.File, s.Line)
+	if s.Key == "" {
+		return fmt.Sprintf("%s (%s): %v", where, s.Kind, s.Err)
+	}
+	str := fmt.Sprintf("%s %s (%s) %s", where, s.Key, s.Kind, s.Redacted())
+	if s.Err != nil {
+		str += fmt.Sprintf(": %v", s.Err)
+	}
+	return str
+}
+
+// GoString keeps %#v from printing the secret.
+func (s TokenSource) GoString() string { return "k3s.TokenSource{" + s.String() + "}" }
+
+// MarshalJSON writes the redacted view: the secret never reaches a report.
+func (s TokenSource) MarshalJSON() ([]byte, error) {
+	v := struct {
+		File         string     `json:"file"`
+		Kind         SourceKind `json:"kind"`
+		Key          string     `json:"key,omitempty"`
+		Line         int        `json:"line,omitempty"`
+		Setting      string     `json:"setting,omitempty"`
+		Class        string     `json:"class,omitempty"`
+		Value        string     `json:"value,omitempty"`
+		Ignored      string     `json:"ignored,omitempty"`
+		Warning      string     `json:"warning,omitempty"`
+		Error        string     `json:"error,omitempty"`
+		ReferencedBy []string   `json:"referencedBy,omitempty"`
+	}{File: s.File, Kind: s.Kind, Key: s.Key, Line: s.Line, Ignored: s.Ignored, Warning: s.Warning, ReferencedBy: s.ReferencedBy}
+	if s.Key != "" || s.Kind == KindTokenFile {
+		v.Setting, v.Class, v.Value = s.Setting(), s.TokenClass(), s.Redacted()
+	}
+	if s.Err != nil {
+		v.Error = s.Err.Error()
+	}
+	return json.Marshal(v)
+}
+
+// DropInDir is a directory whose matching entries are read in name order.
+type DropInDir struct {
+	Path string
+	// Suffixes an entry must end with; CaseInsensitive for config.yaml.d.
+	Suffixes        []string
+	CaseInsensitive bool
+}
+
+// Matches reports whether an entry name of the directory is read.
+func (d DropInDir) Matches(name string) bool {
+	n := name
+	if d.CaseInsensitive {
+		n = strings.ToLower(n)
+	}
+	for _, s := range d.Suffixes {
+		if strings.HasSuffix(n, s) && len(n) > len(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// CandidateFiles are the fixed files that may define a token on a node:
+// the distro env files and install.sh's env file (load order), the unit
+// file and config.yaml. Absent ones are simply not passed to
+// FindTokenSources. See CandidateDirs for the drop-in directories.
+func CandidateFiles(l Layout) []string {
+	files := append([]string{}, l.DistroEnvFiles()...)
+	return append(files, l.EnvFile(), l.UnitFile(), l.Config())
+}
+
+// CandidateDirs are the drop-in directories whose matching entries (regular
+// files only) must be read too: the unit's <unit>.service.d/*.conf and k3s's
+// config.yaml.d/*.yaml|*.yml (k3s: suffix matched case-insensitively,
+// research §6.4).
+func CandidateDirs(l Layout) []DropInDir {
+	return []DropInDir{
+		{Path: l.UnitDropInDir(), Suffixes: []string{".conf"}},
+		{Path: l.ConfigDropInDir(), Suffixes: []string{".yaml", ".yml"}, CaseInsensitive: true},
+	}
+}
+
+// FindTokenSources returns every token definition in files (contents read
+// from a node, keyed by absolute path; files that do not exist are left
+// out) and the paths that definitions refer to but files lacks: the
+// targets of token-file settings and environment files named by the unit
+// beyond the candidates. Read those and call again with them added; a path
+// mapped to nil content counts as read and absent and is not asked for
+// again.
+//
+// Sources come in precedence order, lowest first (see EffectiveToken):
+// unit Environment= lines, environment files in the unit's load order,
+// config.yaml, config.yaml.d in name order, the unit's ExecStart, drop-in
+// ExecStarts in name order, then token-file targets. Files in the map that
+// are not candidates nor referenced are ignored.
+func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []string) {
+	unit := readUnitChain(l, files)
+	all := append([]TokenSource{}, unit.environment...)
+	for _, ef := range unit.envFiles {
+		if content := files[ef.path]; content != nil {
+			all = append(all, parseEnvFile(ef.path, ef.kind, content, ef.ignored)...)
+		}
+	}
+	all = append(all, configSources(l, files)...)
+	all = append(all, unit.execStarts...)
+	all = append(all, unit.problems...)
+	targets, pending := tokenFileTargets(all, files)
+	all = append(all, targets...)
+	for _, ef := range unit.envFiles {
+		if _, ok := files[ef.path]; !ok && ef.extra {
+			pending = append(pending, ef.path)
+		}
+	}
+	kinds := fileKinds(l, files, all)
+	paths := make([]string, 0, len(kinds))
+	for p := range kinds {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		var mine []TokenSource
+		for _, s := range all {
+			if s.File == p {
+				mine = append(mine, s)
+			}
+		}
+		all = append(all, uncovered(kinds[p], p, files[p], mine)...)
+	}
+	for i := range all {
+		if l.Role == RoleAgent && all[i].Agent && all[i].Kind != KindTokenFile && all[i].Ignored == "" {
+			all[i].Ignored = "agent-token settings are read by servers only"
+		}
+	}
+	sort.Strings(pending)
+	return all, dedup(pending)
+}
+
+// configSources parses config.yaml and its drop-ins in k3s's order.
+func configSources(l Layout, files map[string][]byte) []TokenSource {
+	var out []TokenSource
+	if c := files[l.Config()]; c != nil {
+		out = append(out, parseConfig(l.Config(), KindConfigFile, c)...)
+	}
+	for _, p := range dropIns(CandidateDirs(l)[1], files) {
+		out = append(out, parseConfig(p, KindConfigDropIn, files[p])...)
+	}
+	return out
+}
+
+// dropIns lists the files of files that are entries of d, in name order
+// (k3s uses os.ReadDir order, systemd sorts drop-ins by name).
+func dropIns(d DropInDir, files map[string][]byte) []string {
+	var out []string
+	for p, c := range files {
+		if c != nil && path.Dir(p) == d.Path && d.Matches(path.Base(p)) {
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return path.Base(out[i]) < path.Base(out[j]) })
+	return out
+}
+
+// tokenFileTargets builds a KindTokenFile source for every token-file
+// reference whose target is in files, and lists the targets still to read.
+func tokenFileTargets(srcs []TokenSource, files map[string][]byte) (targets []TokenSource, pending []string) {
+	seen := map[string]int{}
+	for _, s := range srcs {
+		if !s.FileRef || s.Err != nil || s.Value == "" {
+			continue
+		}
+		ref := fmt.Sprintf("%s:%d %s", s.File, s.Line, s.Key)
+		if i, ok := seen[s.Value]; ok {
+			if i >= 0 {
+				targets[i].ReferencedBy = append(targets[i].ReferencedBy, ref)
+				targets[i].Agent = targets[i].Agent && s.Agent
+			}
+			continue
+		}
+		content, ok := files[s.Value]
+		switch {
+		case !ok:
+			seen[s.Value] = -1
+			pending = append(pending, s.Value)
+			continue
+		case content == nil:
+			seen[s.Value] = -1
+			continue
+		}
+		t := parseTokenFile(s.Value, content)
+		t.Key, t.Agent, t.ReferencedBy = s.Key, s.Agent, []string{ref}
+		seen[s.Value] = len(targets)
+		targets = append(targets, t)
+	}
+	return targets, pending
+}
+
+func dedup(s []string) []string {
+	var out []string
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Precedence classes, lowest first. K3S.md §2 and research §0.5: config
+// values are inserted as flags before the real CLI args (later wins), and
+// environment variables are only flag defaults. systemd.exec: variables
+// from EnvironmentFile= override Environment=.
+const (
+	clsEnvironment = iota + 1
+	clsEnvFile
+	clsConfig
+	clsConfigDropIn
+	clsExecStart
+)
+
+// ErrNoToken means no definition of the asked-for token takes effect.
+var ErrNoToken = errors.New("no token defined")
+
+// EffectiveToken is the definition whose token k3s would use for the
+// server token (role server) or the join token (role agent), sources being
+// what FindTokenSources returned, in its order:
+//
+//   - a token-file setting, when set, beats any token setting, whatever
+//     each comes from (k3s reads the file over cfg.Token);
+//   - each setting takes its value from the highest of: ExecStart flags >
+//     config.yaml.d (later file wins) > config.yaml > environment
+//     (EnvironmentFile= in load order > Environment=); within one place the
+//     later definition wins;
+//   - definitions k3s never sees (Ignored) do not count.
+//
+// For a token-file setting the KindTokenFile source of its target is
+// returned; an error says when that file was not read or is empty.
+func EffectiveToken(sources []TokenSource, role Role) (TokenSource, error) {
+	return effective(sources, settingToken, settingTokenFile)
+}
+
+// EffectiveAgentToken is the agent-token definition that takes effect on a
+// server, by the same rules as EffectiveToken. ErrNoToken means the server
+// uses its server token for agents too (k3s getNodePass).
+func EffectiveAgentToken(sources []TokenSource, role Role) (TokenSource, error) {
+	if role == RoleAgent {
+		return TokenSource{}, ErrNoToken
+	}
+	return effective(sources, settingAgentToken, settingAgentTokenFile)
+}
+
+func effective(sources []TokenSource, tokenSetting, fileSetting string) (TokenSource, error) {
+	if f, ok := winner(sources, fileSetting); ok {
+		if f.Err != nil {
+			return f, fmt.Errorf("%s: %w", f, f.Err)
+		}
+		if f.Value != "" {
+			for _, t := range sources {
+				if t.Kind == KindTokenFile && t.File == f.Value {
+					if t.Err != nil {
+						return t, fmt.Errorf("%s: %w", t, t.Err)
+					}
+					return t, nil
+				}
+			}
+			return f, fmt.Errorf("%s: token file %s was not read or does not exist", f, f.Value)
+		}
+	}
+	t, ok := winner(sources, tokenSetting)
+	switch {
+	case !ok:
+		return TokenSource{}, ErrNoToken
+	case t.Err != nil:
+		return t, fmt.Errorf("%s: %w", t, t.Err)
+	case t.Value == "":
+		return t, ErrNoToken
+	}
+	return t, nil
+}
+
+// winner is the highest-precedence definition of setting, if any. A
+// config key+ (append) that lands on an earlier config value of the same
+// setting makes the value a comma-joined string k3s would use as is: that
+// is reported as an error rather than guessed.
+func winner(sources []TokenSource, setting string) (TokenSource, bool) {
+	var best TokenSource
+	found := false
+	for _, s := range sources {
+		if s.Kind == KindTokenFile || s.Ignored != "" || s.Key == "" || s.Setting() != setting {
+			continue
+		}
+		if !found || s.cls >= best.cls {
+			if found && strings.HasSuffix(s.Key, "+") && isConfig(best.cls) && isConfig(s.cls) {
+				s.Err = errors.New("appended (key+:) to an earlier config value: k3s would use both joined by a comma")
+			}
+			best, found = s, true
+		}
+	}
+	return best, found
+}
+
+func isConfig(cls int) bool { return cls == clsConfig || cls == clsConfigDropIn }

@@ -1,0 +1,398 @@
+package k3s
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// Hashes and secrets the tests build files from. The passwords carry the
+// characters that break naive parsers: ':' (k3s splits user:password on the
+// first one only), quotes, '$', '#', '=', '\' and '%'.
+var (
+	oldHash   = hexSum("old CA")
+	newHash   = hexSum("new CA")
+	otherHash = hexSum("unrelated CA")
+	pwColon   = `s3cr:et:x$y#z=1%`
+	pwUnit    = `s3cr:et:x#z="1"`
+	srvTokU   = "K10" + oldHash + "::server:" + pwUnit
+	srvTok    = "K10" + oldHash + "::server:" + pwColon
+	nodeTok   = "K10" + oldHash + "::node:agentpw"
+	bootTok   = "K10" + oldHash + "::abcdef.0123456789abcdef"
+	shortTok  = "justashortsecret"
+)
+
+func hexSum(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
+
+// installUnit is the unit install.sh writes (research §7), with the given
+// argument lines (each already quoted and TAB-indented by the caller).
+func installUnit(argLines ...string) string {
+	return `[Unit]
+Description=Lightweight Kubernetes
+Documentation=https://k3s.io
+Wants=network-online.target
+After=network-online.target
+
+[Install]
+WantedBy=multi-user.target
+
+[Service]
+Type=notify
+EnvironmentFile=-/etc/default/%N
+EnvironmentFile=-/etc/sysconfig/%N
+EnvironmentFile=-/etc/systemd/system/k3s.service.env
+KillMode=process
+Delegate=yes
+LimitNOFILE=1048576
+TimeoutStartSec=0
+Restart=always
+RestartSec=5s
+ExecStartPre=/bin/sh -xc '! /usr/bin/systemctl is-enabled --quiet nm-cloud-setup.service 2>/dev/null'
+ExecStartPre=-/sbin/modprobe br_netfilter
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/k3s \
+    server \
+` + strings.Join(argLines, "") + "\n"
+}
+
+// want is the part of a TokenSource a test checks.
+type want struct {
+	Kind    SourceKind
+	Key     string
+	Value   string
+	Line    int
+	Class   string
+	Agent   bool
+	Ignored bool
+	Warning bool
+	Err     bool
+}
+
+func got(s TokenSource) want {
+	return want{Kind: s.Kind, Key: s.Key, Value: s.Value, Line: s.Line, Class: s.TokenClass(),
+		Agent: s.Agent, Ignored: s.Ignored != "", Warning: s.Warning != "", Err: s.Err != nil}
+}
+
+func TestParseFileFormats(t *testing.T) {
+	tests := []struct {
+		name    string
+		kind    FileKind
+		content string
+		want    []want
+	}{
+		{
+			name:    "install.sh env file, dash single quotes",
+			kind:    FileEnv,
+			content: "K3S_TOKEN='" + srvTok + "'\nK3S_URL='https://10.0.0.1:6443'\nK3S_KUBECONFIG_MODE='644'\n",
+			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 1, Class: "secure"}},
+		},
+		{
+			name:    "bash double quotes with escapes",
+			kind:    FileEnv,
+			content: `K3S_TOKEN="K10` + oldHash + `::server:q\"d\\b\$x"` + "\n",
+			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: "K10" + oldHash + `::server:q"d\b$x`, Line: 1, Class: "secure", Warning: true}},
+		},
+		{
+			name: "unquoted, comments, blanks, CRLF, agent token, token file",
+			kind: FileDistroEnv,
+			content: "# written by hand\r\n; another comment\r\n\r\n  K3S_TOKEN = " + srvTok + "  \r\n" +
+				"K3S_AGENT_TOKEN=" + nodeTok + "\r\nK3S_TOKEN_FILE=/etc/k3s/token\r\n",
+			want: []want{
+				{Kind: KindDistroEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 4, Class: "secure", Warning: true},
+				{Kind: KindDistroEnvFile, Key: "K3S_AGENT_TOKEN", Value: nodeTok, Line: 5, Class: "secure", Agent: true},
+				{Kind: KindDistroEnvFile, Key: "K3S_TOKEN_FILE", Value: "/etc/k3s/token", Line: 6, Class: "file"},
+			},
+		},
+		{
+			// systemd does not strip "export": the key "export K3S_TOKEN"
+			// is not a valid name and the line is dropped.
+			name:    "export prefix is ignored by systemd",
+			kind:    FileEnv,
+			content: "export K3S_TOKEN='" + srvTok + "'\n",
+			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 1, Class: "secure", Ignored: true}},
+		},
+		{
+			// sh reads 'a'\''b' as a'b; systemd as a''b' (a quote ends a
+			// piece, then \' and the rest are plain characters).
+			name:    "quote written as '\\'' in an env file: systemd's reading",
+			kind:    FileEnv,
+			content: "K3S_TOKEN='" + "K10" + oldHash + "::server:it'\\''s'\n",
+			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: "K10" + oldHash + "::server:it''s'", Line: 1, Class: "secure", Warning: true}},
+		},
+		{
+			// systemd < v254 continued a comment ending in a backslash.
+			name:    "after a comment ending in a backslash",
+			kind:    FileEnv,
+			content: "# old note \\\nK3S_TOKEN=" + srvTok + "\n",
+			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 2, Class: "secure", Warning: true}},
+		},
+		{
+			name:    "multi-line single-quoted value of another key hides nothing",
+			kind:    FileEnv,
+			content: "OTHER='line1\nK3S_TOKEN=not-a-definition'\nK3S_TOKEN=" + shortTok + "\n",
+			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: shortTok, Line: 3, Class: "short"}},
+		},
+		{
+			name:    "install.sh ExecStart, flag and value on their own quoted lines",
+			kind:    FileUnit,
+			content: installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n", "\t'--disable=traefik' \\\n"),
+			want:    []want{{Kind: KindUnitExecStart, Key: "--token", Value: srvTokU, Line: 27, Class: "secure"}},
+		},
+		{
+			name:    "install.sh ExecStart, --token=value in one quoted word",
+			kind:    FileUnit,
+			content: installUnit("\t'--token="+srvTok+"' \\\n", "\t'--agent-token="+nodeTok+"' \\\n"),
+			want: []want{
+				// % starts a unit specifier: systemd would expand it.
+				{Kind: KindUnitExecStart, Key: "--token", Value: srvTok, Line: 26, Class: "secure", Warning: true},
+				{Kind: KindUnitExecStart, Key: "--agent-token", Value: nodeTok, Line: 27, Class: "secure", Agent: true},
+			},
+		},
+		{
+			name:    "install.sh ExecStart, a quote inside the value as '\\''",
+			kind:    FileUnit,
+			content: installUnit("\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n"),
+			want:    []want{{Kind: KindUnitExecStart, Key: "-t", Value: "K10" + oldHash + "::server:it's", Line: 27, Class: "secure"}},
+		},
+		{
+			name:    "unquoted flags on one line, -t=, --token-file",
+			kind:    FileUnit,
+			content: "[Service]\nExecStart=/usr/local/bin/k3s agent --server https://s:6443 -t=" + nodeTok + " --token-file /run/k3s-token\n",
+			want: []want{
+				{Kind: KindUnitExecStart, Key: "-t", Value: nodeTok, Line: 2, Class: "secure"},
+				{Kind: KindUnitExecStart, Key: "--token-file", Value: "/run/k3s-token", Line: 2, Class: "file"},
+			},
+		},
+		{
+			name: "drop-in: Environment= forms and an ExecStart override",
+			kind: FileUnitDropIn,
+			content: "[Service]\nEnvironment=\"K3S_TOKEN=" + strings.ReplaceAll(srvTokU, `"`, `\"`) + "\" \"OTHER=1\"\nEnvironment=K3S_AGENT_TOKEN=" + nodeTok +
+				"\nExecStart=\nExecStart=/usr/local/bin/k3s server --token " + bootTok + "\n",
+			want: []want{
+				{Kind: KindUnitEnvironment, Key: "K3S_TOKEN", Value: srvTokU, Line: 2, Class: "secure"},
+				{Kind: KindUnitEnvironment, Key: "K3S_AGENT_TOKEN", Value: nodeTok, Line: 3, Class: "secure", Agent: true},
+				{Kind: KindUnitDropIn, Key: "--token", Value: bootTok, Line: 5, Class: "secure"},
+			},
+		},
+		{
+			name:    "settings outside [Service] and commented lines do not count",
+			kind:    FileUnit,
+			content: "[Unit]\nExecStart=/usr/local/bin/k3s server --token " + shortTok + "\n[Service]\n# ExecStart=/usr/local/bin/k3s server --token " + srvTok + "\nExecStart=/usr/local/bin/k3s server\n",
+		},
+		{
+			name: "config.yaml: plain, quoted, comments, other keys, CRLF",
+			kind: FileConfig,
+			content: "# cluster config\r\nwrite-kubeconfig-mode: \"0644\"\r\ntoken: " + srvTok + "   # the join token\r\n" +
+				"tls-san:\r\n  - a.example.com\r\nagent-token: '" + strings.ReplaceAll(nodeTok, "agentpw", "it''s") + "'\r\n" +
+				"token-file: \"/etc/k3s/token\" # unused\r\nnode-label:\r\n  - token=not-this\r\n",
+			want: []want{
+				{Kind: KindConfigFile, Key: "token", Value: srvTok, Line: 3, Class: "secure"},
+				{Kind: KindConfigFile, Key: "agent-token", Value: strings.ReplaceAll(nodeTok, "agentpw", "it's"), Line: 6, Class: "secure", Agent: true},
+				{Kind: KindConfigFile, Key: "token-file", Value: "/etc/k3s/token", Line: 7, Class: "file"},
+			},
+		},
+		{
+			name:    "config drop-in: append form, short token, document marker",
+			kind:    FileConfigDropIn,
+			content: "---\ntoken+: " + shortTok + "\nagent-token-file: /etc/k3s/agent-token\n",
+			want: []want{
+				{Kind: KindConfigDropIn, Key: "token+", Value: shortTok, Line: 2, Class: "short"},
+				{Kind: KindConfigDropIn, Key: "agent-token-file", Value: "/etc/k3s/agent-token", Line: 3, Class: "file", Agent: true},
+			},
+		},
+		{
+			name:    "token file with trailing newline",
+			kind:    FileToken,
+			content: srvTok + "\n",
+			want:    []want{{Kind: KindTokenFile, Value: srvTok, Line: 1, Class: "secure"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srcs, err := parseFile(tt.kind, "/f", []byte(tt.content), "k3s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var gotw []want
+			for _, s := range srcs {
+				gotw = append(gotw, got(s))
+			}
+			if !reflect.DeepEqual(gotw, tt.want) {
+				t.Errorf("got\n%+v\nwant\n%+v", gotw, tt.want)
+				for _, s := range srcs {
+					t.Logf("%s ignored=%q warning=%q", s, s.Ignored, s.Warning)
+				}
+			}
+		})
+	}
+}
+
+// TestParseRefuses: definitions fleetcert cannot read unambiguously are
+// errors (never guesses), and errors never carry the secret.
+func TestParseRefuses(t *testing.T) {
+	tests := []struct {
+		name    string
+		kind    FileKind
+		content string
+		errText string
+	}{
+		{"token inside sh -c", FileUnit, "[Service]\nExecStart=/bin/sh -c '/usr/local/bin/k3s server --token " + srvTok + "'\n", "outside any definition"},
+		{"token-file inside sh -c", FileUnit, "[Service]\nExecStart=/bin/sh -c 'k3s server --token-file=/x'\n", "token-file setting"},
+		{"unbalanced quote", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server '--token=" + srvTok + "\n", "unbalanced"},
+		{"flag without value", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token\n", "has no value"},
+		{"value from a variable", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token ${K3S_TOKEN}\n", "variable"},
+		{"hash written with an escape", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token K10\\x61" + oldHash[1:] + "::server:x\n", "unparseable"},
+		{"bad hash length", FileEnv, "K3S_TOKEN=K10abc::server:" + pwColon + "\n", "invalid token CA hash length"},
+		{"hash not hex", FileEnv, "K3S_TOKEN=K10" + strings.Repeat("z", 64) + "::server:" + pwColon + "\n", "not hexadecimal"},
+		{"hash split by quotes", FileEnv, "K3S_TOKEN='K10'\"" + oldHash + "::server:" + pwColon + "\"\n", "not written as plain"},
+		{"quote inside the hash", FileEnv, "K3S_TOKEN=K10'" + oldHash + "'::server:" + pwColon + "\n", "invalid token CA hash length"},
+		{"block scalar", FileConfig, "token: |\n  " + srvTok + "\n", "YAML form"},
+		{"multi-line plain scalar", FileConfig, "token: K10" + oldHash + "::server:\n  " + pwColon + "\n", "YAML form"},
+		{"flow mapping", FileConfig, "{token: " + srvTok + "}\n", "outside any definition"},
+		{"anchor", FileConfig, "token: &t " + srvTok + "\n", "YAML form"},
+		{"unknown double-quote escape", FileConfig, "token: \"K10" + oldHash + "::server:\\x41" + pwColon + "\"\n", "escape"},
+		{"nested token key", FileConfig, "other:\n  token: " + srvTok + "\n", "outside any definition"},
+		{"duplicate keys", FileConfig, "token: " + srvTok + "\ntoken: " + srvTok + "\n", "defined twice"},
+		{"not YAML", FileConfig, "token: [" + srvTok + "\n", "not valid YAML"},
+		{"merge key", FileConfig, "base: &b {x: 1}\n<<: *b\ntoken: " + shortTok + "\n", "merge key"},
+		{"second document", FileConfigDropIn, "a: 1\n---\ntoken: " + srvTok + "\n", "second YAML document"},
+		{"relative token file", FileConfig, "token-file: token.txt\n", "not absolute"},
+		{"empty token file", FileToken, "\n", "empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, n, err := RewriteTokenHash(tt.kind, []byte(tt.content), newHash)
+			if err == nil {
+				t.Fatalf("no error; changed %d", n)
+			}
+			if !strings.Contains(err.Error(), tt.errText) {
+				t.Errorf("error %q does not mention %q", err, tt.errText)
+			}
+			if strings.Contains(err.Error(), pwColon) || strings.Contains(err.Error(), "agentpw") {
+				t.Errorf("error leaks the secret: %v", err)
+			}
+			if string(out) != tt.content || n != 0 {
+				t.Errorf("content changed on error")
+			}
+		})
+	}
+}
+
+func TestRedactionNeverShowsSecrets(t *testing.T) {
+	content := "K3S_TOKEN='" + srvTok + "'\nK3S_AGENT_TOKEN=" + shortTok + "\nK3S_TOKEN_FILE=/etc/t\n"
+	srcs, _ := parseFile(FileEnv, "/e", []byte(content), "k3s")
+	for _, s := range srcs {
+		js, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, text := range []string{s.String(), s.Redacted(), fmt.Sprint(s.Err), fmt.Sprintf("%v %+v %#v", s, s, s),
+			fmt.Sprintf("%+v", Skipped{Source: s}), string(js)} {
+			if strings.Contains(text, pwColon) || strings.Contains(text, shortTok) {
+				t.Errorf("%q shows a secret", text)
+			}
+		}
+	}
+	if r := srcs[0].Redacted(); r != "K10"+oldHash+"::server:****" {
+		t.Errorf("Redacted = %q", r)
+	}
+}
+
+func TestCandidates(t *testing.T) {
+	l := Layout{Role: RoleAgent}
+	wantFiles := []string{"/etc/default/k3s-agent", "/etc/sysconfig/k3s-agent", "/etc/systemd/system/k3s-agent.service.env",
+		"/etc/systemd/system/k3s-agent.service", "/etc/rancher/k3s/config.yaml"}
+	if got := CandidateFiles(l); !reflect.DeepEqual(got, wantFiles) {
+		t.Errorf("CandidateFiles = %q", got)
+	}
+	dirs := CandidateDirs(l)
+	if dirs[0].Path != "/etc/systemd/system/k3s-agent.service.d" || dirs[1].Path != "/etc/rancher/k3s/config.yaml.d" {
+		t.Errorf("CandidateDirs = %+v", dirs)
+	}
+	for _, tt := range []struct {
+		dir  int
+		name string
+		want bool
+	}{
+		{0, "10-token.conf", true}, {0, "x.CONF", false}, {0, ".conf", false}, {0, "a.conf.bak", false},
+		{1, "10.yaml", true}, {1, "20.YML", true}, {1, "x.Yaml", true}, {1, "x.json", false}, {1, "yaml", false},
+	} {
+		if got := dirs[tt.dir].Matches(tt.name); got != tt.want {
+			t.Errorf("dir %d Matches(%q) = %v", tt.dir, tt.name, got)
+		}
+	}
+}
+
+// TestFindTokenSourcesTwoRounds: token-file targets are asked for, then
+// read; drop-in directories are filtered and ordered.
+func TestFindTokenSourcesTwoRounds(t *testing.T) {
+	l := Layout{}
+	files := map[string][]byte{
+		l.UnitFile():                           []byte(installUnit("\t'--token-file' \\\n", "\t'/etc/k3s/token' \\\n")),
+		l.ConfigDropInDir() + "/20-agent.YAML": []byte("agent-token-file: /etc/k3s/agent-token\n"),
+		l.ConfigDropInDir() + "/notes.txt":     []byte("token: " + srvTok + "\n"),
+		l.UnitDropInDir() + "/override.conf":   []byte("[Service]\nEnvironment=K3S_TOKEN=" + shortTok + "\n"),
+	}
+	srcs, pending := FindTokenSources(l, files)
+	if want := []string{"/etc/k3s/agent-token", "/etc/k3s/token"}; !reflect.DeepEqual(pending, want) {
+		t.Fatalf("pending = %q, want %q", pending, want)
+	}
+	if len(srcs) != 3 {
+		t.Fatalf("got %d sources: %v", len(srcs), srcs)
+	}
+	files["/etc/k3s/token"] = []byte(srvTok)
+	files["/etc/k3s/agent-token"] = nil // read, absent
+	srcs, pending = FindTokenSources(l, files)
+	if len(pending) != 0 {
+		t.Errorf("pending after round two = %q", pending)
+	}
+	last := srcs[len(srcs)-1]
+	if last.Kind != KindTokenFile || last.File != "/etc/k3s/token" || last.Value != srvTok || last.Key != "--token-file" {
+		t.Errorf("token file source = %s", last)
+	}
+	if _, err := EffectiveAgentToken(srcs, RoleServer); err == nil || !strings.Contains(err.Error(), "not read or does not exist") {
+		t.Errorf("agent token from a missing file: %v", err)
+	}
+}
+
+// TestUnitEnvironmentFiles: the unit's EnvironmentFile= lines decide which
+// env files count and in what order; extra ones are asked for.
+func TestUnitEnvironmentFiles(t *testing.T) {
+	l := Layout{}
+	unit := "[Service]\nEnvironmentFile=-/etc/sysconfig/%N\nEnvironmentFile=/opt/k3s/%n.env\nExecStart=/usr/local/bin/k3s server\n"
+	files := map[string][]byte{
+		l.UnitFile(): []byte(unit),
+		l.EnvFile():  []byte("K3S_TOKEN=" + srvTok + "\n"),
+	}
+	srcs, pending := FindTokenSources(l, files)
+	if !reflect.DeepEqual(pending, []string{"/opt/k3s/k3s.service.env"}) {
+		t.Errorf("pending = %q", pending)
+	}
+	if len(srcs) != 1 || srcs[0].Ignored == "" {
+		t.Fatalf("the .env the unit does not load must be found and marked ignored: %v", srcs)
+	}
+	files["/opt/k3s/k3s.service.env"] = []byte("K3S_TOKEN=" + shortTok + "\n")
+	srcs, _ = FindTokenSources(l, files)
+	eff, err := EffectiveToken(srcs, RoleServer)
+	if err != nil || eff.File != "/opt/k3s/k3s.service.env" {
+		t.Errorf("effective = %s, %v", eff, err)
+	}
+
+	files[l.UnitFile()] = []byte("[Service]\nEnvironmentFile=/etc/k3s/*.env\n")
+	srcs, _ = FindTokenSources(l, files)
+	if !hasProblem(srcs, "wildcards") {
+		t.Errorf("a wildcard EnvironmentFile= must be a problem: %v", srcs)
+	}
+}
+
+func hasProblem(srcs []TokenSource, text string) bool {
+	for _, s := range srcs {
+		if s.Err != nil && strings.Contains(s.Err.Error(), text) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,436 @@
+package k3s
+
+import (
+	"fmt"
+	"path"
+	"strings"
+)
+
+// unitSetting is one Key=value of a unit file's [Service] section, the
+// value with continuation lines joined.
+type unitSetting struct {
+	key    string
+	keyOff int
+	val    span
+}
+
+// scanUnit reads the [Service] settings of a unit file or drop-in as
+// systemd's config parser does: blank lines and lines starting with # or ;
+// are skipped; a line ending in a backslash continues on the next one, the
+// backslash becoming a space, and comment lines inside such a continuation
+// are dropped (systemd.syntax(7)); key and value are trimmed. A CR before
+// the LF is part of the line end.
+func scanUnit(b []byte) []unitSetting {
+	var (
+		out     []unitSetting
+		section string
+		cont    span
+		inCont  bool
+	)
+	finish := func() {
+		line := cont.trimSpace()
+		cont, inCont = span{}, false
+		if len(line.b) == 0 {
+			return
+		}
+		if line.b[0] == '[' {
+			end := strings.IndexByte(line.String(), ']')
+			if end > 0 {
+				section = line.String()[1:end]
+			}
+			return
+		}
+		eq := strings.IndexByte(line.String(), '=')
+		if eq < 0 || section != "Service" {
+			return
+		}
+		key := strings.TrimSpace(line.String()[:eq])
+		out = append(out, unitSetting{key: key, keyOff: line.firstOff(), val: line.from(eq + 1).trimSpace()})
+	}
+	for start := 0; start < len(b); {
+		end := start
+		for end < len(b) && b[end] != '\n' {
+			end++
+		}
+		next := end + 1
+		if end > start && b[end-1] == '\r' {
+			end--
+		}
+		text := strings.TrimLeft(string(b[start:end]), " \t")
+		isComment := text != "" && (text[0] == '#' || text[0] == ';')
+		if isComment {
+			start = next
+			continue
+		}
+		if !inCont && text == "" {
+			start = next
+			continue
+		}
+		for i := start; i < end; i++ {
+			cont.lit(b[i], i)
+		}
+		inCont = true
+		if end > start && b[end-1] == '\\' {
+			cont.truncate(len(cont.b) - 1)
+			cont.esc(' ')
+		} else {
+			finish()
+		}
+		start = next
+	}
+	if inCont {
+		finish()
+	}
+	return out
+}
+
+// expandSpecifiers resolves the unit specifiers fleetcert can know: %% %n
+// %N %p (unit name with and without .service; prefix = name for a unit that
+// is not a template). Any other specifier is kept verbatim and the offset
+// of its "%" is put in unknown.
+func expandSpecifiers(v span, unit string) (out span, unknown map[int]bool) {
+	unknown = map[int]bool{}
+	for i := 0; i < len(v.b); i++ {
+		if v.b[i] != '%' || i+1 == len(v.b) {
+			out.lit(v.b[i], v.offs[i])
+			continue
+		}
+		i++
+		var rep string
+		switch v.b[i] {
+		case '%':
+			rep = "%"
+		case 'n':
+			rep = unit + ".service"
+		case 'N', 'p':
+			rep = unit
+		default:
+			unknown[v.offs[i-1]] = true
+			out.lit('%', v.offs[i-1])
+			out.lit(v.b[i], v.offs[i])
+			continue
+		}
+		for j := 0; j < len(rep); j++ {
+			out.esc(rep[j])
+		}
+	}
+	return out, unknown
+}
+
+// usesAny reports whether any byte of s sits at one of offs.
+func (s span) usesAny(offs map[int]bool) bool {
+	for _, o := range s.offs {
+		if offs[o] {
+			return true
+		}
+	}
+	return false
+}
+
+// word is one argument of a command line.
+type word struct {
+	span
+	dollar bool // contains $: systemd may substitute a variable
+	odd    bool // uses an escape fleetcert keeps verbatim (\x, \u, octal)
+}
+
+// splitWords splits a command line or Environment= value as systemd's
+// extract_first_word with EXTRACT_UNQUOTE|EXTRACT_CUNESCAPE (relaxed):
+// blanks separate words; '…' and "…" may appear anywhere in a word and
+// are removed; a backslash escapes the next character, in quotes too, with
+// C escapes (\n \t \s …). An unbalanced quote makes systemd ignore the
+// whole setting: that is an error.
+func splitWords(v span) ([]word, error) {
+	var (
+		words []word
+		cur   word
+		in    bool
+		quote byte
+	)
+	for i := 0; i < len(v.b); i++ {
+		c := v.b[i]
+		if quote == 0 && isBlank(c) {
+			if in {
+				words = append(words, cur)
+				cur, in = word{}, false
+			}
+			continue
+		}
+		in = true
+		switch {
+		case c == '\\':
+			if i+1 == len(v.b) {
+				cur.lit(c, v.offs[i])
+				continue
+			}
+			i++
+			e := v.b[i]
+			if r, ok := cEscapes[e]; ok {
+				cur.esc(r)
+			} else {
+				cur.odd = true
+				cur.lit('\\', v.offs[i-1])
+				cur.lit(e, v.offs[i])
+			}
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote == 0 && (c == '\'' || c == '"'):
+			quote = c
+		default:
+			if c == '$' {
+				cur.dollar = true
+			}
+			cur.lit(c, v.offs[i])
+		}
+	}
+	if quote != 0 {
+		return nil, fmt.Errorf("unbalanced %c quote: systemd ignores this setting", quote)
+	}
+	if in {
+		words = append(words, cur)
+	}
+	return words, nil
+}
+
+// cEscapes are the backslash escapes systemd's cunescape_one turns into one
+// byte.
+var cEscapes = map[byte]byte{
+	'\\': '\\', '\'': '\'', '"': '"', ' ': ' ', 's': ' ',
+	'a': '\a', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t', 'v': '\v',
+}
+
+// envFileRef is an environment file the unit loads (or would, by default).
+type envFileRef struct {
+	path    string
+	kind    SourceKind
+	extra   bool   // named by the unit, not a candidate file
+	ignored string // set when the unit does not load it
+}
+
+// unitChain is what the unit and its drop-ins say about tokens.
+type unitChain struct {
+	environment, execStarts, problems []TokenSource
+	envFiles                          []envFileRef
+}
+
+// readUnitChain reads the unit file and then its drop-ins in name order,
+// as systemd merges them: an empty ExecStart=, Environment= or
+// EnvironmentFile= resets the list built so far, the last ExecStart= is the
+// command (k3s units are not Type=oneshot). Without the unit file (not read,
+// or not systemd), environment files are assumed to be install.sh's.
+func readUnitChain(l Layout, files map[string][]byte) unitChain {
+	var uc unitChain
+	var refs []string
+	unitFiles := dropIns(CandidateDirs(l)[0], files)
+	haveUnit := files[l.UnitFile()] != nil
+	if haveUnit {
+		unitFiles = append([]string{l.UnitFile()}, unitFiles...)
+	} else {
+		refs = append(l.DistroEnvFiles(), l.EnvFile())
+	}
+	execCount := 0
+	for _, f := range unitFiles {
+		content := files[f]
+		dropIn := f != l.UnitFile()
+		for _, set := range scanUnit(content) {
+			switch set.key {
+			case "ExecStart":
+				if len(set.val.b) == 0 {
+					ignore(uc.execStarts, "ExecStart= reset by "+f)
+					execCount = 0
+					continue
+				}
+				ignore(uc.execStarts, "replaced by a later ExecStart= in "+f)
+				execCount++
+				kind := KindUnitExecStart
+				if dropIn {
+					kind = KindUnitDropIn
+				}
+				srcs := parseExecStart(f, kind, set, content, l.UnitName())
+				if execCount > 1 {
+					for i := range srcs {
+						srcs[i].Warning = "the unit has more than one ExecStart=: systemd refuses such a unit unless an empty ExecStart= resets the first"
+					}
+				}
+				uc.execStarts = append(uc.execStarts, srcs...)
+			case "Environment":
+				if len(set.val.b) == 0 {
+					ignore(uc.environment, "Environment= reset by "+f)
+					continue
+				}
+				uc.environment = append(uc.environment, parseEnvironment(f, set, content, l.UnitName())...)
+			case "EnvironmentFile":
+				if len(set.val.b) == 0 {
+					refs = nil
+					continue
+				}
+				p, err := envFilePath(set.val, l.UnitName())
+				if err != nil {
+					uc.problems = append(uc.problems, problem(f, KindUnitEnvironment, lineAt(content, set.keyOff), "EnvironmentFile=: %v", err))
+					continue
+				}
+				refs = append(refs, p)
+			}
+		}
+	}
+	uc.envFiles = envFileRefs(l, refs, haveUnit, files)
+	return uc
+}
+
+func ignore(srcs []TokenSource, why string) {
+	for i := range srcs {
+		if srcs[i].Ignored == "" {
+			srcs[i].Ignored = why
+		}
+	}
+}
+
+// envFileRefs orders the environment files as the unit loads them (a path
+// named twice is loaded at its last place), then the candidate env files
+// the unit does not load, so that their tokens are still found.
+func envFileRefs(l Layout, refs []string, haveUnit bool, files map[string][]byte) []envFileRef {
+	kindOf := func(p string) (SourceKind, bool) {
+		for _, d := range l.DistroEnvFiles() {
+			if p == d {
+				return KindDistroEnvFile, false
+			}
+		}
+		return KindEnvFile, p != l.EnvFile()
+	}
+	var out []envFileRef
+	for i, p := range refs {
+		last := true
+		for _, q := range refs[i+1:] {
+			if q == p {
+				last = false
+			}
+		}
+		if last {
+			k, extra := kindOf(p)
+			out = append(out, envFileRef{path: p, kind: k, extra: extra})
+		}
+	}
+	for _, p := range append(l.DistroEnvFiles(), l.EnvFile()) {
+		if files[p] == nil || contains(refs, p) {
+			continue
+		}
+		k, _ := kindOf(p)
+		out = append(out, envFileRef{path: p, kind: k, ignored: "not loaded by " + l.UnitName() + ".service (no EnvironmentFile= names it)"})
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// envFilePath resolves an EnvironmentFile= value: an optional "-" (file may
+// be missing), then an absolute path. Wildcards and specifiers other than
+// %% %n %N %p are refused: fleetcert could not know which files they name.
+func envFilePath(v span, unit string) (string, error) {
+	v, unknown := expandSpecifiers(v, unit)
+	if len(unknown) > 0 {
+		return "", fmt.Errorf("uses a specifier fleetcert does not resolve")
+	}
+	p := strings.TrimPrefix(v.String(), "-")
+	switch {
+	case strings.ContainsAny(p, "*?["):
+		return "", fmt.Errorf("wildcards are not supported")
+	case !path.IsAbs(p):
+		return "", fmt.Errorf("path is not absolute (systemd ignores it)")
+	}
+	return path.Clean(p), nil
+}
+
+// parseEnvironment finds K3S_TOKEN and friends in an Environment= line:
+// a list of KEY=VALUE words (systemd.exec; quoting as splitWords).
+func parseEnvironment(file string, set unitSetting, content []byte, unit string) []TokenSource {
+	v, unknown := expandSpecifiers(set.val, unit)
+	words, err := splitWords(v)
+	if err != nil {
+		return []TokenSource{problem(file, KindUnitEnvironment, lineAt(content, set.keyOff), "Environment=: %v", err)}
+	}
+	var out []TokenSource
+	for _, w := range words {
+		name, _, ok := strings.Cut(w.String(), "=")
+		setting, known := envSettings[name]
+		if !ok || !known {
+			continue
+		}
+		s := newSource(file, KindUnitEnvironment, name, setting, w.from(len(name)+1), content, set.keyOff)
+		if w.usesAny(unknown) || w.odd {
+			s.Warning = "uses unit specifiers or escapes fleetcert keeps verbatim"
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// parseExecStart finds the token flags among the arguments of an
+// ExecStart= command line: --token/-t, --token-file, --agent-token,
+// --agent-token-file, each as "--flag value" or "--flag=value", with one or
+// two dashes (Go flag syntax, which urfave/cli uses). Scanning stops at
+// "--". A value that names a variable (${X}, $X) is taken literally by
+// fleetcert and flagged.
+func parseExecStart(file string, kind SourceKind, set unitSetting, content []byte, unit string) []TokenSource {
+	v, unknown := expandSpecifiers(set.val, unit)
+	line := lineAt(content, set.keyOff)
+	words, err := splitWords(v)
+	if err != nil {
+		return []TokenSource{problem(file, kind, line, "ExecStart=: %v", err)}
+	}
+	if len(words) == 0 {
+		return nil
+	}
+	// Prefixes -@:+! go before the path; with @ the next word is argv[0].
+	first := words[0].String()
+	prefix := len(first) - len(strings.TrimLeft(first, "-@:+!|"))
+	args := words[1:]
+	if strings.Contains(first[:prefix], "@") && len(args) > 0 {
+		args = args[1:]
+	}
+	var out []TokenSource
+	for i := 0; i < len(args); i++ {
+		a := args[i].String()
+		if a == "--" {
+			break
+		}
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name, _, hasEq := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		setting, ok := flagSettings[name]
+		if !ok || strings.HasPrefix(a, "---") {
+			continue
+		}
+		key := a[:len(a)-len(strings.TrimLeft(a, "-"))] + name
+		keyOff := args[i].firstOff()
+		var val word
+		if hasEq {
+			val = word{span: args[i].from(len(key) + 1), dollar: args[i].dollar, odd: args[i].odd}
+		} else if i+1 < len(args) {
+			i++
+			val = args[i]
+		} else {
+			out = append(out, problem(file, kind, lineAt(content, keyOff), "%s has no value", key))
+			continue
+		}
+		s := newSource(file, kind, key, setting, val.span, content, keyOff)
+		if s.Line == 0 {
+			s.Line = line
+		}
+		switch {
+		case val.dollar && s.Value != "" && s.Value[0] == '$':
+			s.Err = fmt.Errorf("%s takes its value from a variable: define the token there instead", key)
+		case val.usesAny(unknown) || val.odd || val.dollar:
+			s.Warning = "uses unit specifiers, $ or escapes that systemd may expand; fleetcert reads them verbatim"
+		}
+		out = append(out, s)
+	}
+	return out
+}

@@ -1,0 +1,62 @@
+// Package remotetest provides remote.Host implementations for tests: Local
+// runs commands on this machine with sh, so the shell scripts fleetcert
+// sends to nodes are exercised for real without SSH.
+package remotetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"sync/atomic"
+
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+// Local is a remote.Host that is this machine.
+type Local struct {
+	runs atomic.Int64
+}
+
+// Runs counts the commands run so far (round trips, for a real host).
+func (l *Local) Runs() int64 { return l.runs.Load() }
+
+func (l *Local) Run(ctx context.Context, script string, stdin []byte) (remote.Result, error) {
+	l.runs.Add(1)
+	cmd := exec.CommandContext(ctx, "sh", "-c", script)
+	var out, errb bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &out, &errb
+	err := cmd.Run()
+	res := remote.Result{Stdout: out.Bytes(), Stderr: errb.Bytes()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ctx.Err() == nil {
+		res.ExitCode = ee.ExitCode()
+		err = nil
+	}
+	return res, err
+}
+
+func (l *Local) ReadFile(ctx context.Context, p string) ([]byte, error) {
+	l.runs.Add(1)
+	return os.ReadFile(p)
+}
+
+// WriteFile is atomic like the SSH host's: temp file beside, rename.
+func (l *Local) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode) error {
+	l.runs.Add(1)
+	if st, err := os.Stat(p); err == nil {
+		mode = st.Mode().Perm()
+	}
+	tmp := p + ".fleetcert-tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+func (l *Local) Close() error { return nil }
