@@ -66,8 +66,11 @@ func Output(ctx context.Context, h Host, script string) ([]byte, error) {
 }
 
 // Quote returns s as one word for a POSIX shell: wrapped in single quotes,
-// with each embedded single quote written as '\''. It is the only way a
-// value may enter a remote command line.
+// each embedded single quote closed, escaped and reopened:
+//
+//	it's  ->  'it'\''s'
+//
+// It is the only way a value may enter a remote command line.
 func Quote(s string) string {
 	if s == "" {
 		return "''"
