@@ -42,3 +42,5 @@ func parseDuration(s string) (time.Duration, error) {
 	}
 	return v, nil
 }
+
+func (d duration) value() time.Duration { return time.Duration(d) }

@@ -1,8 +1,11 @@
 package cmd
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"syscall"
 )
 
 // Exit codes, one table for every command; when several apply the first in
@@ -65,4 +68,13 @@ func worst(codes ...int) int {
 		}
 	}
 	return best
+}
+
+// interruptCode is 143 when the run was stopped by SIGTERM and 130
+// otherwise (SIGINT), following the shell convention of 128+signal.
+func interruptCode(ctx context.Context) int {
+	if sig, ok := context.Cause(ctx).(interface{ Signal() os.Signal }); ok && sig.Signal() == syscall.SIGTERM {
+		return ExitSIGTERM
+	}
+	return ExitSIGINT
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"github.com/fleetcert/fleetcert/orchestrator"
 )
 
 // globals holds the flags every command shares.
@@ -44,6 +46,8 @@ type app struct {
 	stderr io.Writer
 	log    *slog.Logger
 	v      *viper.Viper
+	// dial replaces SSH in tests.
+	dial orchestrator.Dialer
 }
 
 // Execute runs fleetcert with os.Args and returns the process exit code.
@@ -59,7 +63,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := interruptible(stderr)
 	defer stop()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -102,6 +106,9 @@ servers-first behind health gates.`,
 	f.StringVar(&a.g.hostKeyPolicy, "host-key-policy", "strict", "SSH host key policy: strict, accept-new or insecure")
 
 	root.AddCommand(a.newVersionCmd())
+	root.AddCommand(a.newCACmd(), a.newTokenCmd())
+	root.AddCommand(a.newFactsCmd())
+	root.AddCommand(a.newInventoryCmd())
 	return root
 }
 
@@ -191,4 +198,39 @@ func setFlagFrom(f *pflag.Flag, val any) error {
 		return sv.Replace(items)
 	}
 	return f.Value.Set(fmt.Sprint(val))
+}
+
+// interrupted is the cancel cause of a run stopped by a signal.
+type interrupted struct{ sig os.Signal }
+
+func (i interrupted) Error() string     { return "interrupted by " + i.sig.String() }
+func (i interrupted) Signal() os.Signal { return i.sig }
+
+// interruptible returns a context cancelled by the first SIGINT or SIGTERM:
+// commands finish their current step, save state and exit 130 or 143. A
+// second signal exits at once.
+func interruptible(stderr io.Writer) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-sigs:
+			fmt.Fprintf(stderr, "%s: finishing the current step and saving state (signal again to exit at once)\n", sig)
+			cancel(interrupted{sig})
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			code := ExitSIGINT
+			if sig == syscall.SIGTERM {
+				code = ExitSIGTERM
+			}
+			os.Exit(code)
+		case <-done:
+		}
+	}()
+	return ctx, func() { close(done); signal.Stop(sigs); cancel(nil) }
 }

@@ -103,7 +103,7 @@ func contents(sets ...map[string]File) map[string][]byte {
 func versionWord(text string) string {
 	first, _, _ := strings.Cut(text, "\n")
 	for _, w := range strings.Fields(first) {
-		if strings.HasPrefix(w, "v") {
+		if len(w) > 1 && w[0] == 'v' && w[1] >= '0' && w[1] <= '9' {
 			return w
 		}
 	}

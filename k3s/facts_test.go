@@ -82,3 +82,16 @@ func TestParseSnapshotRejectsForeignOutput(t *testing.T) {
 		}
 	}
 }
+
+func TestVersionWord(t *testing.T) {
+	for in, want := range map[string]string{
+		"k3s version v1.33.5+k3s1 (abc1234)\ngo version go1.24.4": "v1.33.5+k3s1",
+		"k3s version v1.26.2+k3s1 (f0ec6a4c)":                     "v1.26.2+k3s1",
+		"":                                                        "",
+		"k3s version unknown":                                     "",
+	} {
+		if got := versionWord(in); got != want {
+			t.Errorf("versionWord(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,159 @@
+// Package orchestrator runs fleetcert's operations over a fleet: it connects
+// to nodes, gathers their facts, and drives each cluster through an ordered
+// list of phases with gates, a lock, resumable run state and dry-run, then
+// reports what happened.
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fleetcert/fleetcert/inventory"
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+// Dialer opens the connection to one node. The SSH dialer is the real one;
+// tests and benchmarks substitute fakes.
+type Dialer func(ctx context.Context, n inventory.Node) (remote.Host, error)
+
+// SSHOptions are the connection settings that come from flags and the
+// environment rather than from the inventory.
+type SSHOptions struct {
+	HostKeyPolicy  string
+	SudoPassword   string
+	ConnectTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// SSHDialer dials nodes over SSH with settings from the inventory and opts.
+func SSHDialer(opts SSHOptions) Dialer {
+	return func(ctx context.Context, n inventory.Node) (remote.Host, error) {
+		c, err := remote.Dial(ctx, remote.Config{
+			Host:           n.Host,
+			Port:           n.SSH.Port,
+			User:           n.SSH.User,
+			IdentityFile:   n.SSH.IdentityFile,
+			KnownHostsFile: n.SSH.KnownHostsFile,
+			Bastion:        n.SSH.Bastion,
+			Sudo:           n.Sudo,
+			SudoPassword:   opts.SudoPassword,
+			HostKeyPolicy:  remote.HostKeyPolicy(opts.HostKeyPolicy),
+			ConnectTimeout: opts.ConnectTimeout,
+			Logger:         opts.Logger,
+		})
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return c, nil
+	}
+}
+
+// Node is an inventory node at run time: its connection (nil when it could
+// not be reached), where its files are, and what was found on it.
+type Node struct {
+	inventory.Node
+	Conn     remote.Host
+	Layout   k3s.Layout
+	Snapshot *k3s.Snapshot
+	Facts    k3s.NodeFacts
+	// Err is why the node could not be reached or read.
+	Err error
+
+	tokenFiles map[string]k3s.File
+}
+
+// LayoutOf is where an inventory node keeps its k3s files.
+func LayoutOf(n inventory.Node) k3s.Layout {
+	role := k3s.RoleServer
+	if n.Role == inventory.Agent {
+		role = k3s.RoleAgent
+	}
+	return k3s.Layout{Role: role, DataDir: n.DataDir, ConfigFile: n.ConfigFile, Unit: n.Service}
+}
+
+// Connect dials every node, at most limit at once, and gathers its facts
+// in the same pass: one connection per node, one round trip for the
+// snapshot and a second only when the node's configuration points to token
+// files. A node that fails keeps its error; the others go on.
+func Connect(ctx context.Context, nodes []inventory.Node, dial Dialer, limit int) []*Node {
+	out := make([]*Node, len(nodes))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(limit)
+	for i, n := range nodes {
+		rn := &Node{Node: n, Layout: LayoutOf(n)}
+		out[i] = rn
+		g.Go(func() error {
+			rn.connect(gctx, dial)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return out
+}
+
+func (n *Node) connect(ctx context.Context, dial Dialer) {
+	h, err := dial(ctx, n.Node)
+	if err != nil {
+		n.Err = fmt.Errorf("connect: %w", err)
+		return
+	}
+	n.Conn = h
+	n.Err = n.Refresh(ctx)
+}
+
+// Refresh gathers the node's facts again, e.g. after a restart.
+func (n *Node) Refresh(ctx context.Context) error {
+	snap, err := k3s.TakeSnapshot(ctx, n.Conn, n.Layout)
+	if err != nil {
+		return err
+	}
+	tokenFiles, err := readReferenced(ctx, n.Conn, n.Layout, snap)
+	if err != nil {
+		return err
+	}
+	n.Snapshot, n.tokenFiles, n.Facts = snap, tokenFiles, k3s.Describe(n.Layout, snap, tokenFiles)
+	return nil
+}
+
+// CloseAll closes every open connection.
+func CloseAll(nodes []*Node) error {
+	var errs []error
+	for _, n := range nodes {
+		if n.Conn != nil {
+			errs = append(errs, n.Conn.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// maxReferenceRounds bounds the chain of files a node's configuration can
+// point to (an EnvironmentFile= naming a file that sets a token-file...).
+const maxReferenceRounds = 3
+
+// readReferenced reads the files a node's token configuration points to,
+// beyond those in the snapshot: usually none, otherwise one more round
+// trip. Files asked for and absent are recorded as nil, which is how the
+// token finder learns that they do not exist.
+func readReferenced(ctx context.Context, h remote.Host, l k3s.Layout, snap *k3s.Snapshot) (map[string]k3s.File, error) {
+	read := map[string]k3s.File{}
+	for range maxReferenceRounds {
+		more := k3s.TokenFilesToRead(l, snap, read)
+		if len(more) == 0 {
+			return read, nil
+		}
+		got, err := k3s.ReadFiles(ctx, h, more)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range more {
+			read[p] = got[p] // the zero File (nil data) when absent
+		}
+	}
+	return read, nil
+}

@@ -1,0 +1,203 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"time"
+
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+// Lock lease timings: renewed every 30 s while a run lives, taken over by
+// anyone once 2 minutes pass without renewal.
+const (
+	LockLease   = 2 * time.Minute
+	LockRenewal = 30 * time.Second
+)
+
+// LockInfo is the content of a cluster lock file on the primary server.
+type LockInfo struct {
+	Owner   string    `json:"owner"` // controller host name
+	PID     int       `json:"pid"`
+	RunID   string    `json:"runId"`
+	Command string    `json:"command"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+}
+
+// Stale reports whether the lease ran out at time now.
+func (l LockInfo) Stale(now time.Time) bool { return now.After(l.Expires) }
+
+// ErrLockChanged means the lock file is not what the caller last saw:
+// someone else took, renewed or released it in between.
+var ErrLockChanged = errors.New("cluster lock changed underneath us")
+
+// lockScript swaps the lock file only if its current content hashes to
+// $expect (empty: only if absent). A mkdir mutex makes read-compare-write
+// atomic with nothing but sh and coreutils on the node; a mutex older than a
+// minute belongs to a controller that died mid-swap and is cleared.
+const lockScript = `set -u
+d=%s; f="$d/lock"; m="$d/lock.mutex"; expect=%s; op=%s
+mkdir -p "$d" && chmod 700 "$d" || exit 1
+if ! mkdir "$m" 2>/dev/null; then
+  now=$(date +%%s); born=$(stat -c %%Y "$m" 2>/dev/null || echo "$now")
+  [ $((now - born)) -gt 60 ] && rmdir "$m" 2>/dev/null
+  mkdir "$m" 2>/dev/null || exit 75
+fi
+trap 'rmdir "$m"' EXIT
+cur=""; [ -f "$f" ] && cur=$(sha256sum < "$f" | cut -d' ' -f1)
+[ "$cur" = "$expect" ] || exit 73
+if [ "$op" = release ]; then rm -f "$f"; exit 0; fi
+t="$f.tmp.$$"; umask 077; cat > "$t" && sync "$t" && mv -f "$t" "$f"
+`
+
+// swapLock replaces (or with nil content, removes) the lock file in dir,
+// provided its content still is prev (nil: absent).
+func swapLock(ctx context.Context, h remote.Host, dir string, prev, next []byte) error {
+	expect, op := "", "write"
+	if prev != nil {
+		sum := sha256.Sum256(prev)
+		expect = hex.EncodeToString(sum[:])
+	}
+	if next == nil {
+		op = "release"
+	}
+	script := fmt.Sprintf(lockScript, remote.Quote(dir), remote.Quote(expect), op)
+	res, err := h.Run(ctx, script, next)
+	if err != nil {
+		return err
+	}
+	switch res.ExitCode {
+	case 0:
+		return nil
+	case 73, 75:
+		return ErrLockChanged
+	default:
+		return fmt.Errorf("cluster lock in %s: %w", dir, res.Err())
+	}
+}
+
+// lockBlocks returns the error for a lock file (nil: none) that run runID
+// may not take over: a live lease of another run.
+func lockBlocks(cluster string, current []byte, runID string, now time.Time) error {
+	if current == nil {
+		return nil
+	}
+	var held LockInfo
+	if err := json.Unmarshal(current, &held); err == nil && !held.Stale(now) && held.RunID != runID {
+		return &LockHeldError{Cluster: cluster, Holder: held}
+	}
+	return nil
+}
+
+// ClusterLock is a held lock, renewed in the background until Release.
+type ClusterLock struct {
+	h       remote.Host
+	dir     string
+	content []byte
+	info    LockInfo
+	stop    chan struct{}
+	done    chan struct{}
+	lost    chan error
+}
+
+// LockHeldError is a lock another live run holds.
+type LockHeldError struct {
+	Cluster string
+	Holder  LockInfo
+}
+
+func (e *LockHeldError) Error() string {
+	return fmt.Sprintf("cluster %s is locked by run %s (%s on %s, pid %d) until %s; wait for it, or use --force-unlock if that run is dead",
+		e.Cluster, e.Holder.RunID, e.Holder.Command, e.Holder.Owner, e.Holder.PID, e.Holder.Expires.Format(time.RFC3339))
+}
+
+// AcquireLock takes the cluster lock in dir on h. current is the lock file as
+// last read (nil when absent). A lock held by a live lease of another run is
+// refused; a stale one, one of the same run id (a resumed run), or any lock
+// with force is taken over.
+func AcquireLock(ctx context.Context, h remote.Host, cluster, dir string, current []byte, info LockInfo, force bool, now time.Time) (*ClusterLock, error) {
+	if !force {
+		if err := lockBlocks(cluster, current, info.RunID, now); err != nil {
+			return nil, err
+		}
+	}
+	info.Created, info.Expires = now, now.Add(LockLease)
+	content, err := json.Marshal(info)
+	if err != nil {
+		return nil, err
+	}
+	if err := swapLock(ctx, h, dir, current, content); err != nil {
+		if errors.Is(err, ErrLockChanged) {
+			return nil, fmt.Errorf("cluster %s: another controller took the lock at the same moment; rerun later", cluster)
+		}
+		return nil, err
+	}
+	l := &ClusterLock{h: h, dir: dir, content: content, info: info,
+		stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan error, 1)}
+	go l.renew()
+	return l, nil
+}
+
+// renew extends the lease every LockRenewal. A renewal that finds the lock
+// changed reports it on Lost: the run must stop touching the cluster.
+func (l *ClusterLock) renew() {
+	defer close(l.done)
+	t := time.NewTicker(LockRenewal)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), LockRenewal)
+			info := l.info
+			info.Expires = time.Now().Add(LockLease)
+			next, _ := json.Marshal(info)
+			err := swapLock(ctx, l.h, l.dir, l.content, next)
+			cancel()
+			if errors.Is(err, ErrLockChanged) {
+				l.lost <- fmt.Errorf("cluster lock was taken over by another run")
+				return
+			}
+			if err == nil {
+				l.content, l.info = next, info
+			}
+		}
+	}
+}
+
+// Lost delivers an error if the lock was taken away during the run.
+func (l *ClusterLock) Lost() <-chan error { return l.lost }
+
+// Release stops renewal and removes the lock, if it still is ours.
+func (l *ClusterLock) Release(ctx context.Context) error {
+	close(l.stop)
+	<-l.done
+	return swapLock(ctx, l.h, l.dir, l.content, nil)
+}
+
+// ForceUnlock removes a lock whatever it holds: the operator's decision
+// that its run is dead.
+func ForceUnlock(ctx context.Context, h remote.Host, dir string) error {
+	res, err := h.Run(ctx, "rm -f -- "+remote.Quote(path.Join(dir, "lock")), nil)
+	if err != nil {
+		return err
+	}
+	return res.Err()
+}
+
+// controllerName names this controller in lock files.
+func controllerName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "unknown"
+	}
+	return h
+}

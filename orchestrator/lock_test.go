@@ -1,0 +1,72 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fleetcert/fleetcert/remote/remotetest"
+)
+
+func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
+	ctx := context.Background()
+	h := &remotetest.Local{}
+	dir := filepath.Join(t.TempDir(), "fleetcert")
+	now := time.Now()
+
+	first, err := AcquireLock(ctx, h, "c1", dir, nil, LockInfo{RunID: "run-a", Owner: "ctl-1"}, false, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _ := os.ReadFile(filepath.Join(dir, "lock"))
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
+		t.Errorf("lock dir mode %v", st.Mode().Perm())
+	}
+
+	_, err = AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-b"}, false, now)
+	var lhe *LockHeldError
+	if !errors.As(err, &lhe) || lhe.Holder.RunID != "run-a" {
+		t.Fatalf("second run: want LockHeldError naming run-a, got %v", err)
+	}
+
+	// A resumed run with the same id may take its own lock back.
+	if _, err := AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-a"}, false, now); err != nil {
+		t.Fatalf("same run id: %v", err)
+	}
+	first.Release(ctx) // no longer ours: must leave the new holder's lock alone
+	if _, err := os.Stat(filepath.Join(dir, "lock")); err != nil {
+		t.Fatalf("release of a lock that changed removed it: %v", err)
+	}
+
+	cur, _ := os.ReadFile(filepath.Join(dir, "lock"))
+	later := now.Add(LockLease + time.Second)
+	l, err := AcquireLock(ctx, h, "c1", dir, cur, LockInfo{RunID: "run-c"}, false, later)
+	if err != nil {
+		t.Fatalf("stale lock not taken over: %v", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "lock")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock still there after release: %v", err)
+	}
+}
+
+func TestLockSwapDetectsConcurrentChange(t *testing.T) {
+	ctx := context.Background()
+	h := &remotetest.Local{}
+	dir := t.TempDir()
+	if err := swapLock(ctx, h, dir, nil, []byte(`{"runId":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// Someone who saw no lock must not overwrite the one now there.
+	if err := swapLock(ctx, h, dir, nil, []byte(`{"runId":"y"}`)); !errors.Is(err, ErrLockChanged) {
+		t.Fatalf("got %v", err)
+	}
+	if err := swapLock(ctx, h, dir, []byte(`{"runId":"stale view"}`), nil); !errors.Is(err, ErrLockChanged) {
+		t.Fatalf("release with a stale view: %v", err)
+	}
+}

@@ -1,0 +1,164 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/fleetcert/fleetcert/inventory"
+)
+
+// Phase is one step of an operation on a cluster. Run must look at the
+// actual state before acting, so that a rerun after a failure or an
+// interruption continues where the last one stopped. Phases change nodes
+// only through ClusterRun.Wet, which is what makes --dry-run safe.
+type Phase interface {
+	Title() string
+	Run(ctx context.Context, r *ClusterRun) error
+}
+
+// Skipper is a phase that may decide, from what earlier phases found, that
+// it has nothing to do.
+type Skipper interface {
+	ShouldRun(r *ClusterRun) bool
+}
+
+// Cleaner is a phase that must undo or release something when a later
+// phase fails (e.g. the lock).
+type Cleaner interface {
+	CleanUp(ctx context.Context, r *ClusterRun)
+}
+
+// Change is one mutation a run made, or with --dry-run would make.
+type Change struct {
+	Node  string `json:"node"`
+	Phase string `json:"phase"`
+	What  string `json:"what"`
+}
+
+// ClusterRun is one cluster going through an operation's phases.
+type ClusterRun struct {
+	Cluster inventory.Cluster
+	Nodes   []*Node // servers first (primary first), then agents
+	RunID   string
+	DryRun  bool
+	Sink    Sink
+	Now     func() time.Time
+
+	phase   string
+	mu      sync.Mutex
+	changes []Change
+}
+
+// Primary is the server that loads new material and keeps the run state.
+func (r *ClusterRun) Primary() *Node {
+	for _, n := range r.Nodes {
+		if n.Primary {
+			return n
+		}
+	}
+	return r.Nodes[0]
+}
+
+// Servers and Agents return the cluster's nodes by role, primary first.
+func (r *ClusterRun) Servers() []*Node { return r.byRole(inventory.Server) }
+func (r *ClusterRun) Agents() []*Node  { return r.byRole(inventory.Agent) }
+
+func (r *ClusterRun) byRole(role inventory.Role) []*Node {
+	var out []*Node
+	if role == inventory.Server {
+		out = append(out, r.Primary())
+	}
+	for _, n := range r.Nodes {
+		if n.Role == role && !(role == inventory.Server && n == r.Primary()) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Wet makes one change to a node, or with dry-run only records that it
+// would. Every mutation fleetcert makes passes through here, so a dry-run
+// plan lists exactly what a real run does.
+func (r *ClusterRun) Wet(n *Node, what string, fn func() error) error {
+	r.mu.Lock()
+	r.changes = append(r.changes, Change{Node: n.Name, Phase: r.phase, What: what})
+	r.mu.Unlock()
+	if r.DryRun {
+		r.emit(n, EventChange, "would "+what)
+		return nil
+	}
+	r.emit(n, EventChange, what)
+	if err := fn(); err != nil {
+		return fmt.Errorf("%s: %s: %w", n.Name, what, err)
+	}
+	return nil
+}
+
+// Changes lists the changes made (or planned, with dry-run) so far.
+func (r *ClusterRun) Changes() []Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Change(nil), r.changes...)
+}
+
+// Info, Warn: progress an operator should see.
+func (r *ClusterRun) Info(n *Node, format string, args ...any) {
+	r.emit(n, EventInfo, fmt.Sprintf(format, args...))
+}
+
+func (r *ClusterRun) Warn(n *Node, format string, args ...any) {
+	r.emit(n, EventWarn, fmt.Sprintf(format, args...))
+}
+
+func (r *ClusterRun) emit(n *Node, kind EventKind, msg string) {
+	if r.Sink == nil {
+		return
+	}
+	e := Event{Time: r.now(), RunID: r.RunID, Cluster: r.Cluster.Name, Phase: r.phase, Kind: kind, Msg: msg}
+	if n != nil {
+		e.Node = n.Name
+	}
+	r.Sink.Emit(e)
+}
+
+func (r *ClusterRun) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// RunPhases drives r through phases in order. On the first failure every
+// phase that already ran gets its CleanUp, newest first, and the error is
+// returned naming the phase. Cancellation is checked between phases, so an
+// interrupt finishes the current step and stops cleanly.
+func RunPhases(ctx context.Context, r *ClusterRun, phases []Phase) error {
+	var ran []Phase
+	fail := func(err error) error {
+		for i := len(ran) - 1; i >= 0; i-- {
+			if c, ok := ran[i].(Cleaner); ok {
+				c.CleanUp(context.WithoutCancel(ctx), r)
+			}
+		}
+		return err
+	}
+	for _, p := range phases {
+		if err := ctx.Err(); err != nil {
+			return fail(err)
+		}
+		if s, ok := p.(Skipper); ok && !s.ShouldRun(r) {
+			continue
+		}
+		r.phase = p.Title()
+		r.emit(nil, EventPhase, p.Title())
+		ran = append(ran, p)
+		if err := p.Run(ctx, r); err != nil {
+			r.emit(nil, EventFail, err.Error())
+			return fail(fmt.Errorf("%s: %w", p.Title(), err))
+		}
+	}
+	r.phase = ""
+	return nil
+}

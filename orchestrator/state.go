@@ -1,0 +1,106 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path"
+	"time"
+
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+// Files in a cluster's fleetcert directory on its primary server. The run
+// state lives on the cluster itself, not on the controller, so that any
+// controller can resume a run another one left unfinished.
+const (
+	runStateFile  = "run.json"
+	lastRunFile   = "last-run.json"
+	stateFileMode = 0o600
+)
+
+// NodeStep is how far a node got in a run.
+type NodeStep string
+
+const (
+	StepPending   NodeStep = ""
+	StepRewritten NodeStep = "tokens-rewritten"
+	StepRestarted NodeStep = "restarted"
+	StepDone      NodeStep = "done"
+)
+
+// RunState is a cluster's record of an unfinished (or, in last-run.json,
+// its last finished) run: enough to resume with the same target instead of
+// making new material.
+type RunState struct {
+	RunID      string              `json:"runId"`
+	Command    string              `json:"command"`
+	Mode       string              `json:"mode"`
+	Started    time.Time           `json:"started"`
+	Updated    time.Time           `json:"updated"`
+	OldHash    string              `json:"oldHash"`
+	TargetHash string              `json:"targetHash"`
+	StageDir   string              `json:"stageDir,omitempty"`
+	Loaded     bool                `json:"loaded"` // new material saved to the datastore
+	Snapshot   string              `json:"snapshot,omitempty"`
+	Nodes      map[string]NodeStep `json:"nodes"`
+	Outcome    string              `json:"outcome,omitempty"` // done, failed, abandoned; empty while unfinished
+	Error      string              `json:"error,omitempty"`
+}
+
+// Finished reports whether the run reached an outcome.
+func (s *RunState) Finished() bool { return s.Outcome != "" }
+
+// readState parses the state files found in a primary's facts snapshot.
+func readState(l k3s.Layout, snap *k3s.Snapshot) (current, last *RunState, err error) {
+	dir := l.FleetcertDir()
+	for name, dst := range map[string]**RunState{runStateFile: &current, lastRunFile: &last} {
+		f, ok := snap.Files[path.Join(dir, name)]
+		if !ok {
+			continue
+		}
+		var s RunState
+		if err := json.Unmarshal(f.Data, &s); err != nil {
+			return nil, nil, fmt.Errorf("run state %s: %w", path.Join(dir, name), err)
+		}
+		*dst = &s
+	}
+	if current != nil && current.Finished() {
+		current = nil
+	}
+	return current, last, nil
+}
+
+// saveState writes the run state to the primary, atomically.
+func saveState(ctx context.Context, h remote.Host, l k3s.Layout, s *RunState, now time.Time) error {
+	s.Updated = now
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	p := path.Join(l.FleetcertDir(), runStateFile)
+	if err := h.WriteFile(ctx, p, append(data, '\n'), stateFileMode); err != nil {
+		return fmt.Errorf("save run state: %w", err)
+	}
+	return nil
+}
+
+// finishState records the outcome as the cluster's last run and removes
+// the unfinished-run file, so the next run starts fresh.
+func finishState(ctx context.Context, h remote.Host, l k3s.Layout, s *RunState, now time.Time) error {
+	s.Updated = now
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := l.FleetcertDir()
+	if err := h.WriteFile(ctx, path.Join(dir, lastRunFile), append(data, '\n'), stateFileMode); err != nil {
+		return fmt.Errorf("save last run: %w", err)
+	}
+	res, err := h.Run(ctx, "rm -f -- "+remote.Quote(path.Join(dir, runStateFile)), nil)
+	if err != nil {
+		return err
+	}
+	return res.Err()
+}
