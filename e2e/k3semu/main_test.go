@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVersion(t *testing.T) {
+	root := t.TempDir()
+	e, _, out := newTestEnv(t, root, nil)
+	if code := run(context.Background(), e, []string{"k3s", "--version"}); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.HasPrefix(out.String(), "k3s version v1.33.5+k3s1 (") || !strings.Contains(out.String(), "\ngo version go1.") {
+		t.Fatalf("got %q", out.String())
+	}
+	mustWrite(t, filepath.Join(e.EmuDir, "version"), []byte("v1.25.6+k3s1\n"))
+	out2 := &syncBuffer{}
+	e.Stdout = out2
+	run(context.Background(), e, []string{"k3s", "-v"})
+	if !strings.HasPrefix(out2.String(), "k3s version v1.25.6+k3s1 (") {
+		t.Fatalf("got %q", out2.String())
+	}
+}
+
+func TestRenewDaysByVersion(t *testing.T) {
+	for v, want := range map[string]int{"v1.33.5+k3s1": 120, "v1.33.0+k3s1": 90, "v1.32.5+k3s1": 120, "v1.32.4+k3s1": 90, "v1.30.13+k3s1": 120, "v1.29.15+k3s1": 90, "v1.34.1+k3s1": 120} {
+		if got := renewDays(v); got != want {
+			t.Errorf("%s: %d want %d", v, got, want)
+		}
+	}
+}
+
+func TestFaultFailStart(t *testing.T) {
+	root := t.TempDir()
+	e, logs, _ := newTestEnv(t, root, nil)
+	mustWrite(t, filepath.Join(e.EmuDir, "fault"), []byte("fail-start\n"))
+	if code := run(context.Background(), e, []string{"k3s", "server", "-d", root + "/data", "--token", "x"}); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	assertContains(t, logs.String(), "level=error")
+	if fileExists(root + "/data/server/token") {
+		t.Fatal("fail-start must fail before doing anything")
+	}
+}
+
+func TestFaultHangStart(t *testing.T) {
+	root := t.TempDir()
+	e, logs, _ := newTestEnv(t, root, nil)
+	mustWrite(t, filepath.Join(e.EmuDir, "fault"), []byte("hang-start"))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	run(ctx, e, []string{"k3s", "server", "-d", root + "/data", "--token", "x"})
+	if strings.Contains(logs.String(), "k3s is up and running") || fileExists(root+"/data/server/token") {
+		t.Fatal("hang-start became ready")
+	}
+}
+
+func TestAgentRequiresTokenAndServer(t *testing.T) {
+	root := t.TempDir()
+	e, logs, _ := newTestEnv(t, root, nil)
+	if code := run(context.Background(), e, []string{"k3s", "agent", "-d", root, "--server", "https://x:6443"}); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	assertContains(t, logs.String(), `level=fatal msg="--token is required"`)
+	if code := run(context.Background(), e, []string{"k3s", "agent", "-d", root, "--token", "x"}); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	assertContains(t, logs.String(), `level=fatal msg="--server is required"`)
+}
+
+func TestRotateCARequiresPathAndToken(t *testing.T) {
+	root := t.TempDir()
+	e, logs, _ := newTestEnv(t, root, nil)
+	if code := run(context.Background(), e, []string{"k3s", "certificate", "rotate-ca", "-d", root}); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	assertContains(t, logs.String(), `Required flag \"path\" not set`)
+	if code := run(context.Background(), e, []string{"k3s", "certificate", "rotate-ca", "-d", root, "--path", root}); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	assertContains(t, logs.String(), "open "+root+"/server/token: no such file or directory")
+}
