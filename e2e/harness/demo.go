@@ -1,0 +1,80 @@
+package harness
+
+// DemoClusters is the fleet of `make demo` and of the smoke suite:
+//
+//   - alpha: 3 servers (embedded etcd) + 2 agents, every node holding a
+//     secure token, each in another place an install can leave it: the
+//     first server in config.yaml (installed short, then reinstalled with the
+//     secure token as an operator would after the first start), the others
+//     in ExecStart (--token X), a config.yaml.d drop-in, the unit's .env
+//     file and a --token-file.
+//   - beta: 1 server (no embedded etcd) + 1 agent sharing a short token,
+//     in the .env file and as ExecStart -t.
+func DemoClusters() []ClusterSpec {
+	return []ClusterSpec{{
+		Name: "alpha",
+		Servers: []NodeSpec{
+			{Token: SecureToken, TokenIn: []TokenPlace{InConfig}},
+			{TokenIn: []TokenPlace{InExecStart}},
+			{TokenIn: []TokenPlace{InConfigDropIn}},
+		},
+		Agents: []NodeSpec{
+			{TokenIn: []TokenPlace{InEnvFile}},
+			{TokenIn: []TokenPlace{InTokenFileArg}},
+		},
+	}, {
+		Name:    "beta",
+		Servers: []NodeSpec{{TokenIn: []TokenPlace{InEnvFile}}},
+		Agents:  []NodeSpec{{Token: ShortToken, TokenIn: []TokenPlace{InExecStartShort}}},
+	}}
+}
+
+// TokenPlaces returns where the node's token was installed.
+func (n *Node) TokenPlaces() []TokenPlace { return append([]TokenPlace(nil), n.spec.TokenIn...) }
+
+// ExpectUnready tells whether the spec said the node must not become Ready.
+func (n *Node) ExpectUnready() bool { return n.spec.ExpectUnready }
+
+// Version is the k3s version the node's emulator reports, "" for the
+// emulator's default.
+func (n *Node) Version() string { return n.spec.Version }
+
+// TokenFile is the file on the node that holds the token when installed at
+// place p.
+func (n *Node) TokenFile(p TokenPlace) string {
+	switch p {
+	case InEnvFile:
+		return systemdDir + "/" + n.Unit + ".service.env"
+	case InDistroEnvFile:
+		return "/etc/default/" + n.Unit
+	case InExecStart, InExecStartEquals, InExecStartShort:
+		return systemdDir + "/" + n.Unit + ".service"
+	case InConfig:
+		return configFile
+	case InConfigDropIn:
+		return tokenDropIn
+	case InTokenFileArg, InTokenFileConfig:
+		return tokenFilePath
+	}
+	return ""
+}
+
+// Describe is a one-line account of where and what token a node holds,
+// with the secret part redacted.
+func (n *Node) Describe() string {
+	kind := "no token"
+	switch {
+	case len(n.Token) > 3 && n.Token[:3] == "K10":
+		kind = "secure token"
+	case n.Token != "":
+		kind = "short token"
+	}
+	places := ""
+	for i, p := range n.spec.TokenIn {
+		if i > 0 {
+			places += "+"
+		}
+		places += p.String()
+	}
+	return kind + " in " + places
+}

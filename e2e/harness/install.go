@@ -1,0 +1,245 @@
+package harness
+
+import (
+	"fmt"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// This file renders the files install.sh leaves on a k3s node (K3S.md §6),
+// byte for byte where fleetcert parses or rewrites them. It is pure: the
+// harness copies the result into the containers.
+
+// Paths of a stock install.sh node.
+const (
+	binPath          = "/usr/local/bin/k3s"
+	systemdDir       = "/etc/systemd/system"
+	configFile       = "/etc/rancher/k3s/config.yaml"
+	configDropInDir  = configFile + ".d"
+	tokenDropIn      = configDropInDir + "/50-token.yaml"
+	tokenFilePath    = "/etc/rancher/k3s/token"
+	defaultDataDir   = "/var/lib/rancher/k3s"
+	emuVersionFile   = "/etc/k3semu/version"
+	emuFaultFile     = "/etc/k3semu/fault"
+	authorizedKeys   = "/etc/ssh/authorized_keys/" + sshUser
+	sshUser          = "fleet"
+	sharedDatastore  = "/var/lib/k3semu/shared"
+	defaultServerSvc = "k3s"
+	defaultAgentSvc  = "k3s-agent"
+)
+
+// file is one file to put on a node.
+type file struct {
+	Path string
+	Mode int64
+	Data []byte
+}
+
+// installation is what install.sh would be given for one node: the role,
+// the arguments after it (INSTALL_K3S_EXEC plus script arguments) and the
+// K3S_* variables it saves into the unit's env file, plus what an operator
+// adds by hand (config.yaml, drop-ins, a token file).
+type installation struct {
+	Unit    string            // unit name without .service
+	Role    Role              // server or agent
+	Args    []string          // after the role, in ExecStart order
+	Env     map[string]string // written to <unit>.service.env
+	Distro  map[string]string // written to /etc/default/<unit> (none when empty)
+	Config  []string          // lines of /etc/rancher/k3s/config.yaml (none when empty)
+	DropIn  []string          // lines of config.yaml.d/50-token.yaml (none when empty)
+	TokFile string            // content of /etc/rancher/k3s/token (none when empty)
+}
+
+// files renders the installation.
+func (in installation) files() []file {
+	unitFile := path.Join(systemdDir, in.Unit+".service")
+	fs := []file{
+		{unitFile, 0o644, []byte(unitText(in.Role, in.Unit, in.Args))},
+		// install.sh always creates the env file, mode 0600 (it may hold the
+		// token), even when no K3S_ variable was set.
+		{unitFile + ".env", 0o600, []byte(envFileText(in.Env))},
+	}
+	if len(in.Distro) > 0 {
+		fs = append(fs, file{path.Join("/etc/default", in.Unit), 0o600, []byte(envFileText(in.Distro))})
+	}
+	if len(in.Config) > 0 {
+		fs = append(fs, file{configFile, 0o600, []byte(strings.Join(in.Config, "\n") + "\n")})
+	}
+	if len(in.DropIn) > 0 {
+		fs = append(fs, file{tokenDropIn, 0o600, []byte(strings.Join(in.DropIn, "\n") + "\n")})
+	}
+	if in.TokFile != "" {
+		fs = append(fs, file{tokenFilePath, 0o600, []byte(in.TokFile + "\n")})
+	}
+	return fs
+}
+
+// unitText is the systemd unit install.sh writes (create_systemd_service_file).
+// The details fleetcert depends on:
+//
+//   - Type=notify for servers: k3s sends READY=1 once the apiserver is up, so
+//     a blocking `systemctl restart k3s` waits for it, possibly forever, which
+//     is why fleetcert uses --no-block. Agents are Type=exec: "active" only
+//     means the binary was started.
+//   - EnvironmentFile lines in this order, each optional ("-"): /etc/default,
+//     /etc/sysconfig, then the .env file beside the unit; the last one to set
+//     a variable wins. %N is the unit name without ".service".
+//   - KillMode=process: stopping k3s leaves containers (pods) running.
+//   - Restart=always, RestartSec=5s: a k3s that exits fatally (a token with the
+//     wrong CA hash on a server, a file newer than the datastore) is restarted
+//     every 5 s, and TimeoutStartSec=0 lets a start wait for etcd for ever.
+//   - ExecStart continuation lines (see execStart).
+//   - The ExecStartPre lines: the nm-cloud-setup guard (a quoted shell line a
+//     unit parser must survive), and modprobe lines "-" prefixed, ignored
+//     when modprobe is missing, as in this image.
+func unitText(role Role, unit string, args []string) string {
+	typ := "notify"
+	if role == Agent {
+		typ = "exec"
+	}
+	var b strings.Builder
+	b.WriteString(`[Unit]
+Description=Lightweight Kubernetes
+Documentation=https://k3s.io
+Wants=network-online.target
+After=network-online.target
+
+[Install]
+WantedBy=multi-user.target
+
+[Service]
+Type=` + typ + `
+EnvironmentFile=-/etc/default/%N
+EnvironmentFile=-/etc/sysconfig/%N
+EnvironmentFile=-` + path.Join(systemdDir, unit+".service.env") + `
+KillMode=process
+Delegate=yes
+User=root
+# Having non-zero Limit*s causes performance problems due to accounting overhead
+# in the kernel. We recommend using cgroups to do container-local accounting.
+LimitNOFILE=1048576
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+TimeoutStartSec=0
+Restart=always
+RestartSec=5s
+ExecStartPre=/bin/sh -xc '! /usr/bin/systemctl is-enabled --quiet nm-cloud-setup.service 2>/dev/null'
+ExecStartPre=-/sbin/modprobe br_netfilter
+ExecStartPre=-/sbin/modprobe overlay
+`)
+	b.WriteString(execStart(string(role), args))
+	return b.String()
+}
+
+// execStart renders the ExecStart of install.sh: the binary on the first
+// line, the role on the second indented by four spaces, then every argument
+// single-quoted on its own TAB-indented line; every line but the last ends in
+// " \", and the last argument line is followed by an empty line, which ends
+// the continuation for systemd. A value with a single quote has it written
+// as '\” (install.sh's quote()).
+func execStart(role string, args []string) string {
+	var b strings.Builder
+	b.WriteString("ExecStart=" + binPath + " \\\n")
+	b.WriteString("    " + role + " \\\n")
+	for _, a := range args {
+		b.WriteString("\t" + shQuote(a) + " \\\n")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// shQuote quotes like install.sh's quote(): 'it'\”s'.
+func shQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// envFileText renders variables as install.sh saves them: it runs
+// `sh -c export` (dash on Debian, busybox on Alpine) and keeps the K3S_ lines
+// without the "export " prefix, so each is NAME='value', sorted by name, a
+// single quote written '"'"' as dash's export -p does. systemd's
+// EnvironmentFile parser removes the quotes.
+func envFileText(env map[string]string) string {
+	names := make([]string, 0, len(env))
+	for k := range env {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k + "='" + strings.ReplaceAll(env[k], "'", `'"'"'`) + "'\n")
+	}
+	return b.String()
+}
+
+// yamlString quotes a value for config.yaml. A token holds ':' (K10…::server:…),
+// so it is always double-quoted, in JSON's escaping, which YAML accepts.
+func yamlString(s string) string {
+	return strconv.Quote(s)
+}
+
+// installFor computes the installation of one node.
+//
+// Token placement follows the ways operators install k3s (K3S.md §2, §6):
+// K3S_TOKEN in the env file, --token/-t/--token= in ExecStart, token: in
+// config.yaml or a drop-in, or --token-file / token-file: naming a 0600 file.
+// Every place asked for gets the same token, so a node may define it in
+// several places at once, as real nodes do.
+func installFor(n *Node, c *Cluster, token string) installation {
+	in := installation{
+		Unit: n.Unit,
+		Role: n.Role,
+		Env:  map[string]string{},
+	}
+	if n.Role == Server {
+		if n == c.Servers[0] {
+			if c.embeddedEtcd() {
+				in.Args = append(in.Args, "--cluster-init")
+			}
+		} else {
+			in.Args = append(in.Args, "--server", c.url())
+		}
+	} else {
+		// install.sh with K3S_URL set saves it in the env file, and that is
+		// how agents are installed by the k3s quick-start.
+		in.Env["K3S_URL"] = c.url()
+	}
+	if n.DataDir != defaultDataDir {
+		in.Args = append(in.Args, "--data-dir", n.DataDir)
+	}
+	if token != "" {
+		for _, p := range n.spec.TokenIn {
+			switch p {
+			case InEnvFile:
+				in.Env["K3S_TOKEN"] = token
+			case InDistroEnvFile:
+				if in.Distro == nil {
+					in.Distro = map[string]string{}
+				}
+				in.Distro["K3S_TOKEN"] = token
+			case InExecStart:
+				in.Args = append(in.Args, "--token", token)
+			case InExecStartEquals:
+				in.Args = append(in.Args, "--token="+token)
+			case InExecStartShort:
+				in.Args = append(in.Args, "-t", token)
+			case InConfig:
+				in.Config = append(in.Config, "token: "+yamlString(token))
+			case InConfigDropIn:
+				in.DropIn = append(in.DropIn, "token: "+yamlString(token))
+			case InTokenFileArg:
+				in.TokFile = token
+				in.Args = append(in.Args, "--token-file", tokenFilePath)
+			case InTokenFileConfig:
+				in.TokFile = token
+				in.Config = append(in.Config, "token-file: "+yamlString(tokenFilePath))
+			default:
+				panic(fmt.Sprintf("harness: unknown token place %d", p))
+			}
+		}
+	}
+	in.Args = append(in.Args, n.spec.ExtraArgs...)
+	return in
+}

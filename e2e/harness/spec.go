@@ -1,0 +1,212 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Spec declares a fleet: its clusters, their nodes, and how each node was
+// installed. The zero value of every optional field gives a stock install.sh
+// node.
+type Spec struct {
+	// Name prefixes container, network and volume names and labels them, so
+	// leftovers can be found (RemoveLeftovers). Default: "e2e-<random>".
+	Name string
+	// Clusters, brought up in parallel.
+	Clusters []ClusterSpec
+	// Dir receives the inventory, known_hosts, the SSH key and custom CA
+	// material. Default: a new temporary directory, removed by Close.
+	Dir string
+	// Image is the node image. Default: build.Ensure (built when missing).
+	Image string
+	// ReadyTimeout bounds the wait for each readiness step. Default 2 min.
+	ReadyTimeout time.Duration
+}
+
+// ClusterSpec is one k3s cluster.
+type ClusterSpec struct {
+	Name    string     // DNS label; also the inventory cluster name
+	Servers []NodeSpec // at least one; the first one starts the cluster
+	Agents  []NodeSpec
+	// Token is what the first server is installed with; a random short
+	// token (a bare password) when empty. It may also be a secure token of a
+	// custom CA, whose hash is known before the first start.
+	Token string
+	// ClusterInit gives a lone server embedded etcd (--cluster-init); a
+	// cluster of several servers always has it, since servers can only join
+	// an etcd cluster.
+	ClusterInit bool
+	// CustomCA installs a custom CA topology (root RSA → intermediate →
+	// five EC cluster CAs) in the first server's server/tls before its first
+	// start, as k3s's generate-custom-ca-certs.sh does. The root and
+	// intermediate stay outside the nodes, in Dir (see Cluster.CA).
+	CustomCA bool
+}
+
+// NodeSpec is one node: a container whose hostname is the node name.
+type NodeSpec struct {
+	// Name is the hostname and k3s node name; unique in the fleet.
+	// Default: "<cluster>-s<N>" or "<cluster>-a<N>".
+	Name string
+	// TokenIn lists where the join token is installed (every place gets the
+	// same token). Default: InEnvFile.
+	TokenIn []TokenPlace
+	// Token chooses which token is installed. Default: DefaultToken.
+	Token TokenKind
+	// TokenValue, when set, is installed verbatim instead (Token ignored).
+	TokenValue string
+	// DataDir is a custom --data-dir; default /var/lib/rancher/k3s.
+	DataDir string
+	// Unit is the systemd unit name without .service (INSTALL_K3S_NAME
+	// installs); default k3s or k3s-agent.
+	Unit string
+	// Version is what the emulator reports (/etc/k3semu/version); empty
+	// leaves the emulator's default.
+	Version string
+	// Fault is written to /etc/k3semu/fault: fail-start, hang-start or
+	// crash-after=SECONDS.
+	Fault string
+	// ExpectUnready: Start does not wait for this node to become Ready
+	// (a node that must fail to join, or a fault).
+	ExpectUnready bool
+	// ExtraArgs are appended to ExecStart.
+	ExtraArgs []string
+}
+
+// TokenPlace is where an install put a node's join token.
+type TokenPlace int
+
+const (
+	// InEnvFile: K3S_TOKEN='…' in /etc/systemd/system/<unit>.service.env,
+	// what `curl … | K3S_TOKEN=… sh -` leaves.
+	InEnvFile TokenPlace = iota
+	// InDistroEnvFile: K3S_TOKEN='…' in /etc/default/<unit> (the first
+	// EnvironmentFile of the unit).
+	InDistroEnvFile
+	// InExecStart: '--token' '…' as two ExecStart lines.
+	InExecStart
+	// InExecStartEquals: '--token=…' on one ExecStart line.
+	InExecStartEquals
+	// InExecStartShort: '-t' '…'.
+	InExecStartShort
+	// InConfig: token: in /etc/rancher/k3s/config.yaml.
+	InConfig
+	// InConfigDropIn: token: in /etc/rancher/k3s/config.yaml.d/50-token.yaml.
+	InConfigDropIn
+	// InTokenFileArg: the token in /etc/rancher/k3s/token (0600), named by
+	// '--token-file' in ExecStart.
+	InTokenFileArg
+	// InTokenFileConfig: the same file named by token-file: in config.yaml.
+	InTokenFileConfig
+)
+
+var placeNames = map[TokenPlace]string{
+	InEnvFile: "env-file", InDistroEnvFile: "etc-default", InExecStart: "execstart",
+	InExecStartEquals: "execstart-equals", InExecStartShort: "execstart-short",
+	InConfig: "config", InConfigDropIn: "config-dropin", InTokenFileArg: "token-file-arg",
+	InTokenFileConfig: "token-file-config",
+}
+
+func (p TokenPlace) String() string {
+	if s, ok := placeNames[p]; ok {
+		return s
+	}
+	return fmt.Sprintf("TokenPlace(%d)", int(p))
+}
+
+// TokenKind is which token a node is installed with.
+type TokenKind int
+
+const (
+	// DefaultToken: the cluster token (short unless ClusterSpec.Token is
+	// secure) on the first server, the secure token on every other node.
+	DefaultToken TokenKind = iota
+	// SecureToken: K10<hash of the server CA>::server:<password>, read from
+	// the first server's server/token. On the first server itself the token
+	// is only known after its first start: it is installed with the cluster
+	// token, then reinstalled with the secure one and restarted.
+	SecureToken
+	// ShortToken: the bare password, no CA pin.
+	ShortToken
+	// WrongHashToken: a secure token whose hash pins another CA; an agent
+	// with it must never join (K3S.md §2).
+	WrongHashToken
+	// NoToken: no token anywhere.
+	NoToken
+)
+
+// Role is what a node is in its cluster.
+type Role string
+
+// The two roles.
+const (
+	Server Role = "server"
+	Agent  Role = "agent"
+)
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$`)
+
+// validate checks the spec and fills in defaults.
+func (s *Spec) validate() error {
+	if s.Name == "" {
+		s.Name = "e2e-" + randomHex(3)
+	}
+	if !dnsLabel.MatchString(s.Name) {
+		return fmt.Errorf("fleet name %q: want lower-case letters, digits and dashes", s.Name)
+	}
+	if s.ReadyTimeout == 0 {
+		s.ReadyTimeout = 2 * time.Minute
+	}
+	if len(s.Clusters) == 0 {
+		return errors.New("spec has no cluster")
+	}
+	names := map[string]bool{}
+	for i := range s.Clusters {
+		c := &s.Clusters[i]
+		if !dnsLabel.MatchString(c.Name) {
+			return fmt.Errorf("cluster %d: name %q: want lower-case letters, digits and dashes", i, c.Name)
+		}
+		if len(c.Servers) == 0 {
+			return fmt.Errorf("cluster %s: no server", c.Name)
+		}
+		fill := func(list []NodeSpec, letter string) error {
+			for j := range list {
+				n := &list[j]
+				if n.Name == "" {
+					n.Name = fmt.Sprintf("%s-%s%d", c.Name, letter, j+1)
+				}
+				if !dnsLabel.MatchString(n.Name) {
+					return fmt.Errorf("cluster %s: node name %q: want lower-case letters, digits and dashes", c.Name, n.Name)
+				}
+				if names[n.Name] {
+					return fmt.Errorf("node name %q used twice", n.Name)
+				}
+				names[n.Name] = true
+				if len(n.TokenIn) == 0 {
+					n.TokenIn = []TokenPlace{InEnvFile}
+				}
+				for _, p := range n.TokenIn {
+					if _, ok := placeNames[p]; !ok {
+						return fmt.Errorf("node %s: unknown token place %d", n.Name, p)
+					}
+				}
+				if n.DataDir == "" {
+					n.DataDir = defaultDataDir
+				}
+			}
+			return nil
+		}
+		if err := fill(c.Servers, "s"); err != nil {
+			return err
+		}
+		if err := fill(c.Agents, "a"); err != nil {
+			return err
+		}
+		if c.Token == "" {
+			c.Token = randomHex(16)
+		}
+	}
+	return nil
+}
