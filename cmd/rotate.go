@@ -1,0 +1,369 @@
+package cmd
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+
+	"github.com/fleetcert/fleetcert/orchestrator"
+	"github.com/fleetcert/fleetcert/pki"
+)
+
+// rolloutFlags are the flags every mutating command shares.
+type rolloutFlags struct {
+	healthTimeout duration
+	agentBatch    string
+	noSnapshot    bool
+	allowUnlisted bool
+	abandon       bool
+	forceUnlock   bool
+	export        string
+	exportTokens  bool
+}
+
+func (f *rolloutFlags) register(fs *pflag.FlagSet) {
+	f.healthTimeout = duration(10 * time.Minute)
+	fs.Var(&f.healthTimeout, "health-timeout", "deadline for each node's health gates after its restart")
+	fs.StringVar(&f.agentBatch, "agent-batch", "1", "agents restarted together: a number or a percentage of the cluster's agents")
+	fs.BoolVar(&f.allowUnlisted, "allow-unlisted-nodes", false, "go on although the cluster has nodes the inventory does not list")
+	fs.BoolVar(&f.abandon, "abandon", false, "drop an unfinished run on the selected clusters instead of resuming it")
+	fs.BoolVar(&f.forceUnlock, "force-unlock", false, "remove a cluster lock left by a run that is known to be dead")
+}
+
+type rotateCAFlags struct {
+	rolloutFlags
+	rootCA, rootKey, interCA, interKey string
+	force                              bool
+}
+
+func (a *app) newRotateCACmd() *cobra.Command {
+	var f rotateCAFlags
+	c := &cobra.Command{
+		Use:   "rotate-ca",
+		Short: "Rotate the cluster CAs on every selected cluster, rewriting join tokens and restarting nodes behind health gates",
+		Long: `rotate-ca makes new CA material on the controller, loads it with
+k3s certificate rotate-ca on one server per cluster, rewrites the CA hash in
+every secure join token on every node (env files, unit ExecStart, drop-ins,
+config.yaml and its drop-ins, token files), then restarts servers one at a
+time and agents after them, each behind health gates.
+
+The mode follows the CA files on the primary server:
+  default or previously cross-signed CAs  new roots cross-signed by the old ones (tokens change)
+  custom CA (--root-ca with --root-key, or with --intermediate-ca/--intermediate-key)
+                                          new cluster CAs under your root (tokens unchanged)
+  --force                                 an unrelated new root (tokens change, pods must restart;
+                                          the etcd CAs are left as they are)
+
+A rerun of an interrupted run resumes it with the same target. --dry-run
+gathers facts, makes and validates the material, and lists every change.`,
+		Example: `  fleetcert rotate-ca -i hosts.yaml --dry-run
+  fleetcert rotate-ca -i hosts.yaml --cluster edge-berlin-01
+  fleetcert rotate-ca -i hosts.yaml --root-ca root.pem --root-key root.key`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return a.runRotateCA(c, f) },
+	}
+	fs := c.Flags()
+	f.register(fs)
+	fs.StringVar(&f.rootCA, "root-ca", "", "your root CA certificate (custom-CA clusters)")
+	fs.StringVar(&f.rootKey, "root-key", "", "its private key (stays on the controller)")
+	fs.StringVar(&f.interCA, "intermediate-ca", "", "your intermediate CA certificate, instead of --root-key")
+	fs.StringVar(&f.interKey, "intermediate-key", "", "its private key (stays on the controller)")
+	fs.BoolVar(&f.force, "force", false, "load CAs that do not chain to the current root (needs --yes or a confirmation)")
+	fs.BoolVar(&f.noSnapshot, "no-snapshot", false, "skip the etcd snapshot before loading new material")
+	fs.StringVar(&f.export, "export", "", "write each cluster's new server CA bundle and hash under DIR/<cluster>/")
+	fs.BoolVar(&f.exportTokens, "export-tokens", false, "with --export, also write the new tokens (mode 0600)")
+	return c
+}
+
+type rotateSAFlags struct {
+	rolloutFlags
+	keepKeys int
+}
+
+func (a *app) newRotateSAKeyCmd() *cobra.Command {
+	var f rotateSAFlags
+	c := &cobra.Command{
+		Use:   "rotate-sa-key",
+		Short: "Rotate the service-account signing key: new key first, old keys kept; servers restart, agents do not",
+		Long: `rotate-sa-key stages a service.key holding a new RSA key followed by the
+current keys (tokens signed by them stay valid), loads it with k3s certificate
+rotate-ca on one server per cluster and restarts the servers one at a time.
+Agents and pods need no restart. --keep-keys N drops the oldest keys beyond
+N, never the current signing key.`,
+		Example: `  fleetcert rotate-sa-key -i hosts.yaml
+  fleetcert rotate-sa-key -i hosts.yaml --keep-keys 2`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return a.runRotateSAKey(c, f) },
+	}
+	f.register(c.Flags())
+	c.Flags().IntVar(&f.keepKeys, "keep-keys", 0, "keep at most N of the current keys after the new one (0: all)")
+	return c
+}
+
+func (a *app) runRotateCA(c *cobra.Command, f rotateCAFlags) error {
+	in, err := f.caInput()
+	if err != nil {
+		return err
+	}
+	if f.exportTokens && f.export == "" {
+		return usageErrorf("--export-tokens needs --export DIR")
+	}
+	opts, err := a.rolloutOptions(orchestrator.CmdRotateCA, f.rolloutFlags)
+	if err != nil {
+		return err
+	}
+	opts.CA, opts.Force = in, f.force
+	opts.Export, opts.ExportTokens = f.export != "", f.exportTokens
+	if f.force && !a.g.dryRun {
+		if err := a.confirm("--force loads a CA that does not chain to the current one: every secure token changes and pods must be restarted to trust the new root."); err != nil {
+			return err
+		}
+	}
+	return a.rollout(c, opts, f.export)
+}
+
+func (a *app) runRotateSAKey(c *cobra.Command, f rotateSAFlags) error {
+	if f.keepKeys < 0 {
+		return usageErrorf("--keep-keys must be 0 (keep all) or more")
+	}
+	opts, err := a.rolloutOptions(orchestrator.CmdRotateSAKey, f.rolloutFlags)
+	if err != nil {
+		return err
+	}
+	opts.KeepKeys = f.keepKeys
+	return a.rollout(c, opts, "")
+}
+
+// caInput reads and checks the operator's CA files before anything
+// connects: a key that does not match its certificate, or an intermediate
+// not signed by the root, is bad input (exit 2).
+func (f rotateCAFlags) caInput() (orchestrator.CAInput, error) {
+	var in orchestrator.CAInput
+	switch {
+	case f.rootCA == "" && (f.rootKey != "" || f.interCA != "" || f.interKey != ""):
+		return in, usageErrorf("--root-key, --intermediate-ca and --intermediate-key need --root-ca")
+	case (f.interCA == "") != (f.interKey == ""):
+		return in, usageErrorf("--intermediate-ca and --intermediate-key go together")
+	case f.rootCA != "" && f.rootKey == "" && f.interCA == "":
+		return in, usageErrorf("--root-ca needs --root-key, or --intermediate-ca and --intermediate-key")
+	case f.rootCA == "":
+		return in, nil
+	}
+	var errs []error
+	read := func(flag, path string, fn func(string) error) {
+		if path != "" {
+			if err := fn(path); err != nil {
+				errs = append(errs, fmt.Errorf("--%s: %w", flag, err))
+			}
+		}
+	}
+	read("root-ca", f.rootCA, func(p string) (err error) { in.Root, err = readFirstCert(p); return })
+	read("root-key", f.rootKey, func(p string) (err error) { in.RootKey, err = readFirstKey(p); return })
+	read("intermediate-ca", f.interCA, func(p string) (err error) { in.Intermediate, err = readFirstCert(p); return })
+	read("intermediate-key", f.interKey, func(p string) (err error) { in.IntermediateKey, err = readFirstKey(p); return })
+	if len(errs) > 0 {
+		return in, usageError(errors.Join(errs...))
+	}
+	// A trial generation checks the keys against their certificates and
+	// the intermediate against the root, on the controller alone.
+	if _, err := (pki.Env{}).GenerateCustom(pki.CustomInput{Root: in.Root, RootKey: in.RootKey,
+		Intermediate: in.Intermediate, IntermediateKey: in.IntermediateKey}); err != nil {
+		return in, usageErrorf("CA files: %v", err)
+	}
+	return in, nil
+}
+
+func (a *app) rolloutOptions(command string, f rolloutFlags) (*orchestrator.Options, error) {
+	if f.healthTimeout.value() <= 0 {
+		return nil, usageErrorf("--health-timeout must be positive")
+	}
+	batch, err := parseCountOrPercent("--agent-batch", f.agentBatch)
+	if err != nil {
+		return nil, err
+	}
+	return &orchestrator.Options{
+		Command: command, RunID: orchestrator.NewRunID(time.Now()), DryRun: a.g.dryRun,
+		NoSnapshot: f.noSnapshot, AllowUnlistedNodes: f.allowUnlisted, Abandon: f.abandon, ForceUnlock: f.forceUnlock,
+		HealthTimeout: f.healthTimeout.value(), AgentBatch: batch, Concurrency: a.g.concurrency,
+	}, nil
+}
+
+// parseCountOrPercent reads N or P%; a percentage is returned negated
+// (-P) for the caller to apply to its total.
+func parseCountOrPercent(flag, s string) (int, error) {
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 100 {
+			return 0, usageErrorf("%s: %q is not a percentage from 1%% to 100%%", flag, s)
+		}
+		return -n, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, usageErrorf("%s: %q is not a positive number or a percentage", flag, s)
+	}
+	return n, nil
+}
+
+// confirm asks the operator to type yes, unless --yes. Without a terminal
+// there is nobody to ask: the run is refused (exit 3).
+func (a *app) confirm(warning string) error {
+	if a.g.yes {
+		fmt.Fprintln(a.stderr, "warning: "+warning)
+		return nil
+	}
+	in, ok := a.stdin.(*os.File)
+	if !ok || !term.IsTerminal(int(in.Fd())) {
+		return withCode(ExitRefused, errors.New(warning+" Refusing without --yes (no terminal to confirm on)."))
+	}
+	fmt.Fprintf(a.stderr, "%s\nType yes to go on: ", warning)
+	var answer string
+	_, _ = fmt.Fscanln(in, &answer)
+	if answer != "yes" {
+		return withCode(ExitRefused, errors.New("not confirmed"))
+	}
+	return nil
+}
+
+// rollout connects, runs the operation on every selected cluster, reports
+// and maps the outcome to an exit code.
+func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, exportDir string) error {
+	if a.g.output != "table" && a.g.output != "json" {
+		return usageErrorf("-o/--output must be table or json, not %q", a.g.output)
+	}
+	_, clusters, err := a.loadInventory()
+	if err != nil {
+		return err
+	}
+	ctx := c.Context()
+	sink, closeView := a.progressSink()
+	opts.Sink = sink
+	a.log = a.log.With("run", opts.RunID)
+	nodes := a.connect(ctx, clusters)
+	defer orchestrator.CloseAll(nodes)
+	reports := orchestrator.Run(ctx, clusters, nodes, opts)
+	closeView()
+	if exportDir != "" {
+		if err := writeExports(exportDir, reports); err != nil {
+			return err
+		}
+	}
+	if err := a.printRollout(opts, reports); err != nil {
+		return err
+	}
+	code := ExitOK
+	for _, r := range reports {
+		switch r.Outcome {
+		case orchestrator.OutcomeRefused:
+			code = worst(code, ExitRefused)
+		case orchestrator.OutcomeFailed, orchestrator.OutcomeNotRun:
+			code = worst(code, ExitFailed)
+		}
+	}
+	if ctx.Err() != nil {
+		code = worst(code, interruptCode(ctx))
+	}
+	return withCode(code, nil)
+}
+
+func (a *app) printRollout(opts *orchestrator.Options, reports []*orchestrator.ClusterReport) error {
+	if a.g.output == "json" {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			RunID    string                        `json:"runId"`
+			Command  string                        `json:"command"`
+			DryRun   bool                          `json:"dryRun"`
+			Clusters []*orchestrator.ClusterReport `json:"clusters"`
+		}{opts.RunID, opts.Command, opts.DryRun, reports})
+	}
+	printRolloutTable(a.stdout, reports, opts.DryRun)
+	return nil
+}
+
+func printRolloutTable(out io.Writer, reports []*orchestrator.ClusterReport, dryRun bool) {
+	if dryRun {
+		for _, r := range reports {
+			fmt.Fprintf(out, "cluster %s: plan (%s, token hash %s -> %s)\n", r.Cluster, r.Mode, dash(r.OldHash), dash(r.TargetHash))
+			for _, ch := range r.Changes {
+				fmt.Fprintf(out, "  %-14s %-12s %s\n", ch.Node, ch.Phase, ch.What)
+			}
+			if r.Error != "" {
+				fmt.Fprintf(out, "  stopped: %s\n", r.Error)
+			}
+		}
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "CLUSTER\tOUTCOME\tMODE\tOLD HASH\tNEW HASH\tNODES\tDURATION\tRUN")
+	for _, r := range reports {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Cluster, r.Outcome, dash(string(r.Mode)),
+			shortHash(r.OldHash), shortHash(r.TargetHash), nodeSummary(r.Nodes), r.Finished.Sub(r.Started).Round(time.Second), r.RunID)
+	}
+	w.Flush()
+	for _, r := range reports {
+		for _, warn := range r.Warnings {
+			fmt.Fprintf(out, "%s: warning: %s\n", r.Cluster, warn)
+		}
+		if r.Error != "" && !dryRun {
+			fmt.Fprintf(out, "%s: %s\n", r.Cluster, r.Error)
+		}
+	}
+}
+
+func nodeSummary(nodes []orchestrator.NodeReport) string {
+	count := map[string]int{}
+	for _, n := range nodes {
+		count[n.Outcome]++
+	}
+	var parts []string
+	for _, k := range []string{"restarted", "already-done", "would-restart", "failed", "untouched"} {
+		if count[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", count[k], k))
+		}
+	}
+	return dash(strings.Join(parts, ", "))
+}
+
+// writeExports writes DIR/<cluster>/server-ca.crt and ca-hash (and, when
+// collected, token and agent-token with mode 0600) for every finished
+// cluster.
+func writeExports(dir string, reports []*orchestrator.ClusterReport) error {
+	for _, r := range reports {
+		ex := r.Export
+		if ex == nil {
+			continue
+		}
+		d := filepath.Join(dir, r.Cluster)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+		files := map[string][]byte{"server-ca.crt": ex.ServerCA, "ca-hash": []byte(ex.Hash + "\n")}
+		if ex.Token != "" {
+			files["token"] = []byte(ex.Token + "\n")
+		}
+		if ex.AgentToken != "" {
+			files["agent-token"] = []byte(ex.AgentToken + "\n")
+		}
+		for name, data := range files {
+			mode := os.FileMode(0o644)
+			if strings.Contains(name, "token") {
+				mode = 0o600
+			}
+			if err := os.WriteFile(filepath.Join(d, name), data, mode); err != nil {
+				return fmt.Errorf("--export: %w", err)
+			}
+		}
+	}
+	return nil
+}

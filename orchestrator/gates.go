@@ -1,0 +1,243 @@
+package orchestrator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fleetcert/fleetcert/inventory"
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/pki"
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+const defaultPoll = 2 * time.Second
+
+// gate is one named condition a node must reach after its restart.
+type gate struct {
+	name  string
+	probe Probe
+}
+
+// passGates runs gates in order under one deadline (--health-timeout) for
+// the node: a failed gate names itself and what it last saw.
+func (r *rotation) passGates(ctx context.Context, n *Node, gates []gate) error {
+	deadline := time.Now().Add(r.opts.HealthTimeout)
+	poll := r.opts.PollInterval
+	if poll == 0 {
+		poll = defaultPoll
+	}
+	for _, g := range gates {
+		left := time.Until(deadline)
+		if err := Gate(ctx, n.Name, g.name, max(left, time.Millisecond), poll, g.probe); err != nil {
+			return err
+		}
+		r.run.emit(n, EventGate, g.name)
+	}
+	return nil
+}
+
+// serverGates: the restarted server serves the new CA from its running
+// process, wrote it into server/token, its apiserver is ready, and its
+// disk holds what was loaded (k3s once ignored rotations on joined servers,
+// #11233: never trust an exit code).
+func (r *rotation) serverGates(ctx context.Context, n *Node, t0 time.Time) error {
+	gates := []gate{
+		{"restarted (server/token rewritten)", func(ctx context.Context) (bool, string, error) {
+			return rewrittenSince(ctx, n, n.Layout.ServerToken(), t0)
+		}},
+		{"serves the new CA", func(ctx context.Context) (bool, string, error) {
+			h, via, err := ServedHash(ctx, n)
+			return h == r.target, fmt.Sprintf("%s hash %s", via, short(h)), err
+		}},
+		{"server/token pins the new CA", func(ctx context.Context) (bool, string, error) {
+			h, err := ServerTokenHash(ctx, n)
+			return h == r.target, "server/token hash " + short(h), err
+		}},
+		{"apiserver ready", func(ctx context.Context) (bool, string, error) { return Readyz(ctx, n) }},
+	}
+	if len(r.staged) > 0 {
+		gates = append(gates, gate{"CA files on disk match the loaded material", func(ctx context.Context) (bool, string, error) {
+			return r.diskMatchesStaged(ctx, n)
+		}})
+	}
+	return r.passGates(ctx, n, gates)
+}
+
+// agentGates: the agent downloaded the new CA bundle after its restart
+// (which it only does once its token validated) and is Ready again. An
+// agent unit is Type=exec, so "active" alone proves nothing.
+func (r *rotation) agentGates(ctx context.Context, n *Node, t0 time.Time) error {
+	primary := r.run.Primary()
+	return r.passGates(ctx, n, []gate{
+		{"downloaded the new CA (agent/server-ca.crt)", func(ctx context.Context) (bool, string, error) {
+			ok, saw, err := rewrittenSince(ctx, n, n.Layout.AgentServerCA(), t0)
+			if err == nil && ok {
+				f, rerr := k3s.ReadFiles(ctx, n.Conn, []string{n.Layout.AgentServerCA()})
+				if rerr != nil {
+					return false, saw, rerr
+				}
+				h := pki.HashCA(f[n.Layout.AgentServerCA()].Data)
+				return h == r.target, "agent/server-ca.crt hash " + short(h), nil
+			}
+			if mismatch := tokenMismatchSince(ctx, n, t0); mismatch != "" {
+				return false, mismatch, Fatal(errors.New("the agent's token does not match the CA its server serves"))
+			}
+			return ok, saw, err
+		}},
+		{"node Ready", func(ctx context.Context) (bool, string, error) {
+			nodes, err := ClusterNodes(ctx, primary)
+			if err != nil {
+				return false, "", err
+			}
+			for _, cn := range nodes {
+				if cn.Name == n.NodeName() {
+					return cn.Ready, fmt.Sprintf("node %s Ready=%v", cn.Name, cn.Ready), nil
+				}
+			}
+			return false, "node " + n.NodeName() + " not listed", nil
+		}},
+	})
+}
+
+// rewrittenSince reports whether file's mtime on the node is at or after
+// t0 (node clock): k3s rewrites server/token and the agent's CA copies at
+// every start, so this is proof that a start happened.
+func rewrittenSince(ctx context.Context, n *Node, file string, t0 time.Time) (bool, string, error) {
+	files, err := k3s.ReadFiles(ctx, n.Conn, []string{file})
+	if err != nil {
+		return false, "", err
+	}
+	f, ok := files[file]
+	if !ok {
+		return false, path.Base(file) + " absent", nil
+	}
+	return !f.MTime.Before(t0), fmt.Sprintf("%s written %s, restart at %s", path.Base(file),
+		f.MTime.UTC().Format(time.TimeOnly), t0.UTC().Format(time.TimeOnly)), nil
+}
+
+// tokenMismatchSince returns k3s's mismatch log line if the unit logged
+// one since t0.
+func tokenMismatchSince(ctx context.Context, n *Node, t0 time.Time) string {
+	out, err := remote.Output(ctx, n.Conn, n.Layout.JournalSinceCmd(t0))
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, k3s.TokenMismatchLog) {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
+}
+
+// diskMatchesStaged compares the server's CA files with the staged ones.
+func (r *rotation) diskMatchesStaged(ctx context.Context, n *Node) (bool, string, error) {
+	var paths []string
+	for _, name := range r.staged.Names() {
+		paths = append(paths, path.Join(n.Layout.ServerTLSDir(), name))
+	}
+	files, err := k3s.ReadFiles(ctx, n.Conn, paths)
+	if err != nil {
+		return false, "", err
+	}
+	for _, name := range r.staged.Names() {
+		if !bytes.Equal(files[path.Join(n.Layout.ServerTLSDir(), name)].Data, r.staged[name]) {
+			return false, name + " differs from the loaded material", nil
+		}
+	}
+	return true, "", nil
+}
+
+// verify looks at the whole cluster once more after the last restart.
+func (r *rotation) verify(ctx context.Context) error {
+	if err := refreshAll(ctx, r.run.Nodes); err != nil {
+		return err
+	}
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	ref := r.run.Primary()
+	for _, n := range r.run.Nodes {
+		f := n.Facts
+		if r.isSAKey() && n.Role == inventory.Agent {
+			continue
+		}
+		if f.CAHash != r.target {
+			bad("%s holds CA %s, want %s", n.Name, short(f.CAHash), short(r.target))
+		}
+		if n.Role == inventory.Server {
+			if f.ServerTokenHash != r.target {
+				bad("%s: server/token pins %s, want %s", n.Name, short(f.ServerTokenHash), short(r.target))
+			}
+			for _, name := range pki.Files() {
+				if !strings.HasSuffix(name, ".crt") {
+					continue
+				}
+				p, q := path.Join(n.Layout.ServerTLSDir(), name), path.Join(ref.Layout.ServerTLSDir(), name)
+				if !bytes.Equal(n.Snapshot.Files[p].Data, ref.Snapshot.Files[q].Data) {
+					bad("%s: %s differs from %s's", n.Name, name, ref.Name)
+				}
+			}
+		}
+		for _, t := range f.Tokens {
+			if t.Secure() && t.Token.CAHash != r.target {
+				bad("%s: %s:%d still pins %s", n.Name, t.File, t.Line, short(t.Token.CAHash))
+			}
+		}
+	}
+	nodes, err := ClusterNodes(ctx, ref)
+	if err != nil {
+		return err
+	}
+	ready := map[string]bool{}
+	for _, cn := range nodes {
+		ready[cn.Name] = cn.Ready
+	}
+	for _, n := range r.run.Nodes {
+		if !ready[n.NodeName()] {
+			bad("%s (%s) is not Ready", n.Name, n.NodeName())
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("verification failed:\n  - %s", strings.Join(problems, "\n  - "))
+	}
+	if r.opts.Export {
+		return r.collectExport(ctx, ref)
+	}
+	return nil
+}
+
+// collectExport gathers what --export writes for the cluster.
+func (r *rotation) collectExport(ctx context.Context, primary *Node) error {
+	ex := &Export{ServerCA: primary.Snapshot.Files[primary.Layout.ServerCA()].Data, Hash: r.target}
+	if r.opts.ExportTokens {
+		files, err := k3s.ReadFiles(ctx, primary.Conn, []string{primary.Layout.ServerToken(), primary.Layout.AgentTokenFile()})
+		if err != nil {
+			return err
+		}
+		ex.Token = strings.TrimSpace(string(files[primary.Layout.ServerToken()].Data))
+		ex.AgentToken = strings.TrimSpace(string(files[primary.Layout.AgentTokenFile()].Data))
+	}
+	r.report.Export = ex
+	return nil
+}
+
+// refreshAll gathers every node's facts again, concurrently.
+func refreshAll(ctx context.Context, nodes []*Node) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, n := range nodes {
+		g.Go(func() error {
+			if err := n.Refresh(gctx); err != nil {
+				return fmt.Errorf("%s: %w", n.Name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}

@@ -1,0 +1,174 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/pki"
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+// Operations on one node. Each is a single round trip where it can be and
+// is called through ClusterRun.Wet by the phases.
+
+// backupScript copies files and directories into a run's backup directory,
+// keeping their absolute paths below it, modes and owners. A backup that
+// already exists (a resumed run) is kept: it holds the state before the
+// run began, which is the one worth having.
+const backupScript = `set -e
+b=%s
+[ -d "$b" ] && exit 0
+umask 077; mkdir -p "$b.tmp"
+for f in %s; do
+  [ -e "$f" ] || continue
+  mkdir -p "$b.tmp$(dirname "$f")"
+  cp -a "$f" "$b.tmp$f"
+done
+mv "$b.tmp" "$b"
+`
+
+// Backup copies paths on n into its backup directory for runID.
+func Backup(ctx context.Context, n *Node, runID string, paths []string) error {
+	quoted := make([]string, len(paths))
+	for i, p := range paths {
+		quoted[i] = remote.Quote(p)
+	}
+	script := fmt.Sprintf(backupScript, remote.Quote(n.Layout.BackupDir(runID)), strings.Join(quoted, " "))
+	res, err := n.Conn.Run(ctx, script, nil)
+	if err != nil {
+		return err
+	}
+	return res.Err()
+}
+
+// stageScript writes CA material into DIR/tls from stdin, one "name base64"
+// line per file, with fresh mtimes: k3s stores each file's mtime in the
+// datastore, and a server whose disk copy is 3 s newer than that refuses
+// to start. Secrets travel on stdin only.
+const stageScript = `set -e
+d=%s
+umask 077
+rm -rf "$d"; mkdir -p "$d/tls/etcd"
+while read -r name data; do
+  case "$name" in ""|*..*|/*) echo "bad staged name" >&2; exit 1;; esac
+  printf '%%s' "$data" | base64 -d > "$d/tls/$name"
+done
+find "$d" -type f -exec touch {} +
+`
+
+// Stage writes set into dir/tls on the primary, as rotate-ca --path reads it.
+func Stage(ctx context.Context, n *Node, dir string, set pki.CASet) error {
+	var in strings.Builder
+	for _, name := range set.Names() {
+		fmt.Fprintf(&in, "%s %s\n", name, base64.StdEncoding.EncodeToString(set[name]))
+	}
+	res, err := n.Conn.Run(ctx, fmt.Sprintf(stageScript, remote.Quote(dir)), []byte(in.String()))
+	if err != nil {
+		return err
+	}
+	return res.Err()
+}
+
+// LoadCA runs rotate-ca on the primary with the staged dir, touching the
+// files first for the 3-second rule.
+func LoadCA(ctx context.Context, n *Node, dir string, force bool) error {
+	script := remote.Quotef("find %s -type f -exec touch {} + && ", dir) + n.Layout.RotateCACmd(dir, force)
+	res, err := n.Conn.Run(ctx, script, nil)
+	if err != nil {
+		return err
+	}
+	out := string(res.Stdout) + string(res.Stderr)
+	if res.ExitCode != 0 {
+		return fmt.Errorf("k3s certificate rotate-ca failed (the reason is in the server log: journalctl -u %s): %s",
+			n.Layout.UnitName(), lastLines(out, 3))
+	}
+	if !strings.Contains(out, k3s.RotateCAOK) {
+		return fmt.Errorf("k3s certificate rotate-ca did not confirm (%q missing): %s", k3s.RotateCAOK, lastLines(out, 3))
+	}
+	return nil
+}
+
+// RemoveDir removes a directory fleetcert made.
+func RemoveDir(ctx context.Context, n *Node, dir string) error {
+	res, err := n.Conn.Run(ctx, "rm -rf -- "+remote.Quote(dir), nil)
+	if err != nil {
+		return err
+	}
+	return res.Err()
+}
+
+// Restart restarts the node's unit without blocking and returns the node's
+// clock at that moment, to judge later which files k3s rewrote since.
+func Restart(ctx context.Context, n *Node) (time.Time, error) {
+	res, err := n.Conn.Run(ctx, "date +%s && "+n.Layout.RestartCmd(), nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if err := res.Err(); err != nil {
+		return time.Time{}, err
+	}
+	sec, err := strconv.ParseInt(strings.TrimSpace(firstLine(string(res.Stdout))), 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("node clock: %w", err)
+	}
+	return time.Unix(sec, 0), nil
+}
+
+// TokenFiles is every file of n that defines or holds a token, with its
+// contents as last read: the input of a token rewrite.
+func TokenFiles(n *Node) map[string][]byte {
+	files := map[string][]byte{}
+	for p, f := range n.Snapshot.Files {
+		files[p] = f.Data
+	}
+	for p, f := range n.tokenFiles {
+		files[p] = f.Data
+	}
+	return files
+}
+
+// PlanTokens plans rewriting every secure token of n to pin target, for
+// tokens currently pinning one of old.
+func PlanTokens(n *Node, target string, old []string) ([]k3s.FileRewrite, error) {
+	plan, err := k3s.PlanTokenRewrites(n.Layout, TokenFiles(n), k3s.RewriteOptions{NewHash: target, OldHashes: old})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", n.Name, err)
+	}
+	return plan, nil
+}
+
+// tokenPaths lists the files a token rewrite of n may touch, for backups.
+func tokenPaths(n *Node) []string {
+	var paths []string
+	for _, s := range n.Facts.Tokens {
+		paths = append(paths, s.File)
+	}
+	sort.Strings(paths)
+	return uniqStrings(paths)
+}
+
+func uniqStrings(s []string) []string {
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+

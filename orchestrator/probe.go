@@ -1,0 +1,160 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/pki"
+	"github.com/fleetcert/fleetcert/remote"
+)
+
+// tunneler is a connection that can open TCP streams from the node itself
+// (an SSH direct-tcpip channel): probes reach 127.0.0.1:6443 on the node
+// with no curl there and no port open to the controller.
+type tunneler interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// supervisorAddr is where a k3s server's supervisor listens on the node.
+const supervisorAddr = "127.0.0.1:6443"
+
+// errNoTunnel means the node's sshd refused forwarding; callers fall back
+// to reading files.
+var errNoTunnel = errors.New("ssh forwarding unavailable")
+
+// ServedCA fetches /cacerts from the server's own supervisor. /cacerts is
+// cached per k3s process, so it shows which bundle the running process
+// loaded: after a restart, proof that the restart took effect. TLS is not
+// verified here on purpose: the bundle is judged by its hash.
+func ServedCA(ctx context.Context, h remote.Host) ([]byte, error) {
+	t, ok := h.(tunneler)
+	if !ok {
+		return nil, errNoTunnel
+	}
+	client := &http.Client{Transport: &http.Transport{
+		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return t.DialContext(ctx, "tcp", supervisorAddr) },
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // judged by hashCA
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+supervisorAddr+"/cacerts", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		if strings.Contains(err.Error(), "prohibited") {
+			return nil, fmt.Errorf("%w: %v", errNoTunnel, err)
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /cacerts: %s", resp.Status)
+	}
+	return body, nil
+}
+
+// ServedHash is hashCA of what the server serves. Without forwarding it
+// falls back to the hash in server/token, which k3s rewrites at every
+// start from the CA it loaded: the same proof, one file read away.
+func ServedHash(ctx context.Context, n *Node) (hash, via string, err error) {
+	ca, err := ServedCA(ctx, n.Conn)
+	if err == nil {
+		return pki.HashCA(ca), "/cacerts", nil
+	}
+	if !errors.Is(err, errNoTunnel) {
+		return "", "", err
+	}
+	h, err := ServerTokenHash(ctx, n)
+	return h, "server/token", err
+}
+
+// ServerTokenHash reads the CA hash from the server's server/token.
+func ServerTokenHash(ctx context.Context, n *Node) (string, error) {
+	data, err := n.Conn.ReadFile(ctx, n.Layout.ServerToken())
+	if err != nil {
+		return "", err
+	}
+	t, err := pki.ParseToken(strings.TrimSpace(string(data)))
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", n.Layout.ServerToken(), err)
+	}
+	return t.CAHash, nil
+}
+
+// Readyz asks the server's apiserver whether it is ready.
+func Readyz(ctx context.Context, n *Node) (bool, string, error) {
+	res, err := n.Conn.Run(ctx, k3s.ReadyzCmd, nil)
+	if err != nil {
+		return false, "", err
+	}
+	out := strings.TrimSpace(string(res.Stdout) + string(res.Stderr))
+	return res.ExitCode == 0 && strings.TrimSpace(string(res.Stdout)) == "ok", "readyz: " + firstLine(out), nil
+}
+
+// ClusterNode is a node as the cluster's apiserver lists it.
+type ClusterNode struct {
+	Name  string
+	Ready bool
+}
+
+// ClusterNodes lists the nodes the cluster knows, asked through a server.
+func ClusterNodes(ctx context.Context, n *Node) ([]ClusterNode, error) {
+	out, err := remote.Output(ctx, n.Conn, k3s.NodesCmd)
+	if err != nil {
+		return nil, fmt.Errorf("list cluster nodes on %s: %w", n.Name, err)
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Status struct {
+				Conditions []struct {
+					Type   string `json:"type"`
+					Status string `json:"status"`
+				} `json:"conditions"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		return nil, fmt.Errorf("list cluster nodes on %s: %w", n.Name, err)
+	}
+	nodes := make([]ClusterNode, 0, len(list.Items))
+	for _, it := range list.Items {
+		cn := ClusterNode{Name: it.Metadata.Name}
+		for _, c := range it.Status.Conditions {
+			if c.Type == "Ready" && c.Status == "True" {
+				cn.Ready = true
+			}
+		}
+		nodes = append(nodes, cn)
+	}
+	return nodes, nil
+}
+
+// NodeName is the name a node registers under: its hostname, as k3s
+// defaults --node-name.
+func (n *Node) NodeName() string {
+	if n.Facts.Hostname != "" {
+		return n.Facts.Hostname
+	}
+	return n.Name
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
