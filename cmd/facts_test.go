@@ -74,7 +74,7 @@ func newFactsNode(t testing.TB, root string, tokenHash func(caHash string) strin
 // writes the identity and known_hosts that reach them.
 type sshFleet struct {
 	dir, identity, knownHosts, user string
-	pub                              ssh.PublicKey
+	pub                             ssh.PublicKey
 }
 
 func newSSHFleet(t testing.TB) *sshFleet {

@@ -40,7 +40,9 @@ func ServedCA(ctx context.Context, h remote.Host) ([]byte, error) {
 		return nil, errNoTunnel
 	}
 	client := &http.Client{Transport: &http.Transport{
-		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return t.DialContext(ctx, "tcp", supervisorAddr) },
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return t.DialContext(ctx, "tcp", supervisorAddr)
+		},
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // judged by hashCA
 		DisableKeepAlives: true,
 	}}

@@ -141,7 +141,7 @@ func (p preflightPhase) Run(ctx context.Context, _ *ClusterRun) error {
 
 type lockPhase struct{ r *rotation }
 
-func (lockPhase) Title() string { return "lock" }
+func (lockPhase) Title() string                                  { return "lock" }
 func (p lockPhase) Run(ctx context.Context, _ *ClusterRun) error { return p.r.takeLock(ctx) }
 
 // CleanUp on a failed run records where it stopped, so a rerun resumes,
@@ -164,7 +164,7 @@ func (p lockPhase) CleanUp(ctx context.Context, _ *ClusterRun) {
 
 type materialPhase struct{ r *rotation }
 
-func (materialPhase) Title() string { return "material" }
+func (materialPhase) Title() string                { return "material" }
 func (p materialPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() }
 func (p materialPhase) Run(ctx context.Context, _ *ClusterRun) error {
 	return p.r.material(ctx)
@@ -172,7 +172,7 @@ func (p materialPhase) Run(ctx context.Context, _ *ClusterRun) error {
 
 type backupPhase struct{ r *rotation }
 
-func (backupPhase) Title() string { return "backup" }
+func (backupPhase) Title() string                { return "backup" }
 func (p backupPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() }
 func (p backupPhase) Run(ctx context.Context, run *ClusterRun) error {
 	r := p.r
@@ -273,7 +273,7 @@ func (p loadPhase) Run(ctx context.Context, run *ClusterRun) error {
 
 type serversPhase struct{ r *rotation }
 
-func (serversPhase) Title() string { return "servers" }
+func (serversPhase) Title() string                { return "servers" }
 func (p serversPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() }
 
 // Run restarts servers one at a time, each behind its gates: restarting
@@ -315,8 +315,8 @@ func (p agentsPhase) Run(ctx context.Context, run *ClusterRun) error {
 
 type verifyPhase struct{ r *rotation }
 
-func (verifyPhase) Title() string { return "verify" }
-func (p verifyPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() && !p.r.opts.DryRun }
+func (verifyPhase) Title() string                                  { return "verify" }
+func (p verifyPhase) ShouldRun(*ClusterRun) bool                   { return !p.r.abandoning() && !p.r.opts.DryRun }
 func (p verifyPhase) Run(ctx context.Context, _ *ClusterRun) error { return p.r.verify(ctx) }
 
 type cleanupPhase struct{ r *rotation }
