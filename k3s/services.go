@@ -1,0 +1,75 @@
+package k3s
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+)
+
+// Services `k3s certificate rotate --service` knows (K3S.md §5). Each
+// renews the leaf certificates of one component.
+var (
+	ServerServices = []string{"admin", "api-server", "auth-proxy", "cloud-controller", "controller-manager",
+		"etcd", "scheduler", "supervisor", "k3s-server"}
+	AgentServices = []string{"kube-proxy", "kubelet", "k3s-controller"}
+)
+
+// supervisorCert is the file whose presence tells that a k3s version has
+// the supervisor service: older ones reject --service supervisor.
+const supervisorCert = "client-supervisor.crt"
+
+// ParseServices checks a --service list against the known names.
+func ParseServices(list []string) ([]string, error) {
+	var out []string
+	for _, s := range list {
+		for _, name := range strings.Split(s, ",") {
+			name = strings.TrimSpace(name)
+			if name == "" {
+				continue
+			}
+			if !slices.Contains(ServerServices, name) && !slices.Contains(AgentServices, name) {
+				return nil, fmt.Errorf("service %s is not recognized (known: %s)", name,
+					strings.Join(append(slices.Clone(ServerServices), AgentServices...), ", "))
+			}
+			if !slices.Contains(out, name) {
+				out = append(out, name)
+			}
+		}
+	}
+	return out, nil
+}
+
+// ServicesFor is the --service list to pass on a node: the requested
+// services that apply to its role and exist in its k3s (supervisor only
+// where its certificate exists). An empty request means every service the
+// node has. dropped lists requested services left out, for the report.
+func (l Layout) ServicesFor(requested []string, s *Snapshot) (services, dropped []string) {
+	available := slices.Clone(AgentServices)
+	if l.Role == RoleServer {
+		available = append(slices.Clone(ServerServices), AgentServices...)
+		if _, ok := s.Files[path.Join(l.ServerTLSDir(), supervisorCert)]; !ok {
+			available = slices.DeleteFunc(available, func(x string) bool { return x == "supervisor" })
+		}
+	}
+	if len(requested) == 0 {
+		return available, nil
+	}
+	for _, r := range requested {
+		if slices.Contains(available, r) {
+			services = append(services, r)
+		} else {
+			dropped = append(dropped, r)
+		}
+	}
+	return services, dropped
+}
+
+// LeafBackupsDir is where `k3s certificate rotate` leaves its tls-<unix>
+// copies on this node.
+func (l Layout) LeafBackupsDir() string {
+	if l.Role == RoleAgent {
+		return l.AgentDir()
+	}
+	return l.ServerDir()
+}
