@@ -13,8 +13,15 @@ const defaultTimeout = 2 * time.Minute
 // days ("120d", "1.5d"), since certificate lifetimes are spoken of in days.
 type duration time.Duration
 
-func (d *duration) String() string { return time.Duration(*d).String() }
-func (d *duration) Type() string   { return "duration" }
+// String shows whole days as days ("120d"), anything else as Go does.
+func (d *duration) String() string {
+	const day = 24 * time.Hour
+	if v := time.Duration(*d); v > 0 && v%day == 0 {
+		return fmt.Sprintf("%dd", v/day)
+	}
+	return time.Duration(*d).String()
+}
+func (d *duration) Type() string { return "duration" }
 
 func (d *duration) Set(s string) error {
 	v, err := parseDuration(s)

@@ -108,6 +108,7 @@ servers-first behind health gates.`,
 	root.AddCommand(a.newVersionCmd())
 	root.AddCommand(a.newCACmd(), a.newTokenCmd())
 	root.AddCommand(a.newFactsCmd(), a.newStatusCmd())
+	root.AddCommand(a.newCheckCmd())
 	root.AddCommand(a.newRotateCACmd(), a.newRotateSAKeyCmd())
 	root.AddCommand(a.newInventoryCmd())
 	return root

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"path"
 	"sort"
 	"strings"
@@ -57,12 +58,18 @@ func (s *Snapshot) Certs() (certs []Cert, unreadable []string) {
 		default:
 			continue
 		}
-		parsed, err := pki.ParseCerts(data)
+		bundle := isCABundle(name)
+		var parsed []*x509.Certificate
+		var err error
+		if bundle {
+			parsed, err = pki.ParseCerts(data)
+		} else {
+			parsed, err = firstCert(data)
+		}
 		if err != nil || len(parsed) == 0 {
 			unreadable = append(unreadable, p)
 			continue
 		}
-		bundle := isCABundle(name)
 		for i, c := range parsed {
 			if i > 0 && !bundle {
 				break
@@ -74,6 +81,26 @@ func (s *Snapshot) Certs() (certs []Cert, unreadable []string) {
 		}
 	}
 	return certs, unreadable
+}
+
+// firstCert parses a leaf file's own certificate, the first CERTIFICATE
+// block, and leaves the CA chain after it alone: those CAs are counted
+// from the bundles, and a fleet check reads thousands of leaf files.
+func firstCert(data []byte) ([]*x509.Certificate, error) {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return nil, nil
+		}
+		if b.Type == "CERTIFICATE" && len(b.Headers) == 0 {
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return nil, err
+			}
+			return []*x509.Certificate{c}, nil
+		}
+	}
 }
 
 // isCABundle tells CA bundle files from leaf files by name, as k3s names

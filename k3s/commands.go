@@ -103,3 +103,9 @@ func (l Layout) nodeStateDir() string {
 	}
 	return l.FleetcertDir()
 }
+
+// CertificateCheckCmd lists the node's certificates as k3s sees them, as
+// JSON (`certificate check --output json`: only where CheckHasOutputFlag).
+func (l Layout) CertificateCheckCmd() string {
+	return remote.Quotef(k3sBin+" certificate check -d %s --output json", l.dataDir())
+}

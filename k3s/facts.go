@@ -39,7 +39,11 @@ type Snapshot struct {
 	UnitStates  map[string]string // unit -> systemctl is-active output
 	Dirs        map[string]bool   // directories probed -> present
 	Files       map[string]File
-	Now         time.Time // the node's clock
+	// Keys lists the private key files in server/tls, server/tls/etcd and
+	// agent/ by path, with mode and owner only: their contents are never
+	// read with the facts (Data is nil).
+	Keys map[string]File
+	Now  time.Time // the node's clock
 }
 
 // snapshotPlan is what the facts script reads for a layout. Private keys
@@ -50,6 +54,7 @@ type snapshotPlan struct {
 	dirs  []string // directories whose presence is reported
 	files []string // single files read when present
 	globs []string // shell globs whose matching files are read
+	keys  []string // shell globs whose matching files are listed, not read
 }
 
 func planFor(l Layout) snapshotPlan {
@@ -71,14 +76,36 @@ func planFor(l Layout) snapshotPlan {
 		path.Join(l.FleetcertDir(), "*.json"),
 		path.Join(l.FleetcertDir(), "lock"),
 	)
+	p.keys = KeyGlobs(l)
 	return p
 }
 
+// KeyGlobs are where a node keeps private keys: the facts list them (name,
+// mode, owner) so that a check can flag CA keys left behind and keys that
+// others can read, without ever reading a key.
+func KeyGlobs(l Layout) []string {
+	return []string{
+		path.Join(l.ServerTLSDir(), "*.key"),
+		path.Join(l.ServerTLSDir(), "etcd", "*.key"),
+		path.Join(l.AgentDir(), "*.key"),
+	}
+}
+
 // scriptHeader starts every file-reading script: a PATH that finds k3s
-// under sudo's secure_path too, the version marker, and f, which prints one
-// file as a header line (mode, uid, mtime, path) and its base64 body.
+// under sudo's secure_path too, the version marker, f, which prints one
+// file as a header line (mode, uid, mtime, path) and its base64 body, and
+// g, which does the same for many files with three processes in all
+// instead of two per file: one stat for every header (with sizes), then
+// every readable file concatenated in one base64 line that the parser
+// splits by those sizes. Files the shell cannot read go through f, as
+// before (present, empty).
 const scriptHeader = `PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin:$PATH
-f() { [ -f "$1" ] || return 0; printf '@file %s %s\n' "$(stat -L -c '%a %u %Y' -- "$1")" "$1"; base64 -w0 < "$1"; echo; }
+f() { [ -f "$1" ] || return 0; stat -L -c '@file %a %u %Y %n' -- "$1"; base64 -w0 < "$1"; echo; }
+g() {
+for x do shift; [ -f "$x" ] || continue; if [ -r "$x" ]; then set -- "$@" "$x"; else f "$x"; fi; done
+[ $# -gt 0 ] || return 0
+echo @batch; stat -L -c '@fsz %a %u %Y %s %n' -- "$@"; echo @data; cat -- "$@" | base64 -w0; echo
+}
 echo '` + factsVersion + `'
 `
 
@@ -88,7 +115,7 @@ echo '` + factsVersion + `'
 func FactsScript(l Layout) string {
 	p := planFor(l)
 	var b strings.Builder
-	b.WriteString(scriptHeader + `echo @hostname; hostname 2>/dev/null || cat /proc/sys/kernel/hostname
+	b.WriteString(scriptHeader + `echo @hostname; { read -r h < /proc/sys/kernel/hostname; } 2>/dev/null && echo "$h" || hostname
 echo @os; ( . /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" )
 echo @init
 if [ -d /run/systemd/system ]; then echo systemd
@@ -97,19 +124,40 @@ else echo unknown; fi
 echo @now; date +%s
 echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | head -n 2
 `)
+	// One systemctl for every unit: is-active prints a word per unit, in
+	// order. Only where systemd runs (the test the init section makes): on
+	// OpenRC, or in a container without systemd, states stay empty.
+	b.WriteString("set --; [ -d /run/systemd/system ] && set -- $(systemctl is-active")
 	for _, u := range p.units {
-		fmt.Fprintf(&b, "printf '@unit %%s %%s\\n' %s \"$(systemctl is-active %s 2>/dev/null || true)\"\n",
-			remote.Quote(u), remote.Quote(u+".service"))
+		fmt.Fprintf(&b, " %s", remote.Quote(u+".service"))
+	}
+	b.WriteString(" 2>/dev/null)\n")
+	for _, u := range p.units {
+		fmt.Fprintf(&b, "printf '@unit %%s %%s\\n' %s \"$1\"; [ $# -gt 0 ] && shift\n", remote.Quote(u))
 	}
 	for _, d := range p.dirs {
 		fmt.Fprintf(&b, "[ -d %s ] && printf '@dir %%s\\n' %s\n", remote.Quote(d), remote.Quote(d))
 	}
+	// Every file in one batch: a glob that matches nothing stays literal
+	// and g drops it with the other absent files.
+	b.WriteString("g")
 	for _, f := range p.files {
-		fmt.Fprintf(&b, "f %s\n", remote.Quote(f))
+		fmt.Fprintf(&b, " %s", remote.Quote(f))
 	}
 	for _, g := range p.globs {
 		dir, pattern := path.Split(g)
-		fmt.Fprintf(&b, "for x in %s%s; do f \"$x\"; done\n", remote.Quote(dir), pattern)
+		fmt.Fprintf(&b, " %s%s", remote.Quote(dir), pattern)
+	}
+	b.WriteString("\n")
+	if len(p.keys) > 0 {
+		// One stat for every key: a glob that matches nothing stays literal
+		// and is filtered out with stat's error.
+		b.WriteString("stat -L -c '@key %f %u %n' --")
+		for _, g := range p.keys {
+			dir, pattern := path.Split(g)
+			fmt.Fprintf(&b, " %s%s", remote.Quote(dir), pattern)
+		}
+		b.WriteString(" 2>/dev/null\n")
 	}
 	b.WriteString("echo @end\n")
 	return b.String()
@@ -117,7 +165,7 @@ echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | hea
 
 // ParseSnapshot reads the output of FactsScript.
 func ParseSnapshot(out []byte) (*Snapshot, error) {
-	s := &Snapshot{UnitStates: map[string]string{}, Dirs: map[string]bool{}, Files: map[string]File{}}
+	s := &Snapshot{UnitStates: map[string]string{}, Dirs: map[string]bool{}, Files: map[string]File{}, Keys: map[string]File{}}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64*1024), 64*1024*1024)
 	if !sc.Scan() || sc.Text() != factsVersion {
@@ -125,8 +173,32 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 	}
 	section, ended := "", false
 	var pending *File
+	var batch []batchFile // headers of the batch being read
+	inBatch, batchData := false, false
 	for sc.Scan() {
 		line := sc.Text()
+		if batchData {
+			if err := s.addBatch(batch, line); err != nil {
+				return nil, err
+			}
+			batch, inBatch, batchData = nil, false, false
+			continue
+		}
+		if inBatch {
+			switch {
+			case line == "@data":
+				batchData = true
+			case strings.HasPrefix(line, "@fsz "):
+				bf, err := parseBatchHeader(line)
+				if err != nil {
+					return nil, err
+				}
+				batch = append(batch, bf)
+			default:
+				return nil, fmt.Errorf("facts: unexpected line in a file batch: %q", line)
+			}
+			continue
+		}
 		if pending != nil {
 			data, err := base64.StdEncoding.DecodeString(line)
 			if err != nil {
@@ -140,6 +212,8 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 		switch {
 		case line == "@end":
 			ended = true
+		case line == "@batch":
+			inBatch = true
 		case strings.HasPrefix(line, "@file "):
 			f, err := parseFileHeader(line)
 			if err != nil {
@@ -149,6 +223,10 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 		case strings.HasPrefix(line, "@unit "):
 			unit, state, _ := strings.Cut(strings.TrimPrefix(line, "@unit "), " ")
 			s.UnitStates[unit] = strings.TrimSpace(state)
+		case strings.HasPrefix(line, "@key "):
+			if k, ok := parseKeyLine(line); ok {
+				s.Keys[k.Path] = k
+			}
 		case strings.HasPrefix(line, "@dir "):
 			s.Dirs[strings.TrimPrefix(line, "@dir ")] = true
 		case strings.HasPrefix(line, "@"):
@@ -160,10 +238,57 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("facts: %w", err)
 	}
-	if !ended {
+	if !ended || inBatch {
 		return nil, errors.New("facts: output ended early")
 	}
 	return s, nil
+}
+
+// batchFile is one header of a file batch: the file and its size when
+// stat saw it.
+type batchFile struct {
+	File
+	size int
+}
+
+func parseBatchHeader(line string) (batchFile, error) {
+	fields := strings.SplitN(strings.TrimPrefix(line, "@fsz "), " ", 5)
+	if len(fields) != 5 {
+		return batchFile{}, fmt.Errorf("facts: bad file header %q", line)
+	}
+	f, err := parseFileHeader("@file " + strings.Join(append(fields[:3:3], fields[4]), " "))
+	if err != nil {
+		return batchFile{}, err
+	}
+	size, err := strconv.Atoi(fields[3])
+	if err != nil || size < 0 {
+		return batchFile{}, fmt.Errorf("facts: bad file header %q", line)
+	}
+	return batchFile{File: f, size: size}, nil
+}
+
+// ErrFilesChanged means files changed size between their stat and their
+// read, so the batch cannot be split: read again.
+var ErrFilesChanged = errors.New("facts: files changed while being read")
+
+// addBatch splits the batch's concatenated contents by the sizes stat saw.
+func (s *Snapshot) addBatch(batch []batchFile, line string) error {
+	data, err := base64.StdEncoding.DecodeString(line)
+	if err != nil {
+		return fmt.Errorf("facts: file batch: bad encoding: %w", err)
+	}
+	total := 0
+	for _, bf := range batch {
+		total += bf.size
+	}
+	if total != len(data) {
+		return ErrFilesChanged
+	}
+	for _, bf := range batch {
+		bf.Data, data = data[:bf.size:bf.size], data[bf.size:]
+		s.Files[bf.Path] = bf.File
+	}
+	return nil
 }
 
 func parseFileHeader(line string) (File, error) {
@@ -178,6 +303,21 @@ func parseFileHeader(line string) (File, error) {
 		return File{}, fmt.Errorf("facts: bad file header %q: %w", line, err)
 	}
 	return File{Path: fields[3], Mode: uint32(mode), UID: uid, MTime: time.Unix(mtime, 0)}, nil
+}
+
+// parseKeyLine reads "@key RAWMODE UID PATH" (stat's %f: the raw mode in
+// hex, so that only regular files are kept).
+func parseKeyLine(line string) (File, bool) {
+	fields := strings.SplitN(strings.TrimPrefix(line, "@key "), " ", 3)
+	if len(fields) != 3 {
+		return File{}, false
+	}
+	raw, err1 := strconv.ParseUint(fields[0], 16, 32)
+	uid, err2 := strconv.Atoi(fields[1])
+	if err1 != nil || err2 != nil || raw&0o170000 != 0o100000 {
+		return File{}, false
+	}
+	return File{Path: fields[2], Mode: uint32(raw & 0o7777), UID: uid}, true
 }
 
 func (s *Snapshot) addLine(section, line string) {
@@ -212,13 +352,21 @@ func (s *Snapshot) FilesUnder(dir string) []File {
 	return out
 }
 
-// TakeSnapshot runs the facts script on h: one round trip.
+// TakeSnapshot runs the facts script on h: one round trip, a second only
+// in the rare case that a file changed size while it was being read.
 func TakeSnapshot(ctx context.Context, h remote.Host, l Layout) (*Snapshot, error) {
-	out, err := remote.Output(ctx, h, FactsScript(l))
-	if err != nil {
-		return nil, fmt.Errorf("gather facts: %w", err)
+	script := FactsScript(l)
+	for attempt := 0; ; attempt++ {
+		out, err := remote.Output(ctx, h, script)
+		if err != nil {
+			return nil, fmt.Errorf("gather facts: %w", err)
+		}
+		s, err := ParseSnapshot(out)
+		if errors.Is(err, ErrFilesChanged) && attempt == 0 {
+			continue
+		}
+		return s, err
 	}
-	return ParseSnapshot(out)
 }
 
 // ReadFiles reads several files in one round trip, in the same framing as

@@ -2,8 +2,10 @@ package k3s
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/fleetcert/fleetcert/remote/remotetest"
@@ -93,5 +95,69 @@ func TestVersionWord(t *testing.T) {
 		if got := versionWord(in); got != want {
 			t.Errorf("versionWord(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestSnapshotListsKeysWithoutReadingThem(t *testing.T) {
+	root := t.TempDir()
+	l := Layout{Role: RoleServer, DataDir: root + "/data", ConfigFile: root + "/etc/config.yaml", SystemdDir: root + "/systemd"}
+	writeTree(t, root, map[string]string{
+		"data/server/tls/client-ca.key":      "SECRET-CLIENT-CA",
+		"data/server/tls/root-ca.key":        "SECRET-ROOT",
+		"data/server/tls/etcd/peer-ca.key":   "SECRET-PEER",
+		"data/agent/client-kubelet.key":      "SECRET-KUBELET",
+		"data/server/tls/server-ca.crt":      "CA\n",
+		"data/server/tls/not-a-key.key.crt":  "x\n",
+		"data/server/tls/temporary-certs/x":  "y\n",
+		"data/server/tls/dir.key/inside.key": "SECRET-DEEPER",
+	})
+	if err := os.Chmod(root+"/data/agent/client-kubelet.key", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := FactsScript(l)
+	s, err := TakeSnapshot(context.Background(), &remotetest.Local{}, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint32{
+		l.ServerTLSDir() + "/client-ca.key":    0o600,
+		l.ServerTLSDir() + "/root-ca.key":      0o600,
+		l.ServerTLSDir() + "/etcd/peer-ca.key": 0o600,
+		l.AgentDir() + "/client-kubelet.key":   0o644,
+	}
+	if len(s.Keys) != len(want) {
+		t.Errorf("keys listed: %v, want %v", s.Keys, want)
+	}
+	for p, mode := range want {
+		k, ok := s.Keys[p]
+		if !ok || k.Mode != mode || k.UID != os.Getuid() || k.Data != nil {
+			t.Errorf("%s: %+v (listed %v), want mode %o and no data", p, k, ok, mode)
+		}
+	}
+	for p, f := range s.Files {
+		if strings.Contains(string(f.Data), "SECRET") {
+			t.Errorf("key contents read into the snapshot: %s", p)
+		}
+	}
+	if !strings.Contains(script, "stat -L -c '@key") {
+		t.Error("the facts script does not list keys")
+	}
+}
+
+func TestParseSnapshotBatch(t *testing.T) {
+	head := factsVersion + "\n@batch\n@fsz 600 0 1700000000 3 /a b\n@fsz 644 0 1700000000 2 /c\n@data\n"
+	s, err := ParseSnapshot([]byte(head + "YWJjZGU=\n@end\n")) // "abcde"
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(s.Files["/a b"].Data) != "abc" || string(s.Files["/c"].Data) != "de" || s.Files["/a b"].Mode != 0o600 {
+		t.Errorf("batch split: %+v", s.Files)
+	}
+	// A file that grew between stat and read: the batch cannot be split.
+	if _, err := ParseSnapshot([]byte(head + "YWJjZGVm\n@end\n")); !errors.Is(err, ErrFilesChanged) {
+		t.Errorf("torn batch: %v, want ErrFilesChanged", err)
+	}
+	if _, err := ParseSnapshot([]byte(head)); err == nil {
+		t.Error("batch without data accepted")
 	}
 }

@@ -51,12 +51,14 @@ var probeKey = func() ssh.PublicKey {
 // every host is then unknown.
 func (h *hostKeys) load() (ssh.HostKeyCallback, []string, error) {
 	var files []string
+	var version strings.Builder
 	for _, f := range []string{h.userFile, h.systemFile} {
 		if f == "" {
 			continue
 		}
-		if _, err := os.Stat(f); err == nil {
+		if st, err := os.Stat(f); err == nil {
 			files = append(files, f)
+			fmt.Fprintf(&version, "%s\x00%d\x00%d\x00", f, st.Size(), st.ModTime().UnixNano())
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, nil, fmt.Errorf("known_hosts %s: %w", f, err)
 		}
@@ -64,11 +66,28 @@ func (h *hostKeys) load() (ssh.HostKeyCallback, []string, error) {
 	if len(files) == 0 {
 		return nil, nil, nil
 	}
+	// Dialling a fleet parses the same files once per node: keep the last
+	// parse while the files stay as they were (accept-new appends, which
+	// changes size and mtime, so the next dial parses again).
+	knownHostsCache.Lock()
+	defer knownHostsCache.Unlock()
+	if knownHostsCache.version == version.String() {
+		return knownHostsCache.db, files, nil
+	}
 	db, err := knownhosts.New(files...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("known_hosts: %w", err)
 	}
+	knownHostsCache.version, knownHostsCache.db = version.String(), db
 	return db, files, nil
+}
+
+// knownHostsCache is the last parsed set of known_hosts files (the parsed
+// database is read-only, so dials share it), keyed by path, size and mtime.
+var knownHostsCache struct {
+	sync.Mutex
+	version string
+	db      ssh.HostKeyCallback
 }
 
 // known returns the keys known_hosts records for addr (host:port), hashed
