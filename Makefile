@@ -4,7 +4,7 @@ BIN      ?= bin/fleetcert
 PKGS_UNIT = $(shell $(GO) list ./... | grep -v '/e2e$$')
 export TESTCONTAINERS_RYUK_DISABLED = true
 
-.PHONY: build test unit lint e2e e2e-image demo demo-up demo-down bench clean
+.PHONY: build test unit lint e2e e2e-image e2e-host demo demo-up demo-down bench clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) .
@@ -24,16 +24,23 @@ lint:
 e2e-image:
 	$(GO) run ./e2e/image
 
-e2e: e2e-image
+e2e: e2e-image e2e-host
 	$(GO) test -count=1 -timeout 30m ./e2e/
+
+# Every node container runs systemd, which takes inotify instances; the
+# kernel's default of 128 per user runs out with a few fleets up at once.
+e2e-host:
+	@[ "$$(cat /proc/sys/fs/inotify/max_user_instances)" -ge 1024 ] || \
+		sysctl -q -w fs.inotify.max_user_instances=1024 || \
+		echo "warning: fs.inotify.max_user_instances is low; node containers may fail to boot"
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS_UNIT)
 
-demo: e2e-image
+demo: e2e-image e2e-host
 	$(GO) run ./e2e/demo
 
-demo-up: e2e-image
+demo-up: e2e-image e2e-host
 	$(GO) run ./e2e/demo up
 
 demo-down:

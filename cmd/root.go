@@ -109,7 +109,7 @@ servers-first behind health gates.`,
 	root.AddCommand(a.newCACmd(), a.newTokenCmd())
 	root.AddCommand(a.newFactsCmd(), a.newStatusCmd())
 	root.AddCommand(a.newCheckCmd())
-	root.AddCommand(a.newRotateCACmd(), a.newRotateSAKeyCmd())
+	root.AddCommand(a.newRotateCACmd(), a.newRotateSAKeyCmd(), a.newRotateCmd())
 	root.AddCommand(a.newInventoryCmd())
 	return root
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/orchestrator"
 	"github.com/fleetcert/fleetcert/pki"
 )
@@ -24,6 +25,14 @@ import (
 type rolloutFlags struct {
 	healthTimeout duration
 	agentBatch    string
+	waves         string
+	order         string
+	canary        []string
+	maxFailures   string
+	wavePause     duration
+	shard         string
+	window        string
+	report        string
 	noSnapshot    bool
 	allowUnlisted bool
 	abandon       bool
@@ -39,6 +48,53 @@ func (f *rolloutFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.allowUnlisted, "allow-unlisted-nodes", false, "go on although the cluster has nodes the inventory does not list")
 	fs.BoolVar(&f.abandon, "abandon", false, "drop an unfinished run on the selected clusters instead of resuming it")
 	fs.BoolVar(&f.forceUnlock, "force-unlock", false, "remove a cluster lock left by a run that is known to be dead")
+	fs.StringVar(&f.waves, "waves", "100%", "cluster waves as Ansible's serial: counts or percentages of all selected clusters, the last repeating (e.g. 1,10%,100%)")
+	fs.StringVar(&f.order, "order", "inventory", "order of clusters before waves: inventory, name or label:KEY")
+	fs.StringArrayVar(&f.canary, "canary-selector", nil, "clusters matching these labels (key=value, repeatable) form wave 1")
+	fs.StringVar(&f.maxFailures, "max-failures", "0", "failed clusters tolerated (N or P%) before no new cluster starts")
+	fs.Var(&f.wavePause, "wave-pause", "soak time between waves, ended by a health pass over the finished clusters")
+	fs.StringVar(&f.shard, "shard", "", "I/N: only this controller's stable share of the clusters (0-based, as JOB_COMPLETION_INDEX)")
+	fs.StringVar(&f.window, "maintenance-window", "", `no cluster starts outside it, e.g. "Sat 02:00-06:00 Europe/Berlin"`)
+	fs.StringVar(&f.report, "report", "", "write the JSON report to this file (atomically; also on failure and interrupt)")
+}
+
+// rollout turns the flags into the fleet's waves and limits.
+func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollout, []inventory.Cluster, error) {
+	var ro orchestrator.Rollout
+	if f.shard != "" {
+		i, n, err := orchestrator.ParseShard(f.shard)
+		if err != nil {
+			return ro, nil, usageError(err)
+		}
+		clusters = orchestrator.Shard(clusters, i, n)
+	}
+	steps, err := orchestrator.ParseWaves(f.waves)
+	if err != nil {
+		return ro, nil, usageError(err)
+	}
+	order, err := orchestrator.ParseOrder(f.order)
+	if err != nil {
+		return ro, nil, usageError(err)
+	}
+	var canary inventory.Selector
+	if len(f.canary) > 0 {
+		if canary, err = inventory.ParseSelector(f.canary...); err != nil {
+			return ro, nil, usageErrorf("--canary-selector: %v", err)
+		}
+	}
+	if ro.Budget, err = orchestrator.ParseFailureBudget(f.maxFailures); err != nil {
+		return ro, nil, usageError(err)
+	}
+	if f.window != "" {
+		w, err := orchestrator.ParseWindow(f.window)
+		if err != nil {
+			return ro, nil, usageErrorf("--maintenance-window: %v", err)
+		}
+		ro.Window = &w
+	}
+	ro.WavePause = f.wavePause.value()
+	ro.Waves = orchestrator.Waves(clusters, steps, order, canary)
+	return ro, clusters, nil
 }
 
 type rotateCAFlags struct {
@@ -130,7 +186,7 @@ func (a *app) runRotateCA(c *cobra.Command, f rotateCAFlags) error {
 			return err
 		}
 	}
-	return a.rollout(c, opts, f.export)
+	return a.rollout(c, opts, &f.rolloutFlags, f.export)
 }
 
 func (a *app) runRotateSAKey(c *cobra.Command, f rotateSAFlags) error {
@@ -142,7 +198,7 @@ func (a *app) runRotateSAKey(c *cobra.Command, f rotateSAFlags) error {
 		return err
 	}
 	opts.KeepKeys = f.keepKeys
-	return a.rollout(c, opts, "")
+	return a.rollout(c, opts, &f.rolloutFlags, "")
 }
 
 // caInput reads and checks the operator's CA files before anything
@@ -236,13 +292,17 @@ func (a *app) confirm(warning string) error {
 	return nil
 }
 
-// rollout connects, runs the operation on every selected cluster, reports
-// and maps the outcome to an exit code.
-func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, exportDir string) error {
+// rollout connects, runs the operation wave by wave over the selected
+// clusters, reports and maps the outcome to an exit code.
+func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFlags, exportDir string) error {
 	if a.g.output != "table" && a.g.output != "json" {
 		return usageErrorf("-o/--output must be table or json, not %q", a.g.output)
 	}
 	_, clusters, err := a.loadInventory()
+	if err != nil {
+		return err
+	}
+	ro, clusters, err := f.rollout(clusters)
 	if err != nil {
 		return err
 	}
@@ -252,22 +312,25 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, exportDir st
 	a.log = a.log.With("run", opts.RunID)
 	nodes := a.connect(ctx, clusters)
 	defer orchestrator.CloseAll(nodes)
-	reports := orchestrator.Run(ctx, clusters, nodes, opts)
+	rep := orchestrator.RunFleet(ctx, nodes, opts, ro)
 	closeView()
-	if exportDir != "" {
-		if err := writeExports(exportDir, reports); err != nil {
-			return err
-		}
+	var errs []error
+	if f.report != "" {
+		errs = append(errs, writeReportFile(f.report, rep))
 	}
-	if err := a.printRollout(opts, reports); err != nil {
+	if exportDir != "" {
+		errs = append(errs, writeExports(exportDir, rep.Clusters))
+	}
+	errs = append(errs, a.printRollout(rep))
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	code := ExitOK
-	for _, r := range reports {
+	for _, r := range rep.Clusters {
 		switch r.Outcome {
 		case orchestrator.OutcomeRefused:
 			code = worst(code, ExitRefused)
-		case orchestrator.OutcomeFailed, orchestrator.OutcomeNotRun:
+		case orchestrator.OutcomeFailed, orchestrator.OutcomeNotRun, orchestrator.OutcomeInterrupted:
 			code = worst(code, ExitFailed)
 		}
 	}
@@ -277,25 +340,40 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, exportDir st
 	return withCode(code, nil)
 }
 
-func (a *app) printRollout(opts *orchestrator.Options, reports []*orchestrator.ClusterReport) error {
+// writeReportFile writes the JSON report atomically: a scheduled job's
+// monitoring reads either the previous report or this one, never half.
+func writeReportFile(path string, rep *orchestrator.FleetReport) error {
+	data, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--report: %w", err)
+	}
+	return nil
+}
+
+func (a *app) printRollout(rep *orchestrator.FleetReport) error {
 	if a.g.output == "json" {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(struct {
-			RunID    string                        `json:"runId"`
-			Command  string                        `json:"command"`
-			DryRun   bool                          `json:"dryRun"`
-			Clusters []*orchestrator.ClusterReport `json:"clusters"`
-		}{opts.RunID, opts.Command, opts.DryRun, reports})
+		return enc.Encode(rep)
 	}
-	printRolloutTable(a.stdout, reports, opts.DryRun)
+	printRolloutTable(a.stdout, rep.Clusters, rep.DryRun)
+	if rep.Stopped != "" {
+		fmt.Fprintf(a.stdout, "stopped starting clusters: %s (%d not started)\n", rep.Stopped, rep.Count(orchestrator.OutcomeNotRun))
+	}
 	return nil
 }
 
 func printRolloutTable(out io.Writer, reports []*orchestrator.ClusterReport, dryRun bool) {
 	if dryRun {
 		for _, r := range reports {
-			fmt.Fprintf(out, "cluster %s: plan (%s, token hash %s -> %s)\n", r.Cluster, r.Mode, dash(r.OldHash), dash(r.TargetHash))
+			header := "plan"
+			if r.Mode != "" {
+				header += fmt.Sprintf(" (%s, token hash %s -> %s)", r.Mode, dash(r.OldHash), dash(r.TargetHash))
+			}
+			fmt.Fprintf(out, "cluster %s: %s\n", r.Cluster, header)
 			for _, ch := range r.Changes {
 				fmt.Fprintf(out, "  %-14s %-12s %s\n", ch.Node, ch.Phase, ch.What)
 			}

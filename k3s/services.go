@@ -73,3 +73,49 @@ func (l Layout) LeafBackupsDir() string {
 	}
 	return l.ServerDir()
 }
+
+// serviceLeafs are the leaf certificates each service's rotation renews,
+// relative to server/tls (server) or agent/ (agent) (k3s-research §3.2).
+// k3s-server renews the :6443 serving cert through a trigger file instead.
+var serviceLeafs = map[string]struct{ server, agent []string }{
+	"admin":              {server: []string{"client-admin.crt"}},
+	"api-server":         {server: []string{"client-kube-apiserver.crt", "serving-kube-apiserver.crt"}},
+	"controller-manager": {server: []string{"client-controller.crt"}},
+	"scheduler":          {server: []string{"client-scheduler.crt"}},
+	"etcd":               {server: []string{"etcd/client.crt", "etcd/server-client.crt", "etcd/peer-server-client.crt"}},
+	"cloud-controller":   {server: []string{"client-k3s-cloud-controller.crt"}},
+	"k3s-controller":     {server: []string{"client-k3s-controller.crt"}, agent: []string{"client-k3s-controller.crt"}},
+	"supervisor":         {server: []string{"client-supervisor.crt"}},
+	"auth-proxy":         {server: []string{"client-auth-proxy.crt"}},
+	"kubelet":            {agent: []string{"client-kubelet.crt", "serving-kubelet.crt"}},
+	"kube-proxy":         {server: []string{"client-kube-proxy.crt"}, agent: []string{"client-kube-proxy.crt"}},
+}
+
+// RenewedLeafs lists the certificate files a rotation of services renews
+// on this node (all of the node's services when none are named), for gates
+// that check each was written again after the restart. Files that do not
+// exist on the node (e.g. etcd certs on a sqlite server) are left out.
+func (l Layout) RenewedLeafs(services []string, s *Snapshot) []string {
+	if len(services) == 0 {
+		services, _ = l.ServicesFor(nil, s)
+	}
+	var out []string
+	for _, svc := range services {
+		files := serviceLeafs[svc]
+		var candidates []string
+		if l.Role == RoleServer {
+			for _, f := range files.server {
+				candidates = append(candidates, path.Join(l.ServerTLSDir(), f))
+			}
+		}
+		for _, f := range files.agent {
+			candidates = append(candidates, path.Join(l.AgentDir(), f))
+		}
+		for _, c := range candidates {
+			if _, ok := s.Files[c]; ok && !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/pki"
 )
@@ -81,6 +79,8 @@ type Options struct {
 	Concurrency int
 	PKI         pki.Env
 	Sink        Sink
+	// Leaf configures `fleetcert rotate`.
+	Leaf LeafOptions
 	// Export collects the new CA bundle (and tokens) of each cluster.
 	Export       bool
 	ExportTokens bool
@@ -104,12 +104,13 @@ func NewRunID(now time.Time) string {
 
 // Cluster outcomes in reports.
 const (
-	OutcomeDone      = "done"
-	OutcomeFailed    = "failed"
-	OutcomeRefused   = "refused"
-	OutcomeAbandoned = "abandoned"
-	OutcomePlanned   = "planned" // dry-run
-	OutcomeNotRun    = "not-started"
+	OutcomeDone        = "done"
+	OutcomeFailed      = "failed"
+	OutcomeRefused     = "refused"
+	OutcomeAbandoned   = "abandoned"
+	OutcomePlanned     = "planned" // dry-run
+	OutcomeNotRun      = "not-started"
+	OutcomeInterrupted = "interrupted" // stopped by a signal; a rerun resumes
 )
 
 // ClusterReport is what happened to one cluster.
@@ -163,33 +164,13 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("cluster %s refused, nothing changed:\n  - %s", e.Cluster, strings.Join(e.Problems, "\n  - "))
 }
 
-// Run applies the operation to every cluster, at most opts.Concurrency at
-// once. nodes are the connected nodes of all clusters (from Connect). One
-// cluster's failure does not stop the others that are already running.
-func Run(ctx context.Context, clusters []inventory.Cluster, nodes []*Node, opts *Options) []*ClusterReport {
-	byCluster := map[string][]*Node{}
-	for _, n := range nodes {
-		byCluster[n.Cluster] = append(byCluster[n.Cluster], n)
-	}
-	reports := make([]*ClusterReport, len(clusters))
-	g := errgroup.Group{}
-	g.SetLimit(max(1, opts.Concurrency))
-	for i, c := range clusters {
-		reports[i] = &ClusterReport{Cluster: c.Name, Outcome: OutcomeNotRun}
-		g.Go(func() error {
-			if ctx.Err() != nil {
-				return nil
-			}
-			reports[i] = RunCluster(ctx, c, byCluster[c.Name], opts)
-			return nil
-		})
-	}
-	_ = g.Wait()
-	return reports
-}
-
 // RunCluster applies the operation to one cluster.
 func RunCluster(ctx context.Context, c inventory.Cluster, nodes []*Node, opts *Options) *ClusterReport {
+	if opts.Command == CmdRotate {
+		l := newLeafRotation(c, nodes, opts)
+		l.finish(l.runPhases(ctx))
+		return l.report
+	}
 	rot := newRotation(c, nodes, opts)
 	err := RunPhases(ctx, rot.run, rot.phases())
 	rot.finish(err)
@@ -207,6 +188,8 @@ func outcomeOf(err error, dryRun bool) string {
 		return OutcomeDone
 	case errors.As(err, &refused), errors.As(err, &held):
 		return OutcomeRefused
+	case errors.Is(err, context.Canceled):
+		return OutcomeInterrupted
 	}
 	return OutcomeFailed
 }
