@@ -91,18 +91,7 @@ func (r *rotation) agentGates(ctx context.Context, n *Node, t0 time.Time) error 
 			}
 			return ok, saw, err
 		}},
-		{"node Ready", func(ctx context.Context) (bool, string, error) {
-			nodes, err := ClusterNodes(ctx, primary)
-			if err != nil {
-				return false, "", err
-			}
-			for _, cn := range nodes {
-				if cn.Name == n.NodeName() {
-					return cn.Ready, fmt.Sprintf("node %s Ready=%v", cn.Name, cn.Ready), nil
-				}
-			}
-			return false, "node " + n.NodeName() + " not listed", nil
-		}},
+		{"node Ready", func(ctx context.Context) (bool, string, error) { return nodeReady(ctx, primary, n) }},
 	})
 }
 

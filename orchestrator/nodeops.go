@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -113,11 +112,7 @@ func Restart(ctx context.Context, n *Node) (time.Time, error) {
 	if err := res.Err(); err != nil {
 		return time.Time{}, err
 	}
-	sec, err := strconv.ParseInt(strings.TrimSpace(firstLine(string(res.Stdout))), 10, 64)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("node clock: %w", err)
-	}
-	return time.Unix(sec, 0), nil
+	return parseUnix(firstLine(string(res.Stdout)))
 }
 
 // TokenFiles is every file of n that defines or holds a token, with its
