@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -132,8 +131,9 @@ func pathInside(path, dir string) bool {
 }
 
 type caGenerateFlags struct {
-	out, rootCA, rootKey, interCA, interKey, serviceKey, keyType, issuersOut string
-	overwrite                                                                bool
+	issuerFlags
+	out, serviceKey, keyType, issuersOut string
+	overwrite                            bool
 }
 
 func (a *app) newCAGenerateCmd() *cobra.Command {
@@ -156,10 +156,7 @@ written with their keys to --issuers-out, never to --out.`,
 	}
 	fl := c.Flags()
 	fl.StringVar(&f.out, "out", "", "output directory (files go to DIR/tls/)")
-	fl.StringVar(&f.rootCA, "root-ca", "", "root certificate (PEM)")
-	fl.StringVar(&f.rootKey, "root-key", "", "root private key (PEM)")
-	fl.StringVar(&f.interCA, "intermediate-ca", "", "intermediate certificate (PEM), signed by --root-ca")
-	fl.StringVar(&f.interKey, "intermediate-key", "", "intermediate private key (PEM)")
+	f.issuerFlags.register(fl)
 	fl.StringVar(&f.serviceKey, "service-key", "", "current service.key, kept after the new key (needed for k3s to accept a rotation)")
 	fl.StringVar(&f.keyType, "key-type", string(pki.RSA4096), "key type of generated root and intermediate: "+keyTypeNames())
 	fl.StringVar(&f.issuersOut, "issuers-out", "", "directory for generated root and intermediate certificates and keys (required when the root is generated)")
@@ -222,13 +219,7 @@ func (f caGenerateFlags) input() (pki.CustomInput, error) {
 	switch {
 	case f.out == "":
 		return in, usageErrorf("--out is required")
-	case f.rootCA == "" && (f.rootKey != "" || f.interCA != "" || f.interKey != ""):
-		return in, usageErrorf("--root-key, --intermediate-ca and --intermediate-key need --root-ca")
-	case (f.interCA == "") != (f.interKey == ""):
-		return in, usageErrorf("--intermediate-ca and --intermediate-key go together")
-	case f.rootCA != "" && f.rootKey == "" && f.interCA == "":
-		return in, usageErrorf("--root-ca needs --root-key, or --intermediate-ca and --intermediate-key")
-	case f.rootCA == "" && f.issuersOut == "":
+	case !f.given() && f.issuersOut == "":
 		return in, usageErrorf("generating a new root needs --issuers-out DIR to keep its key (outside --out)")
 	case f.issuersOut != "" && (pathInside(f.issuersOut, f.out) || pathInside(f.out, f.issuersOut)):
 		return in, usageErrorf("--issuers-out must not overlap --out: root and intermediate keys never go where nodes get files from")
@@ -238,24 +229,13 @@ func (f caGenerateFlags) input() (pki.CustomInput, error) {
 		return in, usageErrorf("--key-type: %v", err)
 	}
 	in.KeyType = kt
-	read := func(flag, path string, fn func(string) error) error {
-		if path == "" {
-			return nil
-		}
-		if err := fn(path); err != nil {
-			return usageErrorf("--%s: %v", flag, err)
-		}
-		return nil
+	if err := f.read(&in); err != nil {
+		return in, err
 	}
-	err = errors.Join(
-		read("root-ca", f.rootCA, func(p string) (err error) { in.Root, err = readFirstCert(p); return }),
-		read("root-key", f.rootKey, func(p string) (err error) { in.RootKey, err = readFirstKey(p); return }),
-		read("intermediate-ca", f.interCA, func(p string) (err error) { in.Intermediate, err = readFirstCert(p); return }),
-		read("intermediate-key", f.interKey, func(p string) (err error) { in.IntermediateKey, err = readFirstKey(p); return }),
-		read("service-key", f.serviceKey, func(p string) (err error) { in.ServiceKey, err = os.ReadFile(p); return }),
-	)
-	if err != nil {
-		return in, usageError(err)
+	if f.serviceKey != "" {
+		if in.ServiceKey, err = os.ReadFile(f.serviceKey); err != nil {
+			return in, usageErrorf("--service-key: %v", err)
+		}
 	}
 	return in, nil
 }

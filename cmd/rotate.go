@@ -99,8 +99,8 @@ func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollo
 
 type rotateCAFlags struct {
 	rolloutFlags
-	rootCA, rootKey, interCA, interKey string
-	force                              bool
+	issuerFlags
+	force bool
 }
 
 func (a *app) newRotateCACmd() *cobra.Command {
@@ -130,11 +130,8 @@ gathers facts, makes and validates the material, and lists every change.`,
 		RunE: func(c *cobra.Command, _ []string) error { return a.runRotateCA(c, f) },
 	}
 	fs := c.Flags()
-	f.register(fs)
-	fs.StringVar(&f.rootCA, "root-ca", "", "your root CA certificate (custom-CA clusters)")
-	fs.StringVar(&f.rootKey, "root-key", "", "its private key (stays on the controller)")
-	fs.StringVar(&f.interCA, "intermediate-ca", "", "your intermediate CA certificate, instead of --root-key")
-	fs.StringVar(&f.interKey, "intermediate-key", "", "its private key (stays on the controller)")
+	f.rolloutFlags.register(fs)
+	f.issuerFlags.register(fs)
 	fs.BoolVar(&f.force, "force", false, "load CAs that do not chain to the current root (needs --yes or a confirmation)")
 	fs.BoolVar(&f.noSnapshot, "no-snapshot", false, "skip the etcd snapshot before loading new material")
 	fs.StringVar(&f.export, "export", "", "write each cluster's new server CA bundle and hash under DIR/<cluster>/")
@@ -205,39 +202,16 @@ func (a *app) runRotateSAKey(c *cobra.Command, f rotateSAFlags) error {
 // connects: a key that does not match its certificate, or an intermediate
 // not signed by the root, is bad input (exit 2).
 func (f rotateCAFlags) caInput() (orchestrator.CAInput, error) {
-	var in orchestrator.CAInput
-	switch {
-	case f.rootCA == "" && (f.rootKey != "" || f.interCA != "" || f.interKey != ""):
-		return in, usageErrorf("--root-key, --intermediate-ca and --intermediate-key need --root-ca")
-	case (f.interCA == "") != (f.interKey == ""):
-		return in, usageErrorf("--intermediate-ca and --intermediate-key go together")
-	case f.rootCA != "" && f.rootKey == "" && f.interCA == "":
-		return in, usageErrorf("--root-ca needs --root-key, or --intermediate-ca and --intermediate-key")
-	case f.rootCA == "":
-		return in, nil
-	}
-	var errs []error
-	read := func(flag, path string, fn func(string) error) {
-		if path != "" {
-			if err := fn(path); err != nil {
-				errs = append(errs, fmt.Errorf("--%s: %w", flag, err))
-			}
-		}
-	}
-	read("root-ca", f.rootCA, func(p string) (err error) { in.Root, err = readFirstCert(p); return })
-	read("root-key", f.rootKey, func(p string) (err error) { in.RootKey, err = readFirstKey(p); return })
-	read("intermediate-ca", f.interCA, func(p string) (err error) { in.Intermediate, err = readFirstCert(p); return })
-	read("intermediate-key", f.interKey, func(p string) (err error) { in.IntermediateKey, err = readFirstKey(p); return })
-	if len(errs) > 0 {
-		return in, usageError(errors.Join(errs...))
+	var in pki.CustomInput
+	if err := f.read(&in); err != nil || !f.given() {
+		return orchestrator.CAInput{}, err
 	}
 	// A trial generation checks the keys against their certificates and
 	// the intermediate against the root, on the controller alone.
-	if _, err := (pki.Env{}).GenerateCustom(pki.CustomInput{Root: in.Root, RootKey: in.RootKey,
-		Intermediate: in.Intermediate, IntermediateKey: in.IntermediateKey}); err != nil {
-		return in, usageErrorf("CA files: %v", err)
+	if _, err := (pki.Env{}).GenerateCustom(in); err != nil {
+		return orchestrator.CAInput{}, usageErrorf("CA files: %v", err)
 	}
-	return in, nil
+	return orchestrator.CAInput{Root: in.Root, RootKey: in.RootKey, Intermediate: in.Intermediate, IntermediateKey: in.IntermediateKey}, nil
 }
 
 func (a *app) rolloutOptions(command string, f rolloutFlags) (*orchestrator.Options, error) {
