@@ -363,6 +363,7 @@ type verifyReport struct {
 	Staged   []string      `json:"staged"`
 	Errors   []pki.Problem `json:"errors"`
 	Warnings []pki.Problem `json:"warnings"`
+	Notes    []pki.Problem `json:"notes"`
 	// CurrentCAHash and NewCAHash are the join-token hashes before and after.
 	CurrentCAHash string `json:"currentCAHash"`
 	NewCAHash     string `json:"newCAHash"`
@@ -408,13 +409,16 @@ k3s would log and ignore.`,
 
 func (a *app) runVerify(cur, next pki.CASet, force bool) error {
 	r := pki.Env{}.Validate(cur, next)
-	rep := verifyReport{Accepted: r.OK(), Force: force, Staged: next.Names(), Errors: r.Errors, Warnings: r.Warnings,
+	rep := verifyReport{Accepted: r.OK(), Force: force, Staged: next.Names(), Errors: r.Errors, Warnings: r.Warnings, Notes: r.Notes,
 		CurrentCAHash: pki.HashCA(cur["server-ca.crt"]), NewCAHash: pki.HashCA(next.Overlay(cur)["server-ca.crt"])}
 	if rep.Errors == nil {
 		rep.Errors = []pki.Problem{}
 	}
 	if rep.Warnings == nil {
 		rep.Warnings = []pki.Problem{}
+	}
+	if rep.Notes == nil {
+		rep.Notes = []pki.Problem{}
 	}
 	if a.g.output == "json" {
 		if err := a.caPrintJSON(rep); err != nil {
@@ -437,6 +441,9 @@ func (a *app) printVerify(rep verifyReport) {
 	}
 	for _, p := range rep.Warnings {
 		fmt.Fprintf(w, "WARNING  %s\n", p)
+	}
+	for _, p := range rep.Notes {
+		fmt.Fprintf(w, "NOTE     %s\n", p)
 	}
 	switch {
 	case rep.Accepted:

@@ -44,6 +44,10 @@ type Result struct {
 	// Warnings are lint findings k3s does not check; they never make
 	// rotate-ca fail.
 	Warnings []Problem `json:"warnings"`
+	// Notes are observations that are expected by design, such as a
+	// cross-signed root outliving the old root that signed it: shown by
+	// `ca verify`, left out of rotation reports where they would be noise.
+	Notes []Problem `json:"notes"`
 }
 
 // OK reports whether k3s would accept the material without --force.
@@ -196,8 +200,13 @@ func (e Env) lintBundle(r *Result, t CAType, oldPEM, newPEM []byte) {
 		}
 		lintCert(w, c, now)
 		if issuer := findIssuer(c, certs); issuer != nil && c.NotAfter.After(issuer.NotAfter) {
-			w("valid until %s, after its issuer %s (%s); chains through it end then%s", day(c.NotAfter),
-				issuer.Subject.CommonName, day(issuer.NotAfter), crossSignNote(c, issuer))
+			msg := fmt.Sprintf("certificate %d (%s): valid until %s, after its issuer %s (%s); chains through it end then",
+				i+1, c.Subject.CommonName, day(c.NotAfter), issuer.Subject.CommonName, day(issuer.NotAfter))
+			if note := crossSignNote(c, issuer); note != "" {
+				r.Notes = append(r.Notes, Problem{File: t.CertFile, Field: t.Field, Message: msg + note})
+			} else {
+				r.warn(t.CertFile, t.Field, "%s", msg)
+			}
 		}
 	}
 	if old, err := ParseCerts(oldPEM); err == nil && certs[0].NotAfter.Before(old[0].NotAfter) {
