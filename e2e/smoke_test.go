@@ -116,6 +116,11 @@ func smokeFleet(t *testing.T) *harness.Fleet {
 	if smoke.err != nil {
 		t.Fatalf("starting the smoke fleet: %v", smoke.err)
 	}
+	if smokeReleased.Load() {
+		// releaseSmokeFleet (rotate_helpers_test.go) removes it when the
+		// parallel tests start: only sequential tests may use it.
+		t.Fatal("the smoke fleet is only for sequential tests (no t.Parallel); it is gone by now")
+	}
 	return smoke.fleet
 }
 

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -130,7 +131,7 @@ func (p leafRollPhase) Run(ctx context.Context, run *ClusterRun) error {
 		batch = batchSize(p.l.opts.AgentBatch, len(nodes))
 	}
 	for i := 0; i < len(nodes); i += batch {
-		if err := ctx.Err(); err != nil {
+		if err := errors.Join(ctx.Err(), p.l.lockLost()); err != nil {
 			return err
 		}
 		if err := p.l.renewBatch(ctx, nodes[i:min(i+batch, len(nodes))]); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"syscall"
 	"time"
 
 	"github.com/fleetcert/fleetcert/remote"
@@ -84,16 +85,43 @@ func swapLock(ctx context.Context, h remote.Host, dir string, prev, next []byte)
 }
 
 // lockBlocks returns the error for a lock file (nil: none) that run runID
-// may not take over: a live lease of another run.
+// may not take over: a live lease of another run, or of the same run unless
+// its holder is a dead process of this controller.
 func lockBlocks(cluster string, current []byte, runID string, now time.Time) error {
 	if current == nil {
 		return nil
 	}
 	var held LockInfo
-	if err := json.Unmarshal(current, &held); err == nil && !held.Stale(now) && held.RunID != runID {
+	if err := json.Unmarshal(current, &held); err != nil || held.Stale(now) {
+		return nil
+	}
+	// A rerun resuming an interrupted run may take its lock over before the
+	// lease runs out, but only when the holder is known to be dead: a second
+	// run started while the first still works adopts the same run id from
+	// the unfinished run state too, and must not take the cluster from it.
+	// Only a holder on this controller can be asked; one elsewhere keeps
+	// its lease until it expires (or --force-unlock).
+	if held.RunID != runID || !holderDead(held) {
 		return &LockHeldError{Cluster: cluster, Holder: held}
 	}
 	return nil
+}
+
+// holderDead reports whether the lock's holder is a process of this
+// controller that no longer runs.
+func holderDead(l LockInfo) bool {
+	if l.PID <= 0 || l.Owner != controllerName() {
+		return false
+	}
+	if l.PID == os.Getpid() {
+		return false
+	}
+	p, err := os.FindProcess(l.PID)
+	if err != nil {
+		return true
+	}
+	err = p.Signal(syscall.Signal(0))
+	return err != nil && !errors.Is(err, syscall.EPERM)
 }
 
 // ClusterLock is a held lock, renewed in the background until Release.

@@ -2,8 +2,10 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,7 +19,7 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "fleetcert")
 	now := time.Now()
 
-	first, err := AcquireLock(ctx, h, "c1", dir, nil, LockInfo{RunID: "run-a", Owner: "ctl-1"}, false, now)
+	first, err := AcquireLock(ctx, h, "c1", dir, nil, LockInfo{RunID: "run-a", Owner: controllerName(), PID: deadPID(t)}, false, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +34,8 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 		t.Fatalf("second run: want LockHeldError naming run-a, got %v", err)
 	}
 
-	// A resumed run with the same id may take its own lock back.
+	// A resumed run with the same id may take back the lock of its dead
+	// predecessor on this controller.
 	if _, err := AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-a"}, false, now); err != nil {
 		t.Fatalf("same run id: %v", err)
 	}
@@ -69,4 +72,46 @@ func TestLockSwapDetectsConcurrentChange(t *testing.T) {
 	if err := swapLock(ctx, h, dir, []byte(`{"runId":"stale view"}`), nil); !errors.Is(err, ErrLockChanged) {
 		t.Fatalf("release with a stale view: %v", err)
 	}
+}
+
+// TestLockSameRunLiveHolderOnThisController: a second run adopts the run id
+// of an unfinished run, so "same run id" alone does not mean "resuming a
+// dead run": a holder that is a live process on this controller keeps its
+// lock; once that process is gone, the resuming run takes it over.
+func TestLockSameRunLiveHolderOnThisController(t *testing.T) {
+	now := time.Now()
+	live := LockInfo{RunID: "run-a", Owner: controllerName(), PID: os.Getppid(), Expires: now.Add(LockLease)}
+	data, _ := json.Marshal(live)
+	var lhe *LockHeldError
+	if err := lockBlocks("c1", data, "run-a", now); !errors.As(err, &lhe) {
+		t.Fatalf("live holder on this controller, same run id: want LockHeldError, got %v", err)
+	}
+
+	dead := live
+	dead.PID = deadPID(t)
+	data, _ = json.Marshal(dead)
+	if err := lockBlocks("c1", data, "run-a", now); err != nil {
+		t.Fatalf("dead holder, same run id: want takeover, got %v", err)
+	}
+	// A holder on another controller cannot be asked whether it lives: its
+	// lease stands until it expires.
+	other := dead
+	other.Owner = "another-controller"
+	data, _ = json.Marshal(other)
+	if err := lockBlocks("c1", data, "run-a", now); !errors.As(err, &lhe) {
+		t.Fatalf("holder on another controller, same run id, live lease: want LockHeldError, got %v", err)
+	}
+	if err := lockBlocks("c1", data, "run-a", now.Add(LockLease+time.Second)); err != nil {
+		t.Fatalf("expired lease: want takeover, got %v", err)
+	}
+}
+
+// deadPID is the pid of a process of this controller that has exited.
+func deadPID(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", "exit 0")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
 }

@@ -21,6 +21,7 @@ type rotation struct {
 	prior    *RunState // an unfinished run found on the primary
 	lockFile []byte    // the lock file as preflight read it
 	lock     *ClusterLock
+	lost     error // set once the lock was taken over by another run
 	state    *RunState
 
 	mode    Mode
@@ -114,6 +115,20 @@ func (r *rotation) setStep(ctx context.Context, n *Node, step NodeStep) error {
 	}
 	r.state.Nodes[n.Name] = step
 	return r.saveState(ctx)
+}
+
+// lockLost returns an error once another run has taken the cluster lock
+// over (its renewal found the file changed): from then on this run must not
+// touch another node.
+func (r *rotation) lockLost() error {
+	if r.lock != nil && r.lost == nil {
+		select {
+		case err := <-r.lock.Lost():
+			r.lost = err
+		default:
+		}
+	}
+	return r.lost
 }
 
 // isSAKey tells rotate-sa-key from rotate-ca.
@@ -280,7 +295,7 @@ func (p serversPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() }
 // servers within seconds of each other has broken etcd (rke2 #7629).
 func (p serversPhase) Run(ctx context.Context, run *ClusterRun) error {
 	for _, n := range run.Servers() {
-		if err := ctx.Err(); err != nil {
+		if err := errors.Join(ctx.Err(), p.r.lockLost()); err != nil {
 			return err
 		}
 		if err := p.r.rollNode(ctx, n); err != nil {
@@ -303,7 +318,7 @@ func (p agentsPhase) Run(ctx context.Context, run *ClusterRun) error {
 	agents := run.Agents()
 	batch := batchSize(p.r.opts.AgentBatch, len(agents))
 	for i := 0; i < len(agents); i += batch {
-		if err := ctx.Err(); err != nil {
+		if err := errors.Join(ctx.Err(), p.r.lockLost()); err != nil {
 			return err
 		}
 		if err := p.r.rollBatch(ctx, agents[i:min(i+batch, len(agents))]); err != nil {

@@ -326,7 +326,11 @@ func (f *Fleet) boot(ctx context.Context, c *Cluster, n *Node, extra []file) err
 			return err
 		}
 		lastErr = f.create(ctx, c, n, port, files)
-		if lastErr == nil || !strings.Contains(lastErr.Error(), "port is already allocated") {
+		// The port was free when chosen, but another fleet's container or
+		// any outgoing connection (an ephemeral port: SSH clients to other
+		// nodes) may take it before the engine binds it: choose again.
+		if lastErr == nil || !(strings.Contains(lastErr.Error(), "port is already allocated") ||
+			strings.Contains(lastErr.Error(), "address already in use")) {
 			break
 		}
 	}

@@ -147,6 +147,9 @@ func runNode(ctx context.Context, e *Env, args []string, isServer bool) error {
 	return runAgent(ctx, e, cfg)
 }
 
+// faultPoll is how often a hang-start looks whether its fault was cleared.
+var faultPoll = time.Second
+
 // applyFault reads <EmuDir>/fault: fail-start, hang-start or crash-after=N.
 // stop=true means the node must not start (hang-start ended by a signal).
 func applyFault(ctx context.Context, e *Env) (stop bool, err error) {
@@ -162,9 +165,23 @@ func applyFault(ctx context.Context, e *Env) (stop bool, err error) {
 		e.Log.Errorf("k3semu fault fail-start: failing at start")
 		return true, errors.New("k3semu fault: fail-start")
 	case fault == "hang-start":
+		// Like a k3s start stuck on something outside it (etcd quorum, a
+		// full disk): it waits as long as the cause lasts. Clearing the
+		// fault is fixing the cause: the start then goes on, as a real
+		// k3s's would, without anyone restarting the unit.
 		e.Log.Warnf("k3semu fault hang-start: never becoming ready")
-		<-ctx.Done()
-		return true, nil
+		for {
+			select {
+			case <-ctx.Done():
+				return true, nil
+			case <-time.After(faultPoll):
+			}
+			b, err := os.ReadFile(filepath.Join(e.EmuDir, "fault"))
+			if err != nil || strings.TrimSpace(string(b)) != "hang-start" {
+				e.Log.Infof("k3semu fault hang-start cleared: starting")
+				return applyFault(ctx, e)
+			}
+		}
 	case strings.HasPrefix(fault, "crash-after="):
 		n, err := strconv.Atoi(strings.TrimPrefix(fault, "crash-after="))
 		if err != nil || n < 0 {

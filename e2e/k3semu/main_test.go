@@ -59,6 +59,34 @@ func TestFaultHangStart(t *testing.T) {
 	}
 }
 
+// TestFaultHangStartCleared: clearing the fault lets a hung start go on.
+func TestFaultHangStartCleared(t *testing.T) {
+	root := t.TempDir()
+	e, logs, _ := newTestEnv(t, root, nil)
+	fault := filepath.Join(e.EmuDir, "fault")
+	mustWrite(t, fault, []byte("hang-start\n"))
+	done := make(chan bool, 1)
+	go func() {
+		stop, err := applyFault(context.Background(), e)
+		done <- stop || err != nil
+	}()
+	select {
+	case <-done:
+		t.Fatal("hang-start returned while the fault was set")
+	case <-time.After(300 * time.Millisecond):
+	}
+	mustWrite(t, fault, nil)
+	select {
+	case stopped := <-done:
+		if stopped {
+			t.Fatal("a cleared hang-start must go on starting")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("hang-start did not notice its fault was cleared")
+	}
+	assertContains(t, logs.String(), "hang-start cleared")
+}
+
 func TestAgentRequiresTokenAndServer(t *testing.T) {
 	root := t.TempDir()
 	e, logs, _ := newTestEnv(t, root, nil)
