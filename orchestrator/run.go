@@ -82,10 +82,8 @@ func (r *ClusterRun) byRole(role inventory.Role) []*Node {
 // would. Every mutation fleetcert makes passes through here, so a dry-run
 // plan lists exactly what a real run does.
 func (r *ClusterRun) Wet(n *Node, what string, fn func() error) error {
-	r.mu.Lock()
-	r.changes = append(r.changes, Change{Node: n.Name, Phase: r.phase, What: what})
-	r.mu.Unlock()
 	if r.DryRun {
+		r.record(n, what)
 		r.emit(n, EventChange, "would "+what)
 		return nil
 	}
@@ -93,7 +91,15 @@ func (r *ClusterRun) Wet(n *Node, what string, fn func() error) error {
 	if err := fn(); err != nil {
 		return fmt.Errorf("%s: %s: %w", n.Name, what, err)
 	}
+	r.record(n, what)
 	return nil
+}
+
+// record lists a change made (or, with dry-run, planned).
+func (r *ClusterRun) record(n *Node, what string) {
+	r.mu.Lock()
+	r.changes = append(r.changes, Change{Node: n.Name, Phase: r.phase, What: what})
+	r.mu.Unlock()
 }
 
 // Changes lists the changes made (or planned, with dry-run) so far.
