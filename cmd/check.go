@@ -220,10 +220,7 @@ type certReport struct {
 func newCertReport(c k3s.CheckedCert) certReport {
 	r := certReport{File: c.File, Index: c.Index, Subject: c.Subject, Issuer: c.Issuer,
 		NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), ResidualSeconds: int64(c.Residual / time.Second),
-		Status: string(c.Status), CA: c.CA, Bundle: c.Bundle}
-	if c.X509 != nil {
-		r.Serial = c.X509.SerialNumber.Text(16)
-	}
+		Status: string(c.Status), CA: c.CA, Bundle: c.Bundle, Serial: c.Serial}
 	return r
 }
 

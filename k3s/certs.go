@@ -24,8 +24,11 @@ type Cert struct {
 	CA        bool      `json:"ca"`
 	// Bundle is true for a CA bundle file (server-ca.crt and friends):
 	// every cert in it is a CA that k3s trusts or signs with.
-	Bundle bool              `json:"bundle"`
-	X509   *x509.Certificate `json:"-"`
+	Bundle bool `json:"bundle"`
+	// Serial is the serial number in hex. The parsed certificate itself
+	// is not kept: a fleet holds tens of them per node for the whole run,
+	// at some 2 KiB each.
+	Serial string `json:"-"`
 }
 
 // dynamicCertFile is the :6443 serving cert cache, a JSON-encoded Secret
@@ -42,6 +45,10 @@ func (s *Snapshot) Certs() (certs []Cert, unreadable []string) {
 		paths = append(paths, p)
 	}
 	sort.Strings(paths)
+	// A node holds the same bundle in several files (server/tls and the
+	// agent's copies): parse each content once. Parsed certificates are
+	// read-only, so the files share them.
+	parsedBundles := map[string][]*x509.Certificate{}
 	for _, p := range paths {
 		name := path.Base(p)
 		var data []byte
@@ -62,7 +69,13 @@ func (s *Snapshot) Certs() (certs []Cert, unreadable []string) {
 		var parsed []*x509.Certificate
 		var err error
 		if bundle {
-			parsed, err = pki.ParseCerts(data)
+			var seen bool
+			if parsed, seen = parsedBundles[string(data)]; !seen {
+				parsed, err = pki.ParseCerts(data)
+				if err == nil {
+					parsedBundles[string(data)] = parsed
+				}
+			}
 		} else {
 			parsed, err = firstCert(data)
 		}
@@ -76,7 +89,7 @@ func (s *Snapshot) Certs() (certs []Cert, unreadable []string) {
 			}
 			certs = append(certs, Cert{
 				File: p, Index: i, Subject: c.Subject.CommonName, Issuer: c.Issuer.CommonName,
-				NotBefore: c.NotBefore, NotAfter: c.NotAfter, CA: c.IsCA, Bundle: bundle, X509: c,
+				NotBefore: c.NotBefore, NotAfter: c.NotAfter, CA: c.IsCA, Bundle: bundle, Serial: c.SerialNumber.Text(16),
 			})
 		}
 	}

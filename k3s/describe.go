@@ -40,6 +40,15 @@ type NodeFacts struct {
 // the token files its configuration points to (read in a second round trip
 // when there are any).
 func Describe(l Layout, s *Snapshot, tokenFiles map[string]File) NodeFacts {
+	sources, _ := FindTokenSources(l, contents(s.Files, tokenFiles))
+	return DescribeWith(l, s, sources)
+}
+
+// DescribeWith is Describe with the token sources already found (the
+// first result of TokenSourcesToRead when it asks for no more files), so
+// that a caller that just parsed them does not parse every token file
+// again.
+func DescribeWith(l Layout, s *Snapshot, sources []TokenSource) NodeFacts {
 	f := NodeFacts{
 		Hostname: s.Hostname, OS: s.OS, Init: s.Init,
 		Installed: s.VersionText != "",
@@ -66,7 +75,7 @@ func Describe(l Layout, s *Snapshot, tokenFiles map[string]File) NodeFacts {
 			f.ServerTokenHash = t.CAHash
 		}
 	}
-	f.Tokens, _ = FindTokenSources(l, contents(s.Files, tokenFiles))
+	f.Tokens = sources
 	f.Certs, f.Unreadable = s.Certs()
 	for _, c := range f.Certs {
 		if c.Bundle {
@@ -82,8 +91,15 @@ func Describe(l Layout, s *Snapshot, tokenFiles map[string]File) NodeFacts {
 // to (token-file targets, extra EnvironmentFile= files) that neither the
 // snapshot nor read hold yet: what another round trip must read.
 func TokenFilesToRead(l Layout, s *Snapshot, read map[string]File) []string {
-	_, pending := FindTokenSources(l, contents(s.Files, read))
+	_, pending := TokenSourcesToRead(l, s, read)
 	return pending
+}
+
+// TokenSourcesToRead is TokenFilesToRead that also returns the token
+// sources found so far: once nothing is pending, the node's sources, as
+// Describe finds them.
+func TokenSourcesToRead(l Layout, s *Snapshot, read map[string]File) ([]TokenSource, []string) {
+	return FindTokenSources(l, contents(s.Files, read))
 }
 
 // contents maps paths to file data; a file recorded as absent (nil data)

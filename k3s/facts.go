@@ -176,14 +176,26 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 	var batch []batchFile // headers of the batch being read
 	inBatch, batchData := false, false
 	for sc.Scan() {
-		line := sc.Text()
+		// Data lines (base64, the bulk of the output) are decoded from the
+		// scanner's buffer, without a string copy of each first.
 		if batchData {
-			if err := s.addBatch(batch, line); err != nil {
+			if err := s.addBatch(batch, sc.Bytes()); err != nil {
 				return nil, err
 			}
 			batch, inBatch, batchData = nil, false, false
 			continue
 		}
+		if pending != nil {
+			data, err := decodeBase64(sc.Bytes())
+			if err != nil {
+				return nil, fmt.Errorf("facts: %s: bad encoding: %w", pending.Path, err)
+			}
+			pending.Data = data
+			s.Files[pending.Path] = *pending
+			pending = nil
+			continue
+		}
+		line := sc.Text()
 		if inBatch {
 			switch {
 			case line == "@data":
@@ -197,16 +209,6 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 			default:
 				return nil, fmt.Errorf("facts: unexpected line in a file batch: %q", line)
 			}
-			continue
-		}
-		if pending != nil {
-			data, err := base64.StdEncoding.DecodeString(line)
-			if err != nil {
-				return nil, fmt.Errorf("facts: %s: bad encoding: %w", pending.Path, err)
-			}
-			pending.Data = data
-			s.Files[pending.Path] = *pending
-			pending = nil
 			continue
 		}
 		switch {
@@ -272,8 +274,8 @@ func parseBatchHeader(line string) (batchFile, error) {
 var ErrFilesChanged = errors.New("facts: files changed while being read")
 
 // addBatch splits the batch's concatenated contents by the sizes stat saw.
-func (s *Snapshot) addBatch(batch []batchFile, line string) error {
-	data, err := base64.StdEncoding.DecodeString(line)
+func (s *Snapshot) addBatch(batch []batchFile, line []byte) error {
+	data, err := decodeBase64(line)
 	if err != nil {
 		return fmt.Errorf("facts: file batch: bad encoding: %w", err)
 	}
@@ -289,6 +291,13 @@ func (s *Snapshot) addBatch(batch []batchFile, line string) error {
 		s.Files[bf.Path] = bf.File
 	}
 	return nil
+}
+
+// decodeBase64 is base64.StdEncoding.DecodeString for bytes.
+func decodeBase64(b []byte) ([]byte, error) {
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(b)))
+	n, err := base64.StdEncoding.Decode(out, b)
+	return out[:n], err
 }
 
 func parseFileHeader(line string) (File, error) {

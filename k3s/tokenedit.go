@@ -91,12 +91,21 @@ func uncovered(kind FileKind, file string, content []byte, srcs []TokenSource) [
 		return t != "" && strings.IndexByte(comment, t[0]) >= 0
 	}
 	var out []TokenSource
-	for _, m := range secureTokenRE.FindAllIndex(content, -1) {
+	// Quick tests first: most files (a unit file) can match neither
+	// pattern, and scanning a whole file with the regexps is slow.
+	var secure, tokenFile [][]int
+	if bytes.Contains(content, []byte("K10")) {
+		secure = secureTokenRE.FindAllIndex(content, -1)
+	}
+	if mayMatchTokenFile(content) {
+		tokenFile = tokenFileRE.FindAllIndex(content, -1)
+	}
+	for _, m := range secure {
 		if line := lineAt(content, m[0]); !hashes[m[0]+3] && !isComment(line) {
 			out = append(out, problem(file, kindOfFile(kind), line, "a secure token outside any definition fleetcert understands"))
 		}
 	}
-	for _, m := range tokenFileRE.FindAllIndex(content, -1) {
+	for _, m := range tokenFile {
 		if partOfLongerName(content, m[0]) {
 			continue
 		}
@@ -105,6 +114,20 @@ func uncovered(kind FileKind, file string, content []byte, srcs []TokenSource) [
 		}
 	}
 	return out
+}
+
+// mayMatchTokenFile is a quick test that tokenFileRE can match b: every
+// match holds "-file" or "_file" in some case ("file" has no case folds
+// outside ASCII), which most files do not, while the case-insensitive
+// regexp is slow to scan a whole file with.
+func mayMatchTokenFile(b []byte) bool {
+	for i := 0; i+5 <= len(b); i++ {
+		if (b[i] == '-' || b[i] == '_') && (b[i+1]|0x20) == 'f' && (b[i+2]|0x20) == 'i' &&
+			(b[i+3]|0x20) == 'l' && (b[i+4]|0x20) == 'e' {
+			return true
+		}
+	}
+	return false
 }
 
 // partOfLongerName reports whether the match at i continues a longer

@@ -113,11 +113,17 @@ func (n *Node) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tokenFiles, err := readReferenced(ctx, n.Conn, n.Layout, snap)
+	tokenFiles, sources, complete, err := readReferenced(ctx, n.Conn, n.Layout, snap)
 	if err != nil {
 		return err
 	}
-	n.Snapshot, n.tokenFiles, n.Facts = snap, tokenFiles, k3s.Describe(n.Layout, snap, tokenFiles)
+	var facts k3s.NodeFacts
+	if complete {
+		facts = k3s.DescribeWith(n.Layout, snap, sources)
+	} else {
+		facts = k3s.Describe(n.Layout, snap, tokenFiles)
+	}
+	n.Snapshot, n.tokenFiles, n.Facts = snap, tokenFiles, facts
 	return nil
 }
 
@@ -139,21 +145,23 @@ const maxReferenceRounds = 3
 // readReferenced reads the files a node's token configuration points to,
 // beyond those in the snapshot: usually none, otherwise one more round
 // trip. Files asked for and absent are recorded as nil, which is how the
-// token finder learns that they do not exist.
-func readReferenced(ctx context.Context, h remote.Host, l k3s.Layout, snap *k3s.Snapshot) (map[string]k3s.File, error) {
-	read := map[string]k3s.File{}
+// token finder learns that they do not exist. When nothing more was asked
+// for (complete), it also returns the token sources of that last look, so
+// that Describe does not parse every token file again.
+func readReferenced(ctx context.Context, h remote.Host, l k3s.Layout, snap *k3s.Snapshot) (read map[string]k3s.File, sources []k3s.TokenSource, complete bool, err error) {
+	read = map[string]k3s.File{}
 	for range maxReferenceRounds {
-		more := k3s.TokenFilesToRead(l, snap, read)
+		sources, more := k3s.TokenSourcesToRead(l, snap, read)
 		if len(more) == 0 {
-			return read, nil
+			return read, sources, true, nil
 		}
 		got, err := k3s.ReadFiles(ctx, h, more)
 		if err != nil {
-			return nil, err
+			return nil, nil, false, err
 		}
 		for _, p := range more {
 			read[p] = got[p] // the zero File (nil data) when absent
 		}
 	}
-	return read, nil
+	return read, nil, false, nil
 }

@@ -77,13 +77,11 @@ func (r *rotation) agentGates(ctx context.Context, n *Node, t0 time.Time) error 
 	primary := r.run.Primary()
 	return r.passGates(ctx, n, []gate{
 		{"downloaded the new CA (agent/server-ca.crt)", func(ctx context.Context) (bool, string, error) {
-			ok, saw, err := rewrittenSince(ctx, n, n.Layout.AgentServerCA(), t0)
+			// The read that proves the rewrite also gives the bundle to
+			// hash: one round trip, and the hash is of the file judged.
+			f, ok, saw, err := readSince(ctx, n, n.Layout.AgentServerCA(), t0)
 			if err == nil && ok {
-				f, rerr := k3s.ReadFiles(ctx, n.Conn, []string{n.Layout.AgentServerCA()})
-				if rerr != nil {
-					return false, saw, rerr
-				}
-				h := pki.HashCA(f[n.Layout.AgentServerCA()].Data)
+				h := pki.HashCA(f.Data)
 				return h == r.target, "agent/server-ca.crt hash " + short(h), nil
 			}
 			if mismatch := tokenMismatchSince(ctx, n, t0); mismatch != "" {
@@ -99,15 +97,21 @@ func (r *rotation) agentGates(ctx context.Context, n *Node, t0 time.Time) error 
 // t0 (node clock): k3s rewrites server/token and the agent's CA copies at
 // every start, so this is proof that a start happened.
 func rewrittenSince(ctx context.Context, n *Node, file string, t0 time.Time) (bool, string, error) {
+	_, ok, saw, err := readSince(ctx, n, file, t0)
+	return ok, saw, err
+}
+
+// readSince is rewrittenSince that also returns the file it read.
+func readSince(ctx context.Context, n *Node, file string, t0 time.Time) (k3s.File, bool, string, error) {
 	files, err := k3s.ReadFiles(ctx, n.Conn, []string{file})
 	if err != nil {
-		return false, "", err
+		return k3s.File{}, false, "", err
 	}
 	f, ok := files[file]
 	if !ok {
-		return false, path.Base(file) + " absent", nil
+		return f, false, path.Base(file) + " absent", nil
 	}
-	return !f.MTime.Before(t0), fmt.Sprintf("%s written %s, restart at %s", path.Base(file),
+	return f, !f.MTime.Before(t0), fmt.Sprintf("%s written %s, restart at %s", path.Base(file),
 		f.MTime.UTC().Format(time.TimeOnly), t0.UTC().Format(time.TimeOnly)), nil
 }
 

@@ -135,6 +135,9 @@ func (r *rotation) chooseMode() error {
 }
 
 func (r *rotation) makeMaterial(current pki.CASet) (pki.CASet, error) {
+	if r.opts.Material != nil {
+		return r.opts.Material(r.mode, current)
+	}
 	env := r.opts.PKI
 	switch r.mode {
 	case ModeServiceKey:

@@ -78,7 +78,13 @@ type Options struct {
 	// Concurrency bounds clusters in flight.
 	Concurrency int
 	PKI         pki.Env
-	Sink        Sink
+	// Material is where new CA material comes from: given the rotation's
+	// mode and the primary's current files, it returns the new set (whole,
+	// or only the files that change). nil generates it with PKI, as every
+	// command does; benchmarks hand out material made once beforehand, so
+	// that key generation is not what they measure.
+	Material func(mode Mode, current pki.CASet) (pki.CASet, error)
+	Sink     Sink
 	// Leaf configures `fleetcert rotate`.
 	Leaf LeafOptions
 	// Export collects the new CA bundle (and tokens) of each cluster.
