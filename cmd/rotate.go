@@ -59,42 +59,42 @@ func (f *rolloutFlags) register(fs *pflag.FlagSet) {
 }
 
 // rollout turns the flags into the fleet's waves and limits.
-func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollout, []inventory.Cluster, error) {
+func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollout, error) {
 	var ro orchestrator.Rollout
 	if f.shard != "" {
 		i, n, err := orchestrator.ParseShard(f.shard)
 		if err != nil {
-			return ro, nil, usageError(err)
+			return ro, usageError(err)
 		}
 		clusters = orchestrator.Shard(clusters, i, n)
 	}
 	steps, err := orchestrator.ParseWaves(f.waves)
 	if err != nil {
-		return ro, nil, usageError(err)
+		return ro, usageError(err)
 	}
 	order, err := orchestrator.ParseOrder(f.order)
 	if err != nil {
-		return ro, nil, usageError(err)
+		return ro, usageError(err)
 	}
 	var canary inventory.Selector
 	if len(f.canary) > 0 {
 		if canary, err = inventory.ParseSelector(f.canary...); err != nil {
-			return ro, nil, usageErrorf("--canary-selector: %v", err)
+			return ro, usageErrorf("--canary-selector: %v", err)
 		}
 	}
 	if ro.Budget, err = orchestrator.ParseFailureBudget(f.maxFailures); err != nil {
-		return ro, nil, usageError(err)
+		return ro, usageError(err)
 	}
 	if f.window != "" {
 		w, err := orchestrator.ParseWindow(f.window)
 		if err != nil {
-			return ro, nil, usageErrorf("--maintenance-window: %v", err)
+			return ro, usageErrorf("--maintenance-window: %v", err)
 		}
 		ro.Window = &w
 	}
 	ro.WavePause = f.wavePause.value()
 	ro.Waves = orchestrator.Waves(clusters, steps, order, canary)
-	return ro, clusters, nil
+	return ro, nil
 }
 
 type rotateCAFlags struct {
@@ -276,7 +276,7 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFl
 	if err != nil {
 		return err
 	}
-	ro, clusters, err := f.rollout(clusters)
+	ro, err := f.rollout(clusters)
 	if err != nil {
 		return err
 	}
@@ -284,9 +284,7 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFl
 	sink, closeView := a.progressSink()
 	opts.Sink = sink
 	a.log = a.log.With("run", opts.RunID)
-	nodes := a.connect(ctx, clusters)
-	defer orchestrator.CloseAll(nodes)
-	rep := orchestrator.RunFleet(ctx, nodes, opts, ro)
+	rep := orchestrator.RunFleet(ctx, a.dialer(), opts, ro)
 	closeView()
 	var errs []error
 	if f.report != "" {

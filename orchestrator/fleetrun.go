@@ -60,18 +60,20 @@ func (r *FleetReport) Count(outcome string) int {
 // failure budget, the maintenance window and interruption are checked;
 // clusters already in flight always run to their end (or a failed gate),
 // because a cluster stopped half-way leaves nodes whose tokens break at
-// their next restart.
-func RunFleet(ctx context.Context, nodes []*Node, opts *Options, ro Rollout) *FleetReport {
+// their next restart. A cluster's nodes are dialled when it starts and
+// closed when it ends, so connections and facts are held only for the
+// clusters in flight, whatever the size of the fleet.
+func RunFleet(ctx context.Context, dial Dialer, opts *Options, ro Rollout) *FleetReport {
 	rep := &FleetReport{RunID: opts.RunID, Command: opts.Command, DryRun: opts.DryRun, Started: opts.now()}
-	byCluster := map[string][]*Node{}
-	for _, n := range nodes {
-		byCluster[n.Cluster] = append(byCluster[n.Cluster], n)
-	}
 	total := 0
+	byName := map[string]inventory.Cluster{}
 	for _, w := range ro.Waves {
 		total += len(w)
+		for _, c := range w {
+			byName[c.Name] = c
+		}
 	}
-	f := &fleetRun{ctx: ctx, opts: opts, ro: ro, rep: rep, total: total, byCluster: byCluster}
+	f := &fleetRun{ctx: ctx, dial: dial, opts: opts, ro: ro, rep: rep, total: total, byName: byName}
 	for i, wave := range ro.Waves {
 		if i > 0 && ro.WavePause > 0 && f.stopReason() == "" {
 			f.soak(i)
@@ -96,12 +98,13 @@ func (r *FleetReport) sortByWaves(waves [][]inventory.Cluster) {
 }
 
 type fleetRun struct {
-	ctx       context.Context
-	opts      *Options
-	ro        Rollout
-	rep       *FleetReport
-	total     int
-	byCluster map[string][]*Node
+	ctx    context.Context
+	dial   Dialer
+	opts   *Options
+	ro     Rollout
+	rep    *FleetReport
+	total  int
+	byName map[string]inventory.Cluster
 
 	mu     sync.Mutex
 	failed int
@@ -138,7 +141,9 @@ func (f *fleetRun) runWave(index int, wave []inventory.Cluster) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			cr := RunCluster(f.ctx, c, f.byCluster[c.Name], f.opts)
+			nodes := f.connect(c)
+			cr := RunCluster(f.ctx, c, nodes, f.opts)
+			_ = CloseAll(nodes)
 			f.record(cr)
 		}()
 	}
@@ -187,7 +192,10 @@ func (f *fleetRun) soak(nextWave int) {
 		if cr.Outcome != OutcomeDone {
 			continue
 		}
-		if err := HealthPass(f.ctx, f.byCluster[cr.Cluster]); err != nil {
+		nodes := f.connect(f.byName[cr.Cluster])
+		err := HealthPass(f.ctx, nodes)
+		_ = CloseAll(nodes)
+		if err != nil {
 			f.mu.Lock()
 			cr.Outcome, cr.Error = OutcomeFailed, "regression after the rollout: "+err.Error()
 			f.failed++
@@ -199,21 +207,20 @@ func (f *fleetRun) soak(nextWave int) {
 	}
 }
 
+// connect dials a cluster's nodes and gathers their facts, all at once.
+func (f *fleetRun) connect(c inventory.Cluster) []*Node {
+	return Connect(f.ctx, c.Nodes, f.dial, max(1, len(c.Nodes)))
+}
+
 // HealthPass looks at a finished cluster again, as `fleetcert check`
-// does: every node reachable and read, every secure token pinning the CA
-// the servers serve, every node Ready. Certificates merely nearing expiry
-// are not a regression of the rollout.
+// does, from freshly connected nodes: every node reachable and read, every
+// secure token pinning the CA the servers serve, every node Ready.
+// Certificates merely nearing expiry are not a regression of the rollout.
 func HealthPass(ctx context.Context, nodes []*Node) error {
-	if len(nodes) == 0 {
-		return nil
-	}
 	for _, n := range nodes {
-		if n.Conn == nil {
-			return fmt.Errorf("%s: not connected", n.Name)
+		if n.Err != nil {
+			return fmt.Errorf("%s: %v", n.Name, n.Err)
 		}
-	}
-	if err := refreshAll(ctx, nodes); err != nil {
-		return err
 	}
 	for _, cc := range Check(ctx, nodes, CheckOptions{}) {
 		if len(cc.Unreachable) > 0 {

@@ -72,8 +72,7 @@ func BenchmarkRotateCA1000Clusters(b *testing.B) {
 					s := startSampler()
 					cpu0 := cpuTime()
 					b.StartTimer()
-					nodes := Connect(context.Background(), fl.Nodes(), fl.Dial, concurrency)
-					rep := RunFleet(context.Background(), nodes, opts, oneWave(fl))
+					rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
 					b.StopTimer()
 					cpu += cpuTime() - cpu0
 					h, sys, live := s.stop()
@@ -88,7 +87,6 @@ func BenchmarkRotateCA1000Clusters(b *testing.B) {
 					if u := fl.Unknown(); len(u) > 0 {
 						b.Fatalf("scripts the fake does not know: %q", u)
 					}
-					CloseAll(nodes)
 				}
 				const mib = 1 << 20
 				b.ReportMetric(float64(peakHeap)/mib, "peak-heap-MiB")

@@ -87,7 +87,7 @@ func TestRotateCAOverFakeFleet(t *testing.T) {
 				t.Fatal("cross-signed material pins the old hash")
 			}
 
-			rep := RunFleet(ctx, nodes, opts, oneWave(fl))
+			rep := RunFleet(ctx, fl.Dial, opts, oneWave(fl))
 
 			if u := fl.Unknown(); len(u) > 0 {
 				t.Fatalf("scripts the fake does not know: %q", u)
@@ -202,14 +202,14 @@ func checkRotatedNode(t *testing.T, fn *fleettest.Node, n *Node, runID, fleetHas
 
 func TestRotateCADryRunOverFakeFleetChangesNothing(t *testing.T) {
 	ctx := context.Background()
-	fl, nodes, opts, _ := fakeRotation(t, fleettest.Spec{Clusters: 2, Servers: 3, Agents: 1}, 4)
+	fl, _, opts, _ := fakeRotation(t, fleettest.Spec{Clusters: 2, Servers: 3, Agents: 1}, 4)
 	opts.DryRun = true
 	before := map[string]map[string]fleettest.File{}
 	for _, n := range fl.Nodes() {
 		before[n.ID()] = fl.Node(n.ID()).Files()
 	}
 
-	rep := RunFleet(ctx, nodes, opts, oneWave(fl))
+	rep := RunFleet(ctx, fl.Dial, opts, oneWave(fl))
 
 	if u := fl.Unknown(); len(u) > 0 {
 		t.Fatalf("scripts the fake does not know: %q", u)
