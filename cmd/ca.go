@@ -106,6 +106,18 @@ func readFirstKey(path string) (crypto.Signer, error) {
 	return keys[0], nil
 }
 
+// caFromTo checks the output format and --out, and reads --from: the
+// common start of the commands that derive new material from a server's.
+func (a *app) caFromTo(from, out string) (pki.CASet, error) {
+	if err := a.caCheckOutput(); err != nil {
+		return nil, err
+	}
+	if out == "" {
+		return nil, usageErrorf("--out is required")
+	}
+	return readCASet("from", from)
+}
+
 // readCASet reads a rotate-ca layout directory; unreadable input is a usage
 // error (exit 2).
 func readCASet(flag, dir string) (pki.CASet, error) {
@@ -257,13 +269,7 @@ DIR/tls/*-ca.crt, *-ca.key, service.key. Join tokens change: the printed hash
 is the one k3s will compute (the new self-signed root's fingerprint).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := a.caCheckOutput(); err != nil {
-				return err
-			}
-			if out == "" {
-				return usageErrorf("--out is required")
-			}
-			current, err := readCASet("from", from)
+			current, err := a.caFromTo(from, out)
 			if err != nil {
 				return err
 			}
@@ -321,13 +327,7 @@ tokens with it), then the current keys, so tokens already issued stay valid.
 Load it with rotate-ca and restart servers only.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := a.caCheckOutput(); err != nil {
-				return err
-			}
-			if out == "" {
-				return usageErrorf("--out is required")
-			}
-			current, err := readCASet("from", from)
+			current, err := a.caFromTo(from, out)
 			if err != nil {
 				return err
 			}
