@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-const defaultTimeout = 2 * time.Minute
+const defaultTimeout = 5 * time.Minute
 
 // duration is a flag value taking Go durations plus whole or fractional
 // days ("120d", "1.5d"), since certificate lifetimes are spoken of in days.

@@ -20,6 +20,7 @@ func (a *app) dialer() orchestrator.Dialer {
 		HostKeyPolicy:  a.g.hostKeyPolicy,
 		SudoPassword:   os.Getenv("FLEETCERT_SUDO_PASSWORD"),
 		ConnectTimeout: a.g.timeout.value(),
+		CommandTimeout: a.g.timeout.value(),
 		Logger:         a.log,
 	})
 	return func(ctx context.Context, n inventory.Node) (remote.Host, error) {

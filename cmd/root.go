@@ -96,7 +96,7 @@ servers-first behind health gates.`,
 	f.StringArrayVar(&a.g.selectors, "selector", nil, "only clusters whose labels match key=value (repeatable, all must match)")
 	f.IntVar(&a.g.concurrency, "concurrency", 16, "nodes or clusters worked on at once")
 	a.g.timeout = duration(defaultTimeout)
-	f.Var(&a.g.timeout, "timeout", "deadline for each remote operation (Go duration or days, e.g. 90s, 5m, 2d)")
+	f.Var(&a.g.timeout, "timeout", "deadline for each SSH connection and each remote command (Go duration or days, e.g. 90s, 5m); health waits have --health-timeout")
 	f.StringVarP(&a.g.output, "output", "o", "table", "output format: table or json")
 	f.StringVar(&a.g.logFormat, "log-format", "text", "log format on stderr: text or json")
 	f.BoolVarP(&a.g.verbose, "verbose", "v", false, "debug logging")

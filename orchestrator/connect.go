@@ -28,6 +28,9 @@ type SSHOptions struct {
 	HostKeyPolicy  string
 	SudoPassword   string
 	ConnectTimeout time.Duration
+	// CommandTimeout bounds each remote command (health waits have their
+	// own deadlines and poll with short commands).
+	CommandTimeout time.Duration
 	Logger         *slog.Logger
 }
 
@@ -45,6 +48,7 @@ func SSHDialer(opts SSHOptions) Dialer {
 			SudoPassword:   opts.SudoPassword,
 			HostKeyPolicy:  remote.HostKeyPolicy(opts.HostKeyPolicy),
 			ConnectTimeout: opts.ConnectTimeout,
+			CommandTimeout: opts.CommandTimeout,
 			Logger:         opts.Logger,
 		})
 		if err != nil {

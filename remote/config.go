@@ -90,6 +90,10 @@ type Config struct {
 	HostKeyPolicy HostKeyPolicy
 	// ConnectTimeout bounds TCP connect plus SSH handshake, per hop.
 	ConnectTimeout time.Duration
+	// CommandTimeout, when positive, bounds every command, read and write
+	// (a context with an earlier deadline still wins): no remote operation
+	// can hang a run.
+	CommandTimeout time.Duration
 	// KeepAlive is the interval between keepalive@openssh.com requests; a
 	// request unanswered for three intervals closes the connection (the
 	// next operation then redials). Negative disables.
@@ -143,6 +147,7 @@ type settings struct {
 	agentSocket    string // "" = none
 	policy         HostKeyPolicy
 	connectTimeout time.Duration
+	commandTimeout time.Duration
 	keepAlive      time.Duration
 	maxOutput      int64
 	sudo           bool
@@ -172,6 +177,7 @@ func resolve(cfg Config) (*settings, error) {
 		home:           home,
 		policy:         policy,
 		connectTimeout: orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
+		commandTimeout: cfg.CommandTimeout,
 		keepAlive:      orDefault(cfg.KeepAlive, DefaultKeepAlive),
 		maxOutput:      orDefault(cfg.MaxOutput, DefaultMaxOutput),
 		sudo:           cfg.Sudo,

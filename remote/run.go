@@ -64,6 +64,11 @@ func (c *Client) Run(ctx context.Context, script string, stdin []byte) (Result, 
 }
 
 func (c *Client) run(ctx context.Context, script string, stdin []byte, op *opState) (Result, error) {
+	if c.s.commandTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.s.commandTimeout)
+		defer cancel()
+	}
 	mode, err := c.sudo(ctx, op)
 	if err != nil {
 		return Result{}, err

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fleetcert/fleetcert/remote"
 	"github.com/fleetcert/fleetcert/remote/sshtest"
@@ -448,4 +449,24 @@ func TestRunStdinLargerThanWindow(t *testing.T) {
 	}
 	// A command that ignores its stdin still finishes.
 	mustRun(t, c, "true", big)
+}
+
+// TestCommandTimeoutEndsAHungCommand: with CommandTimeout set, no command
+// can hang a run, and the connection stays usable afterwards.
+func TestCommandTimeoutEndsAHungCommand(t *testing.T) {
+	f := newFixture(t)
+	cfg := f.config(f.server(sshtest.Options{}, false))
+	cfg.CommandTimeout = 300 * time.Millisecond
+	c := f.dial(cfg)
+	start := time.Now()
+	_, err := c.Run(ctx(t), "sleep 30", nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("a 300ms command timeout took %s", took)
+	}
+	if res := mustRun(t, c, "echo ok", nil); strings.TrimSpace(string(res.Stdout)) != "ok" {
+		t.Fatalf("connection unusable after a timeout: %q", res.Stdout)
+	}
 }
