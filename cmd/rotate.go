@@ -92,6 +92,11 @@ func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollo
 		}
 		ro.Window = &w
 	}
+	if f.report != "" {
+		if st, err := os.Stat(filepath.Dir(f.report)); err != nil || !st.IsDir() {
+			return ro, usageErrorf("--report %s: its directory does not exist", f.report)
+		}
+	}
 	ro.WavePause = f.wavePause.value()
 	ro.Waves = orchestrator.Waves(clusters, steps, order, canary)
 	return ro, nil
@@ -286,17 +291,6 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFl
 	a.log = a.log.With("run", opts.RunID)
 	rep := orchestrator.RunFleet(ctx, a.dialer(), opts, ro)
 	closeView()
-	var errs []error
-	if f.report != "" {
-		errs = append(errs, writeReportFile(f.report, rep))
-	}
-	if exportDir != "" {
-		errs = append(errs, writeExports(exportDir, rep.Clusters))
-	}
-	errs = append(errs, a.printRollout(rep))
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
 	code := ExitOK
 	for _, r := range rep.Clusters {
 		switch r.Outcome {
@@ -308,6 +302,20 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFl
 	}
 	if ctx.Err() != nil {
 		code = worst(code, interruptCode(ctx))
+	}
+	// The clusters are changed by now: a report or export that cannot be
+	// written is a failure of the run (exit 1 at least), never "bad usage,
+	// nothing touched".
+	var errs []error
+	if f.report != "" {
+		errs = append(errs, writeReportFile(f.report, rep))
+	}
+	if exportDir != "" {
+		errs = append(errs, writeExports(exportDir, rep.Clusters))
+	}
+	errs = append(errs, a.printRollout(rep))
+	if err := errors.Join(errs...); err != nil {
+		return withCode(worst(code, ExitFailed), err)
 	}
 	return withCode(code, nil)
 }
@@ -387,32 +395,44 @@ func nodeSummary(nodes []orchestrator.NodeReport) string {
 
 // writeExports writes DIR/<cluster>/server-ca.crt and ca-hash (and, when
 // collected, token and agent-token with mode 0600) for every finished
-// cluster.
+// cluster; one cluster's failure does not keep the others from being
+// written.
 func writeExports(dir string, reports []*orchestrator.ClusterReport) error {
+	var errs []error
 	for _, r := range reports {
-		ex := r.Export
-		if ex == nil {
+		if r.Export != nil {
+			errs = append(errs, writeExport(filepath.Join(dir, r.Cluster), r.Export))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func writeExport(d string, ex *orchestrator.Export) error {
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return fmt.Errorf("--export: %w", err)
+	}
+	if err := os.Chmod(d, 0o700); err != nil { // an existing dir keeps no wider mode
+		return fmt.Errorf("--export: %w", err)
+	}
+	files := []struct {
+		name string
+		data string
+		mode os.FileMode
+	}{
+		{"server-ca.crt", string(ex.ServerCA), 0o644},
+		{"ca-hash", ex.Hash + "\n", 0o644},
+		{"token", ex.Token, 0o600},
+		{"agent-token", ex.AgentToken, 0o600},
+	}
+	for _, f := range files {
+		if f.data == "" {
 			continue
 		}
-		d := filepath.Join(dir, r.Cluster)
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return err
+		if f.mode == 0o600 {
+			f.data += "\n"
 		}
-		files := map[string][]byte{"server-ca.crt": ex.ServerCA, "ca-hash": []byte(ex.Hash + "\n")}
-		if ex.Token != "" {
-			files["token"] = []byte(ex.Token + "\n")
-		}
-		if ex.AgentToken != "" {
-			files["agent-token"] = []byte(ex.AgentToken + "\n")
-		}
-		for name, data := range files {
-			mode := os.FileMode(0o644)
-			if strings.Contains(name, "token") {
-				mode = 0o600
-			}
-			if err := os.WriteFile(filepath.Join(d, name), data, mode); err != nil {
-				return fmt.Errorf("--export: %w", err)
-			}
+		if err := writeFileAtomic(filepath.Join(d, f.name), []byte(f.data), f.mode); err != nil {
+			return fmt.Errorf("--export: %w", err)
 		}
 	}
 	return nil

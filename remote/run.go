@@ -119,8 +119,11 @@ func (c *Client) sudo(ctx context.Context, op *opState) (sudoMode, error) {
 		return c.sudoMode, nil
 	}
 	// -k: only a NOPASSWD rule counts, not credentials cached by an earlier
-	// sudo that would expire in the middle of the run.
-	const probe = `sudo -k -n true 2>/dev/null && exit 0; sudo -k -S -p '' -- true 2>/dev/null && exit 10; exit 20`
+	// sudo that would expire in the middle of the run. The probe runs the
+	// very command real commands run (sh -c), so that a sudoers rule for sh
+	// but not for true cannot make sudo skip the password we then feed:
+	// it would become the first line of the command's stdin.
+	const probe = `sudo -k -n -- sh -c : 2>/dev/null && exit 0; sudo -k -S -p '' -- sh -c : 2>/dev/null && exit 10; exit 20`
 	res, err := c.exec(ctx, command(noSudo, probe), &secretLine{s: c.s.sudoPassword}, op)
 	if err != nil {
 		return 0, fmt.Errorf("ssh %s: probing sudo: %w", c.name, err)
