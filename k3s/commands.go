@@ -11,9 +11,10 @@ import (
 
 // The commands fleetcert runs on nodes, in one place. Every value is quoted.
 
-// k3sBin is invoked by name: install.sh puts it in /usr/local/bin, which
-// the scripts put first on PATH.
-const k3sBin = "k3s"
+// k3sBin runs k3s by name with install.sh's /usr/local/bin first on PATH:
+// under sudo, secure_path (e.g. /sbin:/bin:/usr/sbin:/usr/bin on the RHEL
+// family) would not find it.
+const k3sBin = "PATH=/usr/local/bin:$PATH k3s"
 
 // RotateCACmd loads staged CA material (stageDir/tls/...) into the cluster
 // datastore. -d is always passed: rotate-ca reads its credentials from

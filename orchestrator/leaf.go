@@ -64,6 +64,12 @@ func (p leafPreflight) Run(ctx context.Context, run *ClusterRun) error {
 		return &RefusedError{Cluster: run.Cluster.Name, Problems: []string{fmt.Sprintf(
 			"%s (primary, holds the cluster lock): not reachable: %v", primary.Name, primary.Err)}}
 	}
+	if err := l.readRunState(primary, bad); err != nil {
+		return err
+	}
+	if l.abandoning() {
+		return nil // only the unfinished run's state is closed, in cleanup
+	}
 	now := l.opts.now()
 	for _, n := range run.Nodes {
 		if n.Err != nil {
@@ -72,14 +78,11 @@ func (p leafPreflight) Run(ctx context.Context, run *ClusterRun) error {
 			l.warn(n, "not reachable, skipped: %v", n.Err)
 			continue
 		}
-		if w := l.opts.Leaf.OnlyExpiringWithin; w > 0 && !expiresWithin(n, now.Add(w)) {
+		if w := l.opts.Leaf.OnlyExpiringWithin; w > 0 && !expiresWithin(n, now.Add(w)) && !l.resumes(n) {
 			continue
 		}
 		l.checkNode(n, bad)
 		l.selected[n.Name] = true
-	}
-	if err := l.readRunState(primary, bad); err != nil {
-		return err
 	}
 	if len(problems) > 0 {
 		return &RefusedError{Cluster: run.Cluster.Name, Problems: problems}
@@ -109,6 +112,9 @@ type leafRollPhase struct {
 func (p leafRollPhase) Title() string { return string(p.role) + "s" }
 
 func (p leafRollPhase) ShouldRun(run *ClusterRun) bool {
+	if p.l.abandoning() {
+		return false
+	}
 	for _, n := range run.Nodes {
 		if n.Role == p.role && p.l.selected[n.Name] {
 			return true
@@ -210,6 +216,9 @@ func (l *leafRotation) renewBatch(ctx context.Context, nodes []*Node) error {
 	return nil
 }
 
+// renewDeadline bounds one node's stop, certificate rotate and start.
+const renewDeadline = 10 * time.Minute
+
 // backupLine is how k3s reports the copy `certificate rotate` made.
 var backupLine = regexp.MustCompile(`backed up certificates to (\S+)`)
 
@@ -234,7 +243,12 @@ func (l *leafRotation) renewNode(ctx context.Context, n *Node, services []string
 		}
 		script := lay.StopCmd() + " && " + lay.CertificateRotateCmd(services) + " 2>&1; rc=$?; date +%s; " +
 			lay.StartCmd() + "; exit $rc"
-		res, err := n.Conn.Run(ctx, script, nil)
+		// Stop, rotate and start must not be cut in half: an interrupt
+		// between stop and start would leave k3s down. The sequence gets
+		// its own deadline instead of the run's context.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), renewDeadline)
+		defer cancel()
+		res, err := n.Conn.Run(sctx, script, nil)
 		if err != nil {
 			return err
 		}
@@ -306,7 +320,11 @@ func (leafCleanup) Title() string { return "cleanup" }
 func (p leafCleanup) Run(ctx context.Context, run *ClusterRun) error {
 	l := p.l
 	primary := run.Primary()
-	if l.state != nil && !l.opts.DryRun {
+	if l.abandoning() {
+		if err := l.abandonPrior(ctx); err != nil {
+			return err
+		}
+	} else if l.state != nil && !l.opts.DryRun {
 		l.state.Outcome, l.state.Error = OutcomeDone, ""
 		if err := finishState(ctx, primary.Conn, primary.Layout, l.state, l.opts.now()); err != nil {
 			return err

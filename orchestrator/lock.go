@@ -39,6 +39,10 @@ func (l LockInfo) Stale(now time.Time) bool { return now.After(l.Expires) }
 // someone else took, renewed or released it in between.
 var ErrLockChanged = errors.New("cluster lock changed underneath us")
 
+// errLockBusy means another controller was swapping the lock at the same
+// moment: nothing is known yet, try again.
+var errLockBusy = errors.New("cluster lock busy")
+
 // lockScript swaps the lock file only if its current content hashes to
 // $expect (empty: only if absent). A mkdir mutex makes read-compare-write
 // atomic with nothing but sh and coreutils on the node; a mutex older than a
@@ -77,8 +81,10 @@ func swapLock(ctx context.Context, h remote.Host, dir string, prev, next []byte)
 	switch res.ExitCode {
 	case 0:
 		return nil
-	case 73, 75:
+	case 73:
 		return ErrLockChanged
+	case 75:
+		return errLockBusy
 	default:
 		return fmt.Errorf("cluster lock in %s: %w", dir, res.Err())
 	}
@@ -162,7 +168,7 @@ func AcquireLock(ctx context.Context, h remote.Host, cluster, dir string, curren
 		return nil, err
 	}
 	if err := swapLock(ctx, h, dir, current, content); err != nil {
-		if errors.Is(err, ErrLockChanged) {
+		if errors.Is(err, ErrLockChanged) || errors.Is(err, errLockBusy) {
 			return nil, fmt.Errorf("cluster %s: another controller took the lock at the same moment; rerun later", cluster)
 		}
 		return nil, err
@@ -196,6 +202,13 @@ func (l *ClusterLock) renew() {
 			}
 			if err == nil {
 				l.content, l.info = next, info
+				continue
+			}
+			// Busy or unreachable: retry at the next tick, unless the lease
+			// runs out before then and another run may take the cluster.
+			if time.Now().Add(LockRenewal).After(l.info.Expires) {
+				l.lost <- fmt.Errorf("could not renew the cluster lock before its lease ran out: %w", err)
+				return
 			}
 		}
 	}

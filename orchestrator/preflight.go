@@ -17,15 +17,17 @@ func (r *rotation) preflight(ctx context.Context) error {
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
+	primary := r.run.Primary()
+	if primary.Err == nil {
+		if err := r.readRunState(primary, bad); err != nil {
+			return err
+		}
+	}
 	for _, n := range r.run.Nodes {
 		r.checkNode(n, bad)
 	}
 	if len(problems) > 0 {
 		return &RefusedError{Cluster: r.run.Cluster.Name, Problems: problems}
-	}
-	primary := r.run.Primary()
-	if err := r.readRunState(primary, bad); err != nil {
-		return err
 	}
 	r.checkServedCA(ctx, primary, bad)
 	r.checkTokens(bad)
@@ -61,6 +63,9 @@ func (r *rotation) checkNode(n *Node, bad func(string, ...any)) {
 	switch {
 	case err != nil:
 		bad("%s: cannot read the k3s version %q: %v", n.Name, f.Version, err)
+	case r.opts.Command == CmdRotate:
+		// certificate rotate is older than every version a fleet runs
+		// (Nov 2021): the rotate-ca gates below do not apply.
 	case !k3s.SupportsRotateCA(v):
 		bad("%s: k3s %s is too old for certificate rotate-ca (needs v1.26.2+k3s1, v1.25.7+k3s1, v1.24.11+k3s1, v1.23.17+k3s1 or later in its line)", n.Name, f.Version)
 	default:
@@ -76,8 +81,24 @@ func (r *rotation) checkNode(n *Node, bad func(string, ...any)) {
 		bad("%s: the inventory lists it as %s but the node is %s (data dir %s)", n.Name, want, roleWord(f.Role), f.DataDir)
 	}
 	if f.UnitState != "active" {
-		bad("%s: %s.service is %q, not active; fix the node first", n.Name, f.Unit, f.UnitState)
+		if r.resumes(n) {
+			// This run restarted (or stopped) it and was interrupted or
+			// failed its gate: resuming restarts it again behind the gates.
+			r.warn(n, "%s.service is %q; the unfinished run %s restarts it again", f.Unit, f.UnitState, r.prior.RunID)
+		} else {
+			bad("%s: %s.service is %q, not active; fix the node first", n.Name, f.Unit, f.UnitState)
+		}
 	}
+}
+
+// resumes reports whether n is a node the unfinished run this one resumes
+// had already restarted (or stopped) when it ended.
+func (r *rotation) resumes(n *Node) bool {
+	if r.prior == nil || r.opts.Abandon || r.prior.Command != r.opts.Command {
+		return false
+	}
+	step := r.prior.Nodes[n.Name]
+	return step == StepRestarted || step == StepRewritten
 }
 
 func roleWord(r k3s.Role) string {
@@ -105,6 +126,12 @@ func (r *rotation) readRunState(primary *Node, bad func(string, ...any)) error {
 	if current.Command != r.opts.Command && !r.opts.Abandon {
 		bad("an unfinished %s run %s (started %s) holds this cluster; finish it by rerunning %s, or drop it with --abandon",
 			current.Command, current.RunID, current.Started.Format("2006-01-02 15:04"), current.Command)
+		return nil
+	}
+	if r.opts.Abandon && current.Loaded {
+		bad("run %s (%s) already loaded new CA material into the cluster's datastore: the next start of any server switches to it, "+
+			"and tokens not yet rewritten would stop working; finish it by rerunning %s instead of abandoning it",
+			current.RunID, current.Command, current.Command)
 		return nil
 	}
 	r.prior = current

@@ -340,19 +340,20 @@ func (cleanupPhase) Title() string { return "cleanup" }
 func (p cleanupPhase) Run(ctx context.Context, run *ClusterRun) error {
 	r := p.r
 	primary := run.Primary()
-	if !r.abandoning() {
+	if r.abandoning() {
+		if err := r.abandonPrior(ctx); err != nil {
+			return err
+		}
+	} else {
 		dir := primary.Layout.StageDir(run.RunID)
 		if err := run.Wet(primary, "remove staging directory "+dir, func() error { return RemoveDir(ctx, primary, dir) }); err != nil {
 			return err
 		}
-	}
-	if r.state != nil && !r.opts.DryRun {
-		r.state.Outcome, r.state.Error = OutcomeDone, ""
-		if r.abandoning() {
-			r.state.Outcome = OutcomeAbandoned
-		}
-		if err := finishState(ctx, primary.Conn, primary.Layout, r.state, r.opts.now()); err != nil {
-			return err
+		if r.state != nil && !r.opts.DryRun {
+			r.state.Outcome, r.state.Error = OutcomeDone, ""
+			if err := finishState(ctx, primary.Conn, primary.Layout, r.state, r.opts.now()); err != nil {
+				return err
+			}
 		}
 	}
 	if r.lock != nil {
@@ -363,6 +364,22 @@ func (p cleanupPhase) Run(ctx context.Context, run *ClusterRun) error {
 		}
 	}
 	return nil
+}
+
+// abandonPrior closes the unfinished run as abandoned (--abandon) and
+// removes its staging directory, which holds new cluster CA keys.
+func (r *rotation) abandonPrior(ctx context.Context) error {
+	primary := r.run.Primary()
+	if dir := r.prior.StageDir; dir != "" {
+		if err := r.run.Wet(primary, "remove staging directory "+dir, func() error { return RemoveDir(ctx, primary, dir) }); err != nil {
+			return err
+		}
+	}
+	if r.opts.DryRun {
+		return nil
+	}
+	r.prior.Outcome, r.prior.Error = OutcomeAbandoned, ""
+	return finishState(ctx, primary.Conn, primary.Layout, r.prior, r.opts.now())
 }
 
 // abandoning is a run asked to drop an unfinished one (--abandon).
@@ -470,14 +487,18 @@ func (r *rotation) rewriteTokens(ctx context.Context, n *Node) ([]string, error)
 	if err != nil {
 		return nil, err
 	}
-	var files []string
-	reload := false
+	// A token pinning some other CA refuses the node before any of its
+	// files is written, so a node is never left half rewritten.
 	for _, fr := range plan {
 		for _, s := range fr.Skipped {
 			if s.Reason == k3s.SkipForeign {
 				return nil, fmt.Errorf("%s:%d pins a CA hash that is neither the old nor the new one; refusing to guess", s.Source.File, s.Source.Line)
 			}
 		}
+	}
+	var files []string
+	reload := false
+	for _, fr := range plan {
 		if !fr.Changed() {
 			continue
 		}

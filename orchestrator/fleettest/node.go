@@ -150,7 +150,7 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 		return n.stage(script, stdin), nil
 	case strings.HasPrefix(script, "find ") && strings.Contains(script, " certificate rotate-ca "):
 		return n.rotateCA(script), nil
-	case strings.HasPrefix(script, "k3s etcd-snapshot save "):
+	case strings.HasPrefix(strings.TrimPrefix(script, k3sPathPrefix), "k3s etcd-snapshot save "):
 		return n.etcdSnapshot(script), nil
 	case script == k3s.DaemonReloadCmd:
 		return remote.Result{}, nil
@@ -641,4 +641,18 @@ func (n *Node) dirExists(d string) bool {
 		}
 	}
 	return false
+}
+
+// k3sPathPrefix is how fleetcert invokes k3s (see k3s/commands.go): with
+// install.sh's directory first on PATH.
+const k3sPathPrefix = "PATH=/usr/local/bin:$PATH "
+
+// MkdirAll makes directory p and its parents, for tests that put files on
+// a node the way an earlier run would have left them.
+func (n *Node) MkdirAll(p string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for d := path.Clean(p); d != "/" && d != "."; d = path.Dir(d) {
+		n.dirs[d] = true
+	}
 }

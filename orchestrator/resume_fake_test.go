@@ -1,0 +1,65 @@
+package orchestrator
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/orchestrator/fleettest"
+)
+
+// writeRunState puts an unfinished run's state on a fake cluster's primary.
+func writeRunState(t *testing.T, fl *fleettest.Fleet, state string) *fleettest.Node {
+	t.Helper()
+	primary := fl.Node(fl.Nodes()[0].ID())
+	dir := k3s.Layout{Role: k3s.RoleServer}.FleetcertDir()
+	primary.MkdirAll(dir)
+	if err := primary.WriteFile(context.Background(), dir+"/run.json", []byte(state), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return primary
+}
+
+// TestAbandonRefusedOnceLoaded: --abandon must not drop a run whose new CA
+// material is already in the datastore (any server restart switches to it).
+func TestAbandonRefusedOnceLoaded(t *testing.T) {
+	fl, _, opts, _ := fakeRotation(t, fleettest.Spec{Clusters: 1, Servers: 1, Agents: 1}, 1)
+	writeRunState(t, fl, `{"runId":"r-old","command":"rotate-ca","mode":"cross-sign","loaded":true,"targetHash":"`+strings.Repeat("ab", 32)+`","nodes":{}}`)
+	opts.Abandon = true
+	rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
+	cr := rep.Clusters[0]
+	if cr.Outcome != OutcomeRefused || !strings.Contains(cr.Error, "already loaded new CA material") {
+		t.Fatalf("outcome %s: %s", cr.Outcome, cr.Error)
+	}
+}
+
+// TestAbandonDropsAnUnloadedRun: an unfinished run that never loaded its
+// material is closed as abandoned, its staging directory removed, and no
+// node is touched.
+func TestAbandonDropsAnUnloadedRun(t *testing.T) {
+	fl, _, opts, _ := fakeRotation(t, fleettest.Spec{Clusters: 1, Servers: 1, Agents: 1}, 1)
+	stage := k3s.Layout{Role: k3s.RoleServer}.StageDir("r-old")
+	primary := writeRunState(t, fl, `{"runId":"r-old","command":"rotate-ca","mode":"cross-sign","stageDir":"`+stage+`","nodes":{}}`)
+	primary.MkdirAll(stage + "/tls")
+	if err := primary.WriteFile(context.Background(), stage+"/tls/server-ca.key", []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts.Abandon = true
+	rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
+	if cr := rep.Clusters[0]; cr.Outcome != OutcomeAbandoned {
+		t.Fatalf("outcome %s: %s", cr.Outcome, cr.Error)
+	}
+	if _, ok := primary.File(stage + "/tls/server-ca.key"); ok {
+		t.Error("the abandoned run's staged CA key is still on the node")
+	}
+	last, ok := primary.File(k3s.Layout{Role: k3s.RoleServer}.FleetcertDir() + "/last-run.json")
+	if !ok || !strings.Contains(string(last.Data), `"outcome": "abandoned"`) {
+		t.Errorf("last run: %q", last.Data)
+	}
+	for _, n := range rep.Clusters[0].Nodes {
+		if n.Outcome != "untouched" {
+			t.Errorf("%s: %s", n.Node, n.Outcome)
+		}
+	}
+}
