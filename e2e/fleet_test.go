@@ -410,3 +410,34 @@ func TestRollout(t *testing.T) {
 		}
 	})
 }
+
+// TestNodeNameOverride: an agent started with --node-name registers under
+// that name, not its hostname; fleetcert learns it from the node's kubelet
+// certificate, so preflight does not see an unlisted node and the agent's
+// Ready gate finds it.
+func TestNodeNameOverride(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t, 8*time.Minute)
+	f := startRotFleet(t, ctx, harness.ClusterSpec{Name: "nn", Servers: []harness.NodeSpec{{}},
+		Agents: []harness.NodeSpec{{ExtraArgs: []string{"--node-name", "edge-agent-7"}, ExpectUnready: true}}})
+	server := f.Cluster("nn").Nodes()[0]
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		ready, err := f.ReadyNodes(ctx, server.Name)
+		if err == nil && ready["edge-agent-7"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never registered as edge-agent-7: %v %v", ready, err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	r := fleetcert(t, ctx, "rotate-ca", "-i", f.InventoryPath(), "-o", "json", "--health-timeout", "2m")
+	if r.Code != 0 {
+		t.Fatalf("%s", r)
+	}
+	agent := f.Cluster("nn").Nodes()[1]
+	if got := r.report(t).nodeOutcome(agent.Name); got != "restarted" {
+		t.Errorf("agent outcome %q", got)
+	}
+}

@@ -1,6 +1,7 @@
 package k3s
 
 import (
+	"path"
 	"strings"
 	"time"
 
@@ -10,7 +11,12 @@ import (
 // NodeFacts is what fleetcert knows about a node from its snapshot: what
 // `fleetcert facts` shows and what preflight checks decide on.
 type NodeFacts struct {
-	Hostname  string `json:"hostname"`
+	Hostname string `json:"hostname"`
+	// NodeName is the name the node registered under in its cluster: the
+	// CN of its kubelet client certificate (system:node:<name>), which k3s
+	// issues for --node-name, K3S_NODE_NAME or config's node-name, else
+	// the hostname.
+	NodeName  string `json:"nodeName,omitempty"`
 	OS        string `json:"os"`
 	Init      string `json:"init"`
 	Installed bool   `json:"installed"`
@@ -77,7 +83,11 @@ func DescribeWith(l Layout, s *Snapshot, sources []TokenSource) NodeFacts {
 	}
 	f.Tokens = sources
 	f.Certs, f.Unreadable = s.Certs()
+	kubelet := path.Join(l.AgentDir(), "client-kubelet.crt")
 	for _, c := range f.Certs {
+		if c.File == kubelet && c.Index == 0 {
+			f.NodeName, _ = strings.CutPrefix(c.Subject, "system:node:")
+		}
 		if c.Bundle {
 			f.CAExpiry = earliest(f.CAExpiry, c.NotAfter)
 		} else {

@@ -147,10 +147,14 @@ func ClusterNodes(ctx context.Context, n *Node) ([]ClusterNode, error) {
 	return nodes, nil
 }
 
-// NodeName is the name a node registers under: its hostname, as k3s
-// defaults --node-name.
+// NodeName is the name a node registered under: from its kubelet client
+// certificate (k3s issues it for --node-name, K3S_NODE_NAME or config's
+// node-name), else its hostname, k3s's default.
 func (n *Node) NodeName() string {
-	if n.Facts.Hostname != "" {
+	switch {
+	case n.Facts.NodeName != "":
+		return n.Facts.NodeName
+	case n.Facts.Hostname != "":
 		return n.Facts.Hostname
 	}
 	return n.Name

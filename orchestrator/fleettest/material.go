@@ -48,6 +48,18 @@ type Material struct {
 	// Made is when the CAs were made (a year before Default was first
 	// called).
 	Made time.Time
+
+	kubeletMu   sync.Mutex
+	kubeletCert func(node string) ([]byte, error)
+}
+
+// KubeletCert is agent/client-kubelet.crt for a node: k3s issues it with CN
+// system:node:<node name>, which is how fleetcert learns the name a node
+// registered under.
+func (m *Material) KubeletCert(node string) ([]byte, error) {
+	m.kubeletMu.Lock()
+	defer m.kubeletMu.Unlock()
+	return m.kubeletCert(node)
 }
 
 var defaultMaterial = sync.OnceValues(newMaterial)
@@ -131,6 +143,7 @@ func newMaterial() (*Material, error) {
 		return append(pemCert(der), pemCert(is.cert.Raw)...), nil
 	}
 	client, serving := x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth
+	m.kubeletCert = func(node string) ([]byte, error) { return leaf("client", "system:node:"+node, client) }
 	for _, l := range []struct {
 		into         map[string][]byte
 		name, issuer string
