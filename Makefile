@@ -21,15 +21,20 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-e2e-image:
+e2e-image: e2e-host
 	$(GO) run ./e2e/image
 
-e2e: e2e-image e2e-host
+e2e: e2e-image
 	$(GO) test -count=1 -timeout 30m ./e2e/
 
-# Every node container runs systemd, which takes inotify instances; the
+# What the container fleet needs from the host: debootstrap to build the
+# node image (installed from Debian's packages when missing), and enough
+# inotify instances, since every node container runs systemd and the
 # kernel's default of 128 per user runs out with a few fleets up at once.
 e2e-host:
+	@command -v debootstrap >/dev/null || { \
+		echo "installing debootstrap (needed once, to build the node image)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
 	@[ "$$(cat /proc/sys/fs/inotify/max_user_instances)" -ge 1024 ] || \
 		sysctl -q -w fs.inotify.max_user_instances=1024 || \
 		echo "warning: fs.inotify.max_user_instances is low; node containers may fail to boot"
@@ -37,10 +42,10 @@ e2e-host:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS_UNIT)
 
-demo: e2e-image e2e-host
+demo: e2e-image
 	$(GO) run ./e2e/demo
 
-demo-up: e2e-image e2e-host
+demo-up: e2e-image
 	$(GO) run ./e2e/demo up
 
 demo-down:
