@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -183,7 +184,7 @@ func TestRotateLeafCerts(t *testing.T) {
 					t.Errorf("%s: %s kept serial %s", n.Name, p, s)
 				}
 			}
-			if got := caFiles(t, ctx, f, n); !equalMaps(got, cas[n.Name]) {
+			if got := caFiles(t, ctx, f, n); !maps.Equal(got, cas[n.Name]) {
 				t.Errorf("%s: a CA changed: before %v after %v", n.Name, cas[n.Name], got)
 			}
 		}
@@ -219,18 +220,6 @@ func TestRotateLeafCerts(t *testing.T) {
 			}
 		}
 	})
-}
-
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // withLabels writes a copy of the fleet's inventory where the named

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -270,7 +271,7 @@ func skipReason(s TokenSource, opts RewriteOptions) string {
 		return SkipShort
 	case s.Token.CAHash == opts.NewHash:
 		return SkipCurrent
-	case len(opts.OldHashes) > 0 && !contains(opts.OldHashes, s.Token.CAHash):
+	case len(opts.OldHashes) > 0 && !slices.Contains(opts.OldHashes, s.Token.CAHash):
 		return SkipForeign
 	}
 	return ""

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -291,7 +292,7 @@ func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []strin
 		}
 	}
 	sort.Strings(pending)
-	return all, dedup(pending)
+	return all, slices.Compact(pending)
 }
 
 // configSources parses config.yaml and its drop-ins in k3s's order.
@@ -351,16 +352,6 @@ func tokenFileTargets(srcs []TokenSource, files map[string][]byte) (targets []To
 		targets = append(targets, t)
 	}
 	return targets, pending
-}
-
-func dedup(s []string) []string {
-	var out []string
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 // Precedence classes, lowest first. K3S.md §2 and research §0.5: config

@@ -3,6 +3,7 @@ package k3s
 import (
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -317,22 +318,13 @@ func envFileRefs(l Layout, refs []string, haveUnit bool, files map[string][]byte
 		}
 	}
 	for _, p := range append(l.DistroEnvFiles(), l.EnvFile()) {
-		if files[p] == nil || contains(refs, p) {
+		if files[p] == nil || slices.Contains(refs, p) {
 			continue
 		}
 		k, _ := kindOf(p)
 		out = append(out, envFileRef{path: p, kind: k, ignored: "not loaded by " + l.UnitName() + ".service (no EnvironmentFile= names it)"})
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // envFilePath resolves an EnvironmentFile= value: an optional "-" (file may

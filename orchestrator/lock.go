@@ -153,14 +153,12 @@ func (e *LockHeldError) Error() string {
 }
 
 // AcquireLock takes the cluster lock in dir on h. current is the lock file as
-// last read (nil when absent). A lock held by a live lease of another run is
-// refused; a stale one, one of the same run id (a resumed run), or any lock
-// with force is taken over.
-func AcquireLock(ctx context.Context, h remote.Host, cluster, dir string, current []byte, info LockInfo, force bool, now time.Time) (*ClusterLock, error) {
-	if !force {
-		if err := lockBlocks(cluster, current, info.RunID, now); err != nil {
-			return nil, err
-		}
+// last read (nil when absent). A live lease is refused (see lockBlocks); a
+// stale one is taken over. --force-unlock removes a lock with ForceUnlock
+// before this is called.
+func AcquireLock(ctx context.Context, h remote.Host, cluster, dir string, current []byte, info LockInfo, now time.Time) (*ClusterLock, error) {
+	if err := lockBlocks(cluster, current, info.RunID, now); err != nil {
+		return nil, err
 	}
 	info.Created, info.Expires = now, now.Add(LockLease)
 	content, err := json.Marshal(info)

@@ -19,7 +19,7 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "fleetcert")
 	now := time.Now()
 
-	first, err := AcquireLock(ctx, h, "c1", dir, nil, LockInfo{RunID: "run-a", Owner: controllerName(), PID: deadPID(t)}, false, now)
+	first, err := AcquireLock(ctx, h, "c1", dir, nil, LockInfo{RunID: "run-a", Owner: controllerName(), PID: deadPID(t)}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +28,7 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 		t.Errorf("lock dir mode %v", st.Mode().Perm())
 	}
 
-	_, err = AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-b"}, false, now)
+	_, err = AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-b"}, now)
 	var lhe *LockHeldError
 	if !errors.As(err, &lhe) || lhe.Holder.RunID != "run-a" {
 		t.Fatalf("second run: want LockHeldError naming run-a, got %v", err)
@@ -36,7 +36,7 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 
 	// A resumed run with the same id may take back the lock of its dead
 	// predecessor on this controller.
-	if _, err := AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-a"}, false, now); err != nil {
+	if _, err := AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-a"}, now); err != nil {
 		t.Fatalf("same run id: %v", err)
 	}
 	first.Release(ctx) // no longer ours: must leave the new holder's lock alone
@@ -46,7 +46,7 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 
 	cur, _ := os.ReadFile(filepath.Join(dir, "lock"))
 	later := now.Add(LockLease + time.Second)
-	l, err := AcquireLock(ctx, h, "c1", dir, cur, LockInfo{RunID: "run-c"}, false, later)
+	l, err := AcquireLock(ctx, h, "c1", dir, cur, LockInfo{RunID: "run-c"}, later)
 	if err != nil {
 		t.Fatalf("stale lock not taken over: %v", err)
 	}

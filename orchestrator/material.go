@@ -35,7 +35,7 @@ func (r *rotation) takeLock(ctx context.Context) error {
 	var lock *ClusterLock
 	err := run.Wet(primary, "take the cluster lock "+path.Join(dir, "lock"), func() error {
 		var err error
-		lock, err = AcquireLock(ctx, primary.Conn, run.Cluster.Name, dir, r.lockFile, info, false, r.opts.now())
+		lock, err = AcquireLock(ctx, primary.Conn, run.Cluster.Name, dir, r.lockFile, info, r.opts.now())
 		return err
 	})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -145,17 +146,7 @@ func tokenPaths(n *Node) []string {
 		paths = append(paths, s.File)
 	}
 	sort.Strings(paths)
-	return uniqStrings(paths)
-}
-
-func uniqStrings(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
+	return slices.Compact(paths)
 }
 
 func lastLines(s string, n int) string {

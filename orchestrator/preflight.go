@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/fleetcert/fleetcert/inventory"
@@ -160,7 +161,7 @@ func (r *rotation) checkServedCA(ctx context.Context, primary *Node, bad func(st
 	r.run.Info(primary, "serves CA %s (from %s)", short(served), via)
 	allowed := r.allowedHashesWithPrior()
 	for _, n := range r.run.Servers() {
-		if !contains(allowed, n.Facts.CAHash) {
+		if !slices.Contains(allowed, n.Facts.CAHash) {
 			bad("%s: holds CA %s, but the cluster serves %s", n.Name, short(n.Facts.CAHash), short(served))
 		}
 	}
@@ -177,7 +178,7 @@ func (r *rotation) checkTokens(bad func(string, ...any)) {
 				bad("%s: %s", n.Name, t.String())
 				continue
 			}
-			if t.Secure() && !contains(allowed, t.Token.CAHash) {
+			if t.Secure() && !slices.Contains(allowed, t.Token.CAHash) {
 				bad("%s: %s:%d %s pins CA %s, which this cluster does not serve (%s)", n.Name, t.File, t.Line, t.Key,
 					short(t.Token.CAHash), strings.Join(shorts(allowed), " or "))
 			}
@@ -219,15 +220,6 @@ func (r *rotation) warn(n *Node, format string, args ...any) {
 	}
 	r.report.Warnings = append(r.report.Warnings, msg)
 	r.run.Warn(n, format, args...)
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func shorts(hashes []string) []string {
