@@ -97,17 +97,11 @@ func DescribeWith(l Layout, s *Snapshot, sources []TokenSource) NodeFacts {
 	return f
 }
 
-// TokenFilesToRead lists the files the node's token configuration points
-// to (token-file targets, extra EnvironmentFile= files) that neither the
-// snapshot nor read hold yet: what another round trip must read.
-func TokenFilesToRead(l Layout, s *Snapshot, read map[string]File) []string {
-	_, pending := TokenSourcesToRead(l, s, read)
-	return pending
-}
-
-// TokenSourcesToRead is TokenFilesToRead that also returns the token
-// sources found so far: once nothing is pending, the node's sources, as
-// Describe finds them.
+// TokenSourcesToRead returns the token sources found so far and the files
+// the node's token configuration points to (token-file targets, extra
+// EnvironmentFile= files) that neither the snapshot nor read hold yet:
+// what another round trip must read. Once nothing is pending, the sources
+// are the node's, as Describe finds them.
 func TokenSourcesToRead(l Layout, s *Snapshot, read map[string]File) ([]TokenSource, []string) {
 	return FindTokenSources(l, contents(s.Files, read))
 }

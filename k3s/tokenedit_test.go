@@ -100,19 +100,6 @@ func replaceDefinedHashes(content string, n int) string {
 	}
 }
 
-func diffBytes(a, b []byte) int {
-	if len(a) != len(b) {
-		return -1
-	}
-	n := 0
-	for i := range a {
-		if a[i] != b[i] {
-			n++
-		}
-	}
-	return n
-}
-
 // TestRewriteOldHashesGuard: with OldHashes only tokens pinning one of them
 // change; a token pinning an unrelated CA is reported, not rewritten.
 func TestRewriteOldHashesGuard(t *testing.T) {

@@ -83,12 +83,3 @@ func (r *Recorder) Events() []Event {
 	defer r.mu.Unlock()
 	return append([]Event(nil), r.events...)
 }
-
-// Tee sends each event to every sink.
-type Tee []Sink
-
-func (t Tee) Emit(e Event) {
-	for _, s := range t {
-		s.Emit(e)
-	}
-}

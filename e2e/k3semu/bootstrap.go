@@ -38,15 +38,6 @@ var bootstrapFields = []bootstrapField{
 	{"IPSECKey", "cred/ipsec.psk", false},
 }
 
-func fieldByName(name string) (bootstrapField, bool) {
-	for _, f := range bootstrapFields {
-		if f.Name == name {
-			return f, true
-		}
-	}
-	return bootstrapField{}, false
-}
-
 // The default CAs: file stem under server/tls and CN prefix.
 var defaultCAs = []struct{ Stem, CNPrefix string }{
 	{"server-ca", "k3s-server-ca"},

@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -158,5 +157,3 @@ func certsFromFile(path string) ([]*x509.Certificate, error) {
 	}
 	return parseCertsPEM(b)
 }
-
-func isNotExist(err error) bool { return errors.Is(err, os.ErrNotExist) }
