@@ -1,7 +1,10 @@
 package k3s
 
 import (
+	"errors"
+	"fmt"
 	"path"
+	"sort"
 	"strings"
 	"time"
 
@@ -28,8 +31,26 @@ type NodeFacts struct {
 	UnitState    string `json:"unitState"`
 	DataDir      string `json:"dataDir"`
 	EmbeddedEtcd bool   `json:"embeddedEtcd"`
-	// Tokens lists every place the node defines a join token.
+	// Tokens lists every place the node defines a join token, and
+	// problems: places that may hold one but cannot be accounted for.
 	Tokens []TokenSource `json:"-"`
+	// Token and AgentToken are the definitions k3s uses, by its
+	// precedence (nil when none); TokenErr and AgentTokenErr say why one
+	// cannot be known or is missing.
+	Token         *TokenSource `json:"-"`
+	TokenErr      error        `json:"-"`
+	AgentToken    *TokenSource `json:"-"`
+	AgentTokenErr error        `json:"-"`
+	// ConfigFile is the k3s config file the node reads, ConfigFrom why.
+	ConfigFile string `json:"configFile,omitempty"`
+	ConfigFrom string `json:"configFrom,omitempty"`
+	// Joins is the setting that makes the node join a cluster (every
+	// agent has one): such a node must hold a token.
+	Joins string `json:"joins,omitempty"`
+	// Binary is the k3s program the unit runs, from its ExecStart.
+	Binary string `json:"binary,omitempty"`
+	// MainPID is the running k3s process, as systemd tracks it.
+	MainPID int `json:"mainPID,omitempty"`
 	// CAHash is hashCA of the CA bundle the node holds: the server's own
 	// server-ca.crt, or an agent's downloaded copy.
 	CAHash string `json:"caHash,omitempty"`
@@ -42,19 +63,20 @@ type NodeFacts struct {
 	Unreadable      []string  `json:"unreadableFiles,omitempty"`
 }
 
-// Describe derives a node's facts from its snapshot and the contents of
-// the token files its configuration points to (read in a second round trip
-// when there are any).
-func Describe(l Layout, s *Snapshot, tokenFiles map[string]File) NodeFacts {
-	sources, _ := FindTokenSources(l, contents(s.Files, tokenFiles))
-	return DescribeWith(l, s, sources)
+// Describe derives a node's facts from its snapshot and the files read
+// after it (token-file targets, a config file named by K3S_CONFIG_FILE...).
+func Describe(l Layout, s *Snapshot, read *Snapshot) NodeFacts {
+	return DescribeWith(l, s, ScanNode(l, s, read))
 }
 
-// DescribeWith is Describe with the token sources already found (the
-// first result of TokenSourcesToRead when it asks for no more files), so
-// that a caller that just parsed them does not parse every token file
-// again.
-func DescribeWith(l Layout, s *Snapshot, sources []TokenSource) NodeFacts {
+// ScanNode finds the node's token sources in its snapshot and the files
+// read after it; Pending says what another round trip must read.
+func ScanNode(l Layout, s *Snapshot, read *Snapshot) TokenScan {
+	return ScanTokens(l, s.NodeFiles(read))
+}
+
+// DescribeWith is Describe with the token scan already made.
+func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 	f := NodeFacts{
 		Hostname: s.Hostname, OS: s.OS, Init: s.Init,
 		Installed: s.VersionText != "",
@@ -81,8 +103,29 @@ func DescribeWith(l Layout, s *Snapshot, sources []TokenSource) NodeFacts {
 			f.ServerTokenHash = t.CAHash
 		}
 	}
-	f.Tokens = sources
+	f.Tokens = scan.Sources
+	f.ConfigFile, f.ConfigFrom, f.Joins, f.Binary = scan.ConfigFile, scan.ConfigFrom, scan.Joins, scan.Binary
+	if l.Role == RoleAgent && f.Joins == "" {
+		f.Joins = "agent"
+	}
+	if s.Unit != nil {
+		f.MainPID = s.Unit.MainPID
+	}
+	f.Token, f.TokenErr = effectiveOrNil(EffectiveToken(scan.Sources, l.Role))
+	f.AgentToken, f.AgentTokenErr = effectiveOrNil(EffectiveAgentToken(scan.Sources, l.Role))
+	if f.Token == nil && errors.Is(f.TokenErr, ErrNoToken) && f.Joins != "" {
+		f.TokenErr = fmt.Errorf("the node joins a cluster (%s) but defines no token fleetcert can find", f.Joins)
+	} else if errors.Is(f.TokenErr, ErrNoToken) {
+		f.TokenErr = nil
+	}
+	if errors.Is(f.AgentTokenErr, ErrNoToken) {
+		f.AgentTokenErr = nil
+	}
 	f.Certs, f.Unreadable = s.Certs()
+	for p := range s.Unreadable {
+		f.Unreadable = append(f.Unreadable, p)
+	}
+	sort.Strings(f.Unreadable)
 	kubelet := path.Join(l.AgentDir(), "client-kubelet.crt")
 	for _, c := range f.Certs {
 		if c.File == kubelet && c.Index == 0 {
@@ -97,25 +140,38 @@ func DescribeWith(l Layout, s *Snapshot, sources []TokenSource) NodeFacts {
 	return f
 }
 
-// TokenSourcesToRead returns the token sources found so far and the files
-// the node's token configuration points to (token-file targets, extra
-// EnvironmentFile= files) that neither the snapshot nor read hold yet:
-// what another round trip must read. Once nothing is pending, the sources
-// are the node's, as Describe finds them.
-func TokenSourcesToRead(l Layout, s *Snapshot, read map[string]File) ([]TokenSource, []string) {
-	return FindTokenSources(l, contents(s.Files, read))
-}
-
-// contents maps paths to file data; a file recorded as absent (nil data)
-// stays in the map as nil, which tells the token finder it was looked for.
-func contents(sets ...map[string]File) map[string][]byte {
-	out := map[string][]byte{}
-	for _, set := range sets {
-		for p, f := range set {
-			out[p] = f.Data
+// NodeFiles is what the snapshot and the files read after it hold for
+// finding token sources: contents by path (nil for a file looked for and
+// absent), the directories listed, the unreadable paths and systemd's view.
+func (s *Snapshot) NodeFiles(read *Snapshot) NodeFiles {
+	in := NodeFiles{Unit: s.Unit, ManagerEnv: s.ManagerEnv, Files: map[string][]byte{}, Unreadable: map[string]bool{}}
+	for _, snap := range []*Snapshot{s, read} {
+		if snap == nil {
+			continue
+		}
+		for p, f := range snap.Files {
+			in.Files[p] = f.Data
+		}
+		for p := range snap.Absent {
+			if _, ok := in.Files[p]; !ok {
+				in.Files[p] = nil
+			}
+		}
+		for p := range snap.Listed {
+			in.Files[p+"/"] = nil
+		}
+		for p := range snap.Unreadable {
+			in.Unreadable[p] = true
 		}
 	}
-	return out
+	return in
+}
+
+func effectiveOrNil(t TokenSource, err error) (*TokenSource, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
 }
 
 // versionWord picks v1.2.3+k3s1 out of `k3s --version` output

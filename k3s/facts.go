@@ -7,7 +7,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,6 +46,18 @@ type Snapshot struct {
 	// read with the facts (Data is nil).
 	Keys map[string]File
 	Now  time.Time // the node's clock
+	// Unit is what `systemctl show` says of the node's k3s unit; nil
+	// where systemd does not run the node.
+	Unit *UnitShow
+	// ManagerEnv is systemd's manager environment, one VAR=value a line.
+	ManagerEnv []string
+	// Absent lists files asked for by name that do not exist; Unreadable
+	// those that exist but could not be read (or directories that could
+	// not be searched). Neither is the same as an empty file.
+	Absent     map[string]bool
+	Unreadable map[string]bool
+	// Listed holds directories whose entries were all read (ReadMore).
+	Listed map[string]bool
 }
 
 // snapshotPlan is what the facts script reads for a layout. Private keys
@@ -67,7 +81,8 @@ func planFor(l Layout) snapshotPlan {
 	p.files = append(CandidateFiles(l), l.ServerToken(), l.AgentTokenFile(),
 		path.Join(l.ServerTLSDir(), "dynamic-cert.json"))
 	for _, d := range CandidateDirs(l) {
-		p.globs = append(p.globs, path.Join(d.Path, "*"))
+		// k3s reads dotfiles in config.yaml.d too; "*" skips them.
+		p.globs = append(p.globs, path.Join(d.Path, "*"), path.Join(d.Path, ".*"))
 	}
 	p.globs = append(p.globs,
 		path.Join(l.ServerTLSDir(), "*.crt"),
@@ -100,9 +115,10 @@ func KeyGlobs(l Layout) []string {
 // splits by those sizes. Files the shell cannot read go through f, as
 // before (present, empty).
 const scriptHeader = `PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin:$PATH
-f() { [ -f "$1" ] || return 0; stat -L -c '@file %a %u %Y %n' -- "$1"; base64 -w0 < "$1"; echo; }
+a() { [ -e "$1" ] && echo "@unreadable $1" || echo "@absent $1"; }
+f() { [ -f "$1" ] || { a "$1"; return 0; }; [ -r "$1" ] || { echo "@unreadable $1"; return 0; }; stat -L -c '@file %a %u %Y %n' -- "$1"; base64 -w0 < "$1"; echo; }
 g() {
-for x do shift; [ -f "$x" ] || continue; if [ -r "$x" ]; then set -- "$@" "$x"; else f "$x"; fi; done
+for x do shift; if [ -f "$x" ] && [ -r "$x" ]; then set -- "$@" "$x"; elif [ -d "$x" ]; then :; else f "$x"; fi; done
 [ $# -gt 0 ] || return 0
 echo @batch; stat -L -c '@fsz %a %u %Y %s %n' -- "$@"; echo @data; cat -- "$@" | base64 -w0; echo
 }
@@ -138,9 +154,29 @@ echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | hea
 	for _, d := range p.dirs {
 		fmt.Fprintf(&b, "[ -d %s ] && printf '@dir %%s\\n' %s\n", remote.Quote(d), remote.Quote(d))
 	}
+	// What systemd says it loaded for the unit, and the manager's
+	// environment; the files it names are read in the batch below ("$@").
+	// A path that needs quoting is split wrongly here: the parser then
+	// asks for it in the next round trip.
+	fmt.Fprintf(&b, `set --
+if [ -d /run/systemd/system ]; then
+echo @systemd
+u=$(systemctl show %s -p %s 2>/dev/null)
+printf '%%s\n' "$u"
+echo @manager-env
+systemctl show-environment 2>/dev/null
+set -f; set -- $(printf '%%s\n' "$u" | sed -n -e 's/^FragmentPath=//p' -e 's/^DropInPaths=//p' -e 's/^EnvironmentFiles=\(.*\) (ignore_errors=[a-z]*)$/\1/p'); set +f
+echo @files
+fi
+`, remote.Quote(l.UnitName()+".service"), strings.Join(unitShowProps, " -p "))
+	// Directories that exist but cannot be searched hide their files:
+	// say so rather than report them absent.
+	for _, d := range p.searchDirs() {
+		fmt.Fprintf(&b, "[ -d %s ] && ! [ -x %s ] && echo %s\n", remote.Quote(d), remote.Quote(d), remote.Quote("@unreadable "+d))
+	}
 	// Every file in one batch: a glob that matches nothing stays literal
 	// and g drops it with the other absent files.
-	b.WriteString("g")
+	b.WriteString("g \"$@\"")
 	for _, f := range p.files {
 		fmt.Fprintf(&b, " %s", remote.Quote(f))
 	}
@@ -163,9 +199,22 @@ echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | hea
 	return b.String()
 }
 
+// searchDirs are the directories whose files the plan reads.
+func (p snapshotPlan) searchDirs() []string {
+	var out []string
+	for _, f := range append(append([]string{}, p.files...), p.globs...) {
+		out = append(out, path.Dir(f))
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
 // ParseSnapshot reads the output of FactsScript.
 func ParseSnapshot(out []byte) (*Snapshot, error) {
-	s := &Snapshot{UnitStates: map[string]string{}, Dirs: map[string]bool{}, Files: map[string]File{}, Keys: map[string]File{}}
+	s := &Snapshot{UnitStates: map[string]string{}, Dirs: map[string]bool{}, Files: map[string]File{}, Keys: map[string]File{},
+		Absent: map[string]bool{}, Unreadable: map[string]bool{}, Listed: map[string]bool{}}
+	var unitLines []string
+	sawSystemd := false
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64*1024), 64*1024*1024)
 	if !sc.Scan() || sc.Text() != factsVersion {
@@ -231,6 +280,18 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 			}
 		case strings.HasPrefix(line, "@dir "):
 			s.Dirs[strings.TrimPrefix(line, "@dir ")] = true
+		case strings.HasPrefix(line, "@absent "):
+			s.Absent[strings.TrimPrefix(line, "@absent ")] = true
+		case strings.HasPrefix(line, "@listed "):
+			s.Listed[strings.TrimPrefix(line, "@listed ")] = true
+		case strings.HasPrefix(line, "@unreadable "):
+			s.Unreadable[strings.TrimPrefix(line, "@unreadable ")] = true
+		case line == "@systemd":
+			section, sawSystemd = "systemd", true
+		case section == "systemd" && !strings.HasPrefix(line, "@"):
+			unitLines = append(unitLines, line)
+		case section == "manager-env" && !strings.HasPrefix(line, "@"):
+			s.ManagerEnv = append(s.ManagerEnv, line)
 		case strings.HasPrefix(line, "@"):
 			section = line[1:]
 		default:
@@ -242,6 +303,9 @@ func ParseSnapshot(out []byte) (*Snapshot, error) {
 	}
 	if !ended || inBatch {
 		return nil, errors.New("facts: output ended early")
+	}
+	if sawSystemd {
+		s.Unit = parseUnitShow(unitLines)
 	}
 	return s, nil
 }
@@ -381,21 +445,40 @@ func TakeSnapshot(ctx context.Context, h remote.Host, l Layout) (*Snapshot, erro
 // ReadFiles reads several files in one round trip, in the same framing as
 // the facts script; absent files are left out of the result.
 func ReadFiles(ctx context.Context, h remote.Host, paths []string) (map[string]File, error) {
-	var b strings.Builder
-	b.WriteString(scriptHeader)
-	for _, p := range paths {
-		fmt.Fprintf(&b, "f %s\n", remote.Quote(p))
-	}
-	b.WriteString("echo @end\n")
-	out, err := remote.Output(ctx, h, b.String())
-	if err != nil {
-		return nil, fmt.Errorf("read files: %w", err)
-	}
-	s, err := ParseSnapshot(out)
+	s, err := ReadMore(ctx, h, paths)
 	if err != nil {
 		return nil, err
 	}
 	return s.Files, nil
+}
+
+// ReadMore reads files and lists directories in one round trip: a path
+// ending in "/" is a directory whose regular files, dotfiles included, are
+// all read. The result says which paths were absent or unreadable.
+func ReadMore(ctx context.Context, h remote.Host, paths []string) (*Snapshot, error) {
+	var b strings.Builder
+	b.WriteString(scriptHeader)
+	for _, p := range paths {
+		if dir, ok := strings.CutSuffix(p, "/"); ok {
+			q := remote.Quote(dir)
+			fmt.Fprintf(&b, "[ -d %s ] && ! [ -x %s ] && echo %s\n", q, q, remote.Quote("@unreadable "+dir))
+			fmt.Fprintf(&b, "echo %s\n", remote.Quote("@listed "+dir))
+		}
+	}
+	b.WriteString("g")
+	for _, p := range paths {
+		if dir, ok := strings.CutSuffix(p, "/"); ok {
+			fmt.Fprintf(&b, " %s/* %s/.*", remote.Quote(dir), remote.Quote(dir))
+		} else {
+			fmt.Fprintf(&b, " %s", remote.Quote(p))
+		}
+	}
+	b.WriteString("\necho @end\n")
+	out, err := remote.Output(ctx, h, b.String())
+	if err != nil {
+		return nil, fmt.Errorf("read files: %w", err)
+	}
+	return ParseSnapshot(out)
 }
 
 func uniq(items ...string) []string {
@@ -408,4 +491,16 @@ func uniq(items ...string) []string {
 		}
 	}
 	return out
+}
+
+// Merge returns s with more's files and findings added (s may be nil).
+func (s *Snapshot) Merge(more *Snapshot) *Snapshot {
+	if s == nil {
+		return more
+	}
+	maps.Copy(s.Files, more.Files)
+	maps.Copy(s.Absent, more.Absent)
+	maps.Copy(s.Unreadable, more.Unreadable)
+	maps.Copy(s.Listed, more.Listed)
+	return s
 }

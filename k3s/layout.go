@@ -18,6 +18,7 @@ const (
 
 // Defaults install.sh and k3s use.
 const (
+	binaryName        = "k3s"
 	DefaultDataDir    = "/var/lib/rancher/k3s"
 	DefaultConfigFile = "/etc/rancher/k3s/config.yaml"
 	DefaultSystemdDir = "/etc/systemd/system"

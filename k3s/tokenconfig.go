@@ -10,9 +10,10 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// configKeyRE matches a top-level token key of config.yaml at the start of
-// a line, with k3s's optional "+" (append) suffix.
-var configKeyRE = regexp.MustCompile(`^(token|token-file|agent-token|agent-token-file)(\+?)[ \t]*:(?:[ \t]|$)`)
+// configKeyRE matches a top-level token key of config.yaml (or server,
+// which says the node joins a cluster) at the start of a line, with k3s's
+// optional "+" (append) suffix.
+var configKeyRE = regexp.MustCompile(`^(token|token-file|agent-token|agent-token-file|server)(\+?)[ \t]*:(?:[ \t]|$)`)
 
 // errConfigForm is the reason fleetcert refuses a config value it cannot
 // locate byte for byte.
@@ -204,7 +205,7 @@ func crossCheckYAML(file string, kind SourceKind, content []byte, srcs []TokenSo
 			srcs = append(srcs, problem(file, kind, k.Line, "a YAML merge key (<<) at the top level: not supported"))
 			continue
 		}
-		if _, ok := flagSettings[name]; !ok || name == "t" {
+		if !configKeyRE.MatchString(name + ":") {
 			continue
 		}
 		j := findSource(srcs, k.Value, k.Line)

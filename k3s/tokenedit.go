@@ -61,7 +61,21 @@ func parseFile(kind FileKind, file string, content []byte, unit string) ([]Token
 	default:
 		return nil, fmt.Errorf("unknown file kind %q", kind)
 	}
+	srcs, _ = splitRefs(srcs)
 	return append(srcs, uncovered(kind, file, content, srcs)...), nil
+}
+
+// splitRefs separates config-file and server definitions from the token
+// definitions the parsers found in the same places.
+func splitRefs(all []TokenSource) (tokens, refs []TokenSource) {
+	for _, s := range all {
+		if s.ref != "" {
+			refs = append(refs, s)
+		} else {
+			tokens = append(tokens, s)
+		}
+	}
+	return tokens, refs
 }
 
 var (
@@ -231,7 +245,7 @@ func rewrite(kind FileKind, path string, content []byte, srcs []TokenSource, opt
 		return FileRewrite{}, err
 	}
 	for _, s := range srcs {
-		if s.FileRef || s.Value == "" {
+		if s.FileRef || s.ref != "" || s.Value == "" {
 			continue
 		}
 		if reason := skipReason(s, opts); reason != "" {
@@ -324,37 +338,39 @@ func verifyRewrite(kind FileKind, path string, r FileRewrite, newHash string) er
 	return nil
 }
 
-// PlanTokenRewrites plans the rewrite of every file in files that defines
-// a token (files as for FindTokenSources, token-file targets included),
-// in a stable order. Paths FindTokenSources still asks for, and any
-// problem it reports, are errors. Files with nothing to change are included with
-// Changed() false so that skipped tokens are reported. Any file that cannot
-// be rewritten safely makes the whole plan an error: rewriting only some
-// places would leave the node with tokens that disagree.
-func PlanTokenRewrites(l Layout, files map[string][]byte, opts RewriteOptions) ([]FileRewrite, error) {
+// PlanTokenRewrites plans the rewrite of every file of the node that
+// defines a token (in as for ScanTokens, token-file targets included), in
+// a stable order. Paths the scan still asks for, and any problem it
+// reports, are errors. Files with nothing to change are included with
+// Changed() false so that skipped tokens are reported. Any file that
+// cannot be rewritten safely makes the whole plan an error: rewriting only
+// some places would leave the node with tokens that disagree.
+func PlanTokenRewrites(l Layout, in NodeFiles, opts RewriteOptions) ([]FileRewrite, error) {
 	if !pki.ValidCAHash(opts.NewHash) {
 		return nil, errors.New("new CA hash must be 64 lower-case hex characters")
 	}
-	srcs, pending := FindTokenSources(l, files)
-	if len(pending) > 0 {
-		return nil, fmt.Errorf("files that define tokens were not read: %s", strings.Join(pending, ", "))
+	sc := ScanTokens(l, in)
+	if len(sc.Pending) > 0 {
+		return nil, fmt.Errorf("files that define tokens were not read: %s", strings.Join(sc.Pending, ", "))
 	}
-	if err := refuse(srcs); err != nil {
+	if err := refuse(sc.Sources); err != nil {
 		return nil, err
 	}
-	kinds := fileKinds(l, files, srcs)
+	kinds := sc.FileKinds()
 	paths := make([]string, 0, len(kinds))
 	for p := range kinds {
-		paths = append(paths, p)
+		if in.Files[p] != nil {
+			paths = append(paths, p)
+		}
 	}
 	sort.Strings(paths)
 	var out []FileRewrite
 	var errs []error
 	for _, p := range paths {
-		fs, err := parseFile(kinds[p], p, files[p], l.UnitName())
+		fs, err := parseFile(kinds[p], p, in.Files[p], l.UnitName())
 		if err == nil {
 			var r FileRewrite
-			if r, err = rewrite(kinds[p], p, files[p], fs, opts); err == nil {
+			if r, err = rewrite(kinds[p], p, in.Files[p], fs, opts); err == nil {
 				if len(r.Rewritten)+len(r.Skipped) > 0 {
 					out = append(out, r)
 				}
@@ -367,35 +383,4 @@ func PlanTokenRewrites(l Layout, files map[string][]byte, opts RewriteOptions) (
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
-}
-
-// fileKinds is the format of every file FindTokenSources read.
-func fileKinds(l Layout, files map[string][]byte, srcs []TokenSource) map[string]FileKind {
-	kinds := map[string]FileKind{}
-	set := func(p string, k FileKind) {
-		if _, ok := kinds[p]; !ok && files[p] != nil {
-			kinds[p] = k
-		}
-	}
-	set(l.UnitFile(), FileUnit)
-	for _, p := range dropIns(CandidateDirs(l)[0], files) {
-		set(p, FileUnitDropIn)
-	}
-	set(l.Config(), FileConfig)
-	for _, p := range dropIns(CandidateDirs(l)[1], files) {
-		set(p, FileConfigDropIn)
-	}
-	for _, ef := range readUnitChain(l, files).envFiles {
-		if ef.kind == KindDistroEnvFile {
-			set(ef.path, FileDistroEnv)
-		} else {
-			set(ef.path, FileEnv)
-		}
-	}
-	for _, s := range srcs {
-		if s.Kind == KindTokenFile {
-			set(s.File, FileToken)
-		}
-	}
-	return kinds
 }

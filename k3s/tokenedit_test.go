@@ -149,7 +149,7 @@ func TestPlanTokenRewrites(t *testing.T) {
 		"/etc/rancher/k3s/config.yaml.d/x":  []byte("token: " + srvTok + "\n"),
 		"/etc/rancher/k3s/config.yaml.d/.y": nil,
 	}
-	plan, err := PlanTokenRewrites(l, files, RewriteOptions{NewHash: newHash, OldHashes: []string{oldHash}})
+	plan, err := PlanTokenRewrites(l, NodeFiles{Files: files}, RewriteOptions{NewHash: newHash, OldHashes: []string{oldHash}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestPlanTokenRewrites(t *testing.T) {
 	}
 
 	files[l.ConfigDropInDir()+"/90-bad.yml"] = []byte("token: |\n  " + srvTok + "\n")
-	if _, err := PlanTokenRewrites(l, files, RewriteOptions{NewHash: newHash}); err == nil || !strings.Contains(err.Error(), "90-bad.yml") {
+	if _, err := PlanTokenRewrites(l, NodeFiles{Files: files}, RewriteOptions{NewHash: newHash}); err == nil || !strings.Contains(err.Error(), "90-bad.yml") {
 		t.Errorf("a bad drop-in must refuse the plan: %v", err)
 	}
 }

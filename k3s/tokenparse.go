@@ -89,6 +89,8 @@ func lineAt(b []byte, off int) int {
 // classOf is the precedence class of a kind (see EffectiveToken).
 func classOf(k SourceKind) int {
 	switch k {
+	case KindManagerEnv:
+		return clsManagerEnv
 	case KindUnitEnvironment:
 		return clsEnvironment
 	case KindEnvFile, KindDistroEnvFile:
@@ -112,11 +114,17 @@ func newSource(file string, kind SourceKind, key, setting string, v span, conten
 		FileRef: setting == settingTokenFile || setting == settingAgentTokenFile,
 		hashOff: -1, cls: classOf(kind),
 	}
+	if setting == settingConfig || setting == settingServer {
+		s.ref = setting
+	}
 	s.Line = lineAt(content, v.firstOff())
 	if s.Line == 0 {
 		s.Line = lineAt(content, keyOff)
 	}
 	s.keyLine = lineAt(content, keyOff)
+	if s.ref != "" {
+		return s
+	}
 	if s.FileRef {
 		if s.Value != "" && !path.IsAbs(s.Value) {
 			s.Err = errors.New("token file path is not absolute: where k3s looks for it depends on its working directory")

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"slices"
 	"sort"
 	"strings"
 
@@ -36,6 +35,12 @@ const (
 	// KindTokenFile is the file a token-file setting points to; its whole
 	// content (surrounding white space trimmed, as k3s reads it) is the token.
 	KindTokenFile SourceKind = "token-file"
+	// KindManagerEnv is systemd's manager environment (systemctl
+	// set-environment, DefaultEnvironment=), which every unit inherits.
+	KindManagerEnv SourceKind = "manager-environment"
+	// KindUnit is a whole-file finding about the unit (not found, not
+	// reloaded, not readable).
+	KindUnit SourceKind = "unit"
 )
 
 // The four settings k3s reads a token from, by their config.yaml names.
@@ -47,6 +52,15 @@ const (
 	settingAgentTokenFile = "agent-token-file"
 )
 
+// Two more settings decide where tokens are and whether one is needed:
+// the config file (K3S_CONFIG_FILE, --config/-c) and the server a node
+// joins (K3S_URL, --server/-s, server:). Definitions of them are found by
+// the same parsers as tokens but are references, never tokens.
+const (
+	settingConfig = "config"
+	settingServer = "server"
+)
+
 // envSettings maps the environment variables k3s reads (urfave/cli EnvVars
 // of the flags) to settings.
 var envSettings = map[string]string{
@@ -54,6 +68,8 @@ var envSettings = map[string]string{
 	"K3S_TOKEN_FILE":       settingTokenFile,
 	"K3S_AGENT_TOKEN":      settingAgentToken,
 	"K3S_AGENT_TOKEN_FILE": settingAgentTokenFile,
+	"K3S_CONFIG_FILE":      settingConfig,
+	"K3S_URL":              settingServer,
 }
 
 // flagSettings maps flag names (without dashes; Go's flag package, which
@@ -65,6 +81,10 @@ var flagSettings = map[string]string{
 	"token-file":       settingTokenFile,
 	"agent-token":      settingAgentToken,
 	"agent-token-file": settingAgentTokenFile,
+	"config":           settingConfig,
+	"c":                settingConfig,
+	"server":           settingServer,
+	"s":                settingServer,
 }
 
 // TokenSource is one place where a node defines a join token, or a
@@ -109,6 +129,9 @@ type TokenSource struct {
 	// the file, as "file:line key".
 	ReferencedBy []string
 
+	// ref is settingConfig or settingServer for a definition of those:
+	// not a token, kept apart from token sources by FindTokenSources.
+	ref     string
 	keyLine int // line of the key, for coverage checks
 	hashOff int // byte offset of the CA hash in File, -1 when not a literal run
 	cls     int // precedence class, see EffectiveToken
@@ -122,6 +145,8 @@ func (s TokenSource) Secure() bool { return s.Err == nil && !s.FileRef && s.Toke
 // agent-token).
 func (s TokenSource) Setting() string {
 	switch {
+	case s.ref != "":
+		return s.ref
 	case s.Agent && s.FileRef:
 		return settingAgentTokenFile
 	case s.Agent:
@@ -240,73 +265,6 @@ func CandidateDirs(l Layout) []DropInDir {
 	}
 }
 
-// FindTokenSources returns every token definition in files (contents read
-// from a node, keyed by absolute path; files that do not exist are left
-// out) and the paths that definitions refer to but files lacks: the
-// targets of token-file settings and environment files named by the unit
-// beyond the candidates. Read those and call again with them added; a path
-// mapped to nil content counts as read and absent and is not asked for
-// again.
-//
-// Sources come in precedence order, lowest first (see EffectiveToken):
-// unit Environment= lines, environment files in the unit's load order,
-// config.yaml, config.yaml.d in name order, the unit's ExecStart, drop-in
-// ExecStarts in name order, then token-file targets. Files in the map that
-// are not candidates nor referenced are ignored.
-func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []string) {
-	unit := readUnitChain(l, files)
-	all := append([]TokenSource{}, unit.environment...)
-	for _, ef := range unit.envFiles {
-		if content := files[ef.path]; content != nil {
-			all = append(all, parseEnvFile(ef.path, ef.kind, content, ef.ignored)...)
-		}
-	}
-	all = append(all, configSources(l, files)...)
-	all = append(all, unit.execStarts...)
-	all = append(all, unit.problems...)
-	targets, pending := tokenFileTargets(all, files)
-	all = append(all, targets...)
-	for _, ef := range unit.envFiles {
-		if _, ok := files[ef.path]; !ok && ef.extra {
-			pending = append(pending, ef.path)
-		}
-	}
-	kinds := fileKinds(l, files, all)
-	paths := make([]string, 0, len(kinds))
-	for p := range kinds {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	for _, p := range paths {
-		var mine []TokenSource
-		for _, s := range all {
-			if s.File == p {
-				mine = append(mine, s)
-			}
-		}
-		all = append(all, uncovered(kinds[p], p, files[p], mine)...)
-	}
-	for i := range all {
-		if l.Role == RoleAgent && all[i].Agent && all[i].Kind != KindTokenFile && all[i].Ignored == "" {
-			all[i].Ignored = "agent-token settings are read by servers only"
-		}
-	}
-	sort.Strings(pending)
-	return all, slices.Compact(pending)
-}
-
-// configSources parses config.yaml and its drop-ins in k3s's order.
-func configSources(l Layout, files map[string][]byte) []TokenSource {
-	var out []TokenSource
-	if c := files[l.Config()]; c != nil {
-		out = append(out, parseConfig(l.Config(), KindConfigFile, c)...)
-	}
-	for _, p := range dropIns(CandidateDirs(l)[1], files) {
-		out = append(out, parseConfig(p, KindConfigDropIn, files[p])...)
-	}
-	return out
-}
-
 // dropIns lists the files of files that are entries of d, in name order
 // (k3s uses os.ReadDir order, systemd sorts drop-ins by name).
 func dropIns(d DropInDir, files map[string][]byte) []string {
@@ -359,7 +317,8 @@ func tokenFileTargets(srcs []TokenSource, files map[string][]byte) (targets []To
 // environment variables are only flag defaults. systemd.exec: variables
 // from EnvironmentFile= override Environment=.
 const (
-	clsEnvironment = iota + 1
+	clsManagerEnv = iota + 1
+	clsEnvironment
 	clsEnvFile
 	clsConfig
 	clsConfigDropIn

@@ -240,7 +240,11 @@ func TestParseRefuses(t *testing.T) {
 		errText string
 	}{
 		{"token inside sh -c", FileUnit, "[Service]\nExecStart=/bin/sh -c '/usr/local/bin/k3s server --token " + srvTok + "'\n", "outside any definition"},
-		{"token-file inside sh -c", FileUnit, "[Service]\nExecStart=/bin/sh -c 'k3s server --token-file=/x'\n", "token-file setting"},
+		// Only k3s's own arguments are understood: a wrapper is refused.
+		{"token-file inside sh -c", FileUnit, "[Service]\nExecStart=/bin/sh -c 'k3s server --token-file=/x'\n", "not k3s server"},
+		{"env wrapper", FileUnit, "[Service]\nExecStart=/usr/bin/env K3S_TOKEN=" + srvTok + " /usr/local/bin/k3s server\n", "not k3s server"},
+		{"wrapper script", FileUnit, "[Service]\nExecStart=/usr/local/bin/start-k3s.sh\n", "not k3s server"},
+		{"k3s without a subcommand", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s --debug server\n", "not k3s server"},
 		{"unbalanced quote", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server '--token=" + srvTok + "\n", "unbalanced"},
 		{"flag without value", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token\n", "has no value"},
 		{"value from a variable", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token ${K3S_TOKEN}\n", "variable"},

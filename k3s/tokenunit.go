@@ -218,27 +218,41 @@ type envFileRef struct {
 type unitChain struct {
 	environment, execStarts, problems []TokenSource
 	envFiles                          []envFileRef
+	files                             []string // unit file and drop-ins, in order
+	binary                            string   // the program the effective ExecStart= runs
 }
 
-// readUnitChain reads the unit file and then its drop-ins in name order,
-// as systemd merges them: an empty ExecStart=, Environment= or
-// EnvironmentFile= resets the list built so far, the last ExecStart= is the
-// command (k3s units are not Type=oneshot). Without the unit file (not read,
-// or not systemd), environment files are assumed to be install.sh's.
-func readUnitChain(l Layout, files map[string][]byte) unitChain {
+// readUnitChain reads the unit file and then its drop-ins in the order
+// systemd applies them, as systemd merges them: an empty ExecStart=,
+// Environment= or EnvironmentFile= resets the list built so far, the last
+// ExecStart= is the command (k3s units are not Type=oneshot).
+//
+// With unit (what `systemctl show` says), the files are exactly those
+// systemd loaded and the environment files those it lists, in its order.
+// Without it (systemd not running the node, or a test), the files are
+// install.sh's unit and <unit>.service.d/*.conf, and without the unit
+// file the environment files are assumed to be install.sh's.
+func readUnitChain(l Layout, unit *UnitShow, files map[string][]byte) unitChain {
 	var uc unitChain
 	var refs []string
-	unitFiles := dropIns(CandidateDirs(l)[0], files)
-	haveUnit := files[l.UnitFile()] != nil
-	if haveUnit {
-		unitFiles = append([]string{l.UnitFile()}, unitFiles...)
-	} else {
+	var unitFiles []string
+	switch {
+	case unit != nil:
+		unitFiles = unit.UnitFiles()
+	case files[l.UnitFile()] != nil:
+		unitFiles = append([]string{l.UnitFile()}, dropIns(CandidateDirs(l)[0], files)...)
+	default:
+		unitFiles = dropIns(CandidateDirs(l)[0], files)
 		refs = append(l.DistroEnvFiles(), l.EnvFile())
 	}
+	uc.files = unitFiles
 	execCount := 0
-	for _, f := range unitFiles {
+	for i, f := range unitFiles {
 		content := files[f]
-		dropIn := f != l.UnitFile()
+		kind := KindUnitExecStart
+		if i > 0 || (unit == nil && f != l.UnitFile()) {
+			kind = KindUnitDropIn
+		}
 		for _, set := range scanUnit(content) {
 			switch set.key {
 			case "ExecStart":
@@ -249,10 +263,7 @@ func readUnitChain(l Layout, files map[string][]byte) unitChain {
 				}
 				ignore(uc.execStarts, "replaced by a later ExecStart= in "+f)
 				execCount++
-				kind := KindUnitExecStart
-				if dropIn {
-					kind = KindUnitDropIn
-				}
+				uc.binary = execProgram(set.val)
 				srcs := parseExecStart(f, kind, set, content, l.UnitName())
 				if execCount > 1 {
 					for i := range srcs {
@@ -272,7 +283,7 @@ func readUnitChain(l Layout, files map[string][]byte) unitChain {
 					continue
 				}
 				p, err := envFilePath(set.val, l.UnitName())
-				if err != nil {
+				if err != nil && unit == nil {
 					uc.problems = append(uc.problems, problem(f, KindUnitEnvironment, lineAt(content, set.keyOff), "EnvironmentFile=: %v", err))
 					continue
 				}
@@ -280,8 +291,24 @@ func readUnitChain(l Layout, files map[string][]byte) unitChain {
 			}
 		}
 	}
-	uc.envFiles = envFileRefs(l, refs, haveUnit, files)
+	if unit != nil {
+		// systemd's own list, specifiers and wildcards already resolved.
+		refs = refs[:0]
+		for _, e := range unit.EnvFiles {
+			refs = append(refs, e.Path)
+		}
+	}
+	uc.envFiles = envFileRefs(l, refs, unit != nil || files[l.UnitFile()] != nil, files)
 	return uc
+}
+
+// execProgram is the path of the program an ExecStart= value runs.
+func execProgram(v span) string {
+	words, err := splitWords(v)
+	if err != nil || len(words) == 0 {
+		return ""
+	}
+	return strings.TrimLeft(words[0].String(), "-@:+!|")
 }
 
 func ignore(srcs []TokenSource, why string) {
@@ -392,6 +419,14 @@ func parseExecStart(file string, kind SourceKind, set unitSetting, content []byt
 	if strings.Contains(first[:prefix], "@") && len(args) > 0 {
 		args = args[1:]
 	}
+	// Only k3s's own arguments are understood: a wrapper (sh -c, env, a
+	// script) passes arguments fleetcert cannot see through, so it refuses.
+	program := first[prefix:]
+	if path.Base(program) != binaryName || len(args) == 0 || (args[0].String() != "server" && args[0].String() != "agent") {
+		return []TokenSource{problem(file, kind, line,
+			"ExecStart= runs %q, not %s server or %s agent: fleetcert cannot tell which settings reach k3s through it", program, binaryName, binaryName)}
+	}
+	args = args[1:]
 	var out []TokenSource
 	for i := 0; i < len(args); i++ {
 		a := args[i].String()

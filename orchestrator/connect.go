@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -69,7 +70,10 @@ type Node struct {
 	// Err is why the node could not be reached or read.
 	Err error
 
-	tokenFiles map[string]k3s.File
+	// more is what was read after the snapshot: files the node's token
+	// configuration points to (token files, a config file chosen by
+	// K3S_CONFIG_FILE, its drop-ins).
+	more *k3s.Snapshot
 }
 
 // LayoutOf is where an inventory node keeps its k3s files.
@@ -117,17 +121,11 @@ func (n *Node) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tokenFiles, sources, complete, err := readReferenced(ctx, n.Conn, n.Layout, snap)
+	more, scan, err := readReferenced(ctx, n.Conn, n.Layout, snap)
 	if err != nil {
 		return err
 	}
-	var facts k3s.NodeFacts
-	if complete {
-		facts = k3s.DescribeWith(n.Layout, snap, sources)
-	} else {
-		facts = k3s.Describe(n.Layout, snap, tokenFiles)
-	}
-	n.Snapshot, n.tokenFiles, n.Facts = snap, tokenFiles, facts
+	n.Snapshot, n.more, n.Facts = snap, more, k3s.DescribeWith(n.Layout, snap, scan)
 	return nil
 }
 
@@ -143,29 +141,30 @@ func CloseAll(nodes []*Node) error {
 }
 
 // maxReferenceRounds bounds the chain of files a node's configuration can
-// point to (an EnvironmentFile= naming a file that sets a token-file...).
+// point to (K3S_CONFIG_FILE naming a config file that sets a token-file...).
 const maxReferenceRounds = 3
 
 // readReferenced reads the files a node's token configuration points to,
 // beyond those in the snapshot: usually none, otherwise one more round
-// trip. Files asked for and absent are recorded as nil, which is how the
-// token finder learns that they do not exist. When nothing more was asked
-// for (complete), it also returns the token sources of that last look, so
-// that Describe does not parse every token file again.
-func readReferenced(ctx context.Context, h remote.Host, l k3s.Layout, snap *k3s.Snapshot) (read map[string]k3s.File, sources []k3s.TokenSource, complete bool, err error) {
-	read = map[string]k3s.File{}
-	for range maxReferenceRounds {
-		sources, more := k3s.TokenSourcesToRead(l, snap, read)
-		if len(more) == 0 {
-			return read, sources, true, nil
-		}
-		got, err := k3s.ReadFiles(ctx, h, more)
+// trip (two when a config file named by K3S_CONFIG_FILE itself names a
+// token file). It returns what it read and the scan of the last look; a
+// scan that still asks for files after the last round keeps them pending,
+// which refuses the node.
+func readReferenced(ctx context.Context, h remote.Host, l k3s.Layout, snap *k3s.Snapshot) (*k3s.Snapshot, k3s.TokenScan, error) {
+	var read *k3s.Snapshot
+	scan := k3s.ScanNode(l, snap, nil)
+	for round := 0; round < maxReferenceRounds && len(scan.Pending) > 0; round++ {
+		got, err := k3s.ReadMore(ctx, h, scan.Pending)
 		if err != nil {
-			return nil, nil, false, err
+			return nil, k3s.TokenScan{}, err
 		}
-		for _, p := range more {
-			read[p] = got[p] // the zero File (nil data) when absent
+		for _, p := range scan.Pending {
+			if _, ok := got.Files[p]; !ok && !got.Unreadable[p] && !strings.HasSuffix(p, "/") {
+				got.Absent[p] = true
+			}
 		}
+		read = read.Merge(got)
+		scan = k3s.ScanNode(l, snap, read)
 	}
-	return read, nil, false, nil
+	return read, scan, nil
 }

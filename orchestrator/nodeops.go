@@ -117,16 +117,18 @@ func Restart(ctx context.Context, n *Node) (time.Time, error) {
 }
 
 // TokenFiles is every file of n that defines or holds a token, with its
-// contents as last read: the input of a token rewrite.
-func TokenFiles(n *Node) map[string][]byte {
-	files := map[string][]byte{}
-	for p, f := range n.Snapshot.Files {
-		files[p] = f.Data
+// contents as last read, and systemd's view: the input of a token rewrite.
+func TokenFiles(n *Node) k3s.NodeFiles { return n.Snapshot.NodeFiles(n.more) }
+
+// fileMode is the mode of a file as last read from n.
+func fileMode(n *Node, p string) uint32 {
+	if f, ok := n.Snapshot.Files[p]; ok {
+		return f.Mode
 	}
-	for p, f := range n.tokenFiles {
-		files[p] = f.Data
+	if n.more != nil {
+		return n.more.Files[p].Mode
 	}
-	return files
+	return 0
 }
 
 // PlanTokens plans rewriting every secure token of n to pin target, for

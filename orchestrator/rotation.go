@@ -502,10 +502,7 @@ func (r *rotation) rewriteTokens(ctx context.Context, n *Node) ([]string, error)
 		if !fr.Changed() {
 			continue
 		}
-		mode := n.Snapshot.Files[fr.Path].Mode
-		if mode == 0 {
-			mode = n.tokenFiles[fr.Path].Mode
-		}
+		mode := fileMode(n, fr.Path)
 		err := r.run.Wet(n, fmt.Sprintf("rewrite %d token(s) in %s to pin %s", len(fr.Rewritten), fr.Path, short(r.target)), func() error {
 			return n.Conn.WriteFile(ctx, fr.Path, fr.New, fsMode(mode))
 		})

@@ -240,26 +240,8 @@ func (n *Node) facts(script string) remote.Result {
 			fmt.Fprintf(&b, "@dir %s\n", d)
 		}
 	}
-	var batch []string
-	for _, w := range p.batch {
-		batch = append(batch, n.expand(w)...)
-	}
-	if len(batch) > 0 {
-		b.WriteString("@batch\n")
-		size := 0
-		for _, fp := range batch {
-			f := n.files[fp]
-			fmt.Fprintf(&b, "@fsz %o 0 %d %d %s\n", f.Mode, f.MTime.Unix(), len(f.Data), fp)
-			size += len(f.Data)
-		}
-		b.WriteString("@data\n")
-		enc := base64.NewEncoder(base64.StdEncoding, &b)
-		for _, fp := range batch {
-			enc.Write(n.files[fp].Data)
-		}
-		enc.Close()
-		b.WriteByte('\n')
-	}
+	n.systemdShow(&b)
+	n.batch(&b, p.batch)
 	for _, w := range p.keys {
 		for _, fp := range n.expand(w) {
 			fmt.Fprintf(&b, "@key %x 0 %s\n", 0o100000|n.files[fp].Mode, fp)
@@ -267,6 +249,74 @@ func (n *Node) facts(script string) remote.Result {
 	}
 	b.WriteString("@end\n")
 	return remote.Result{Stdout: b.Bytes()}
+}
+
+// systemdShow answers the facts script's systemctl show and
+// show-environment as systemd would for install.sh's unit: the unit file,
+// its <unit>.service.d/*.conf drop-ins and the unit's three environment
+// files. Called with n.mu held.
+func (n *Node) systemdShow(b *bytes.Buffer) {
+	l := n.layout
+	fmt.Fprintf(b, "@systemd\nLoadState=loaded\nFragmentPath=%s\n", l.UnitFile())
+	if dropIns := n.expand(word{s: l.UnitDropInDir() + "/*.conf", glob: true}); len(dropIns) > 0 {
+		fmt.Fprintf(b, "DropInPaths=%s\n", strings.Join(dropIns, " "))
+	}
+	for _, e := range append(l.DistroEnvFiles(), l.EnvFile()) {
+		fmt.Fprintf(b, "EnvironmentFiles=%s (ignore_errors=yes)\n", e)
+	}
+	pid := 0
+	if n.units[l.UnitName()] == "active" {
+		pid = 4242
+	}
+	fmt.Fprintf(b, "MainPID=%d\nNeedDaemonReload=no\n@manager-env\nLANG=C.UTF-8\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin\n@files\n", pid)
+}
+
+// systemdFiles are the files the facts script's "$@" names: what
+// systemdShow lists. Called with n.mu held.
+func (n *Node) systemdFiles() []string {
+	l := n.layout
+	out := []string{l.UnitFile()}
+	out = append(out, n.expand(word{s: l.UnitDropInDir() + "/*.conf", glob: true})...)
+	return append(out, append(l.DistroEnvFiles(), l.EnvFile())...)
+}
+
+// batch writes g's output for its argument words: absent names, then one
+// batch of every file found. Called with n.mu held.
+func (n *Node) batch(b *bytes.Buffer, words []word) {
+	var batch []string
+	for _, w := range words {
+		if w.s == "$@" {
+			for _, p := range n.systemdFiles() {
+				if _, ok := n.files[p]; ok {
+					batch = append(batch, p)
+				} else {
+					fmt.Fprintf(b, "@absent %s\n", p)
+				}
+			}
+			continue
+		}
+		found := n.expand(w)
+		if len(found) == 0 && !w.glob && !n.dirExists(w.s) {
+			fmt.Fprintf(b, "@absent %s\n", w.s)
+		}
+		batch = append(batch, found...)
+	}
+	if len(batch) > 0 {
+		b.WriteString("@batch\n")
+		size := 0
+		for _, fp := range batch {
+			f := n.files[fp]
+			fmt.Fprintf(b, "@fsz %o 0 %d %d %s\n", f.Mode, f.MTime.Unix(), len(f.Data), fp)
+			size += len(f.Data)
+		}
+		b.WriteString("@data\n")
+		enc := base64.NewEncoder(base64.StdEncoding, b)
+		for _, fp := range batch {
+			enc.Write(n.files[fp].Data)
+		}
+		enc.Close()
+		b.WriteByte('\n')
+	}
 }
 
 // expand is the files a word names: itself when it exists, or the sorted
@@ -299,17 +349,12 @@ func (n *Node) readFiles(script string) remote.Result {
 	var b bytes.Buffer
 	b.WriteString(factsHeader)
 	for _, line := range strings.Split(script, "\n") {
-		if !strings.HasPrefix(line, "f ") {
-			continue
+		switch {
+		case strings.HasPrefix(line, "echo '@listed "):
+			fmt.Fprintf(&b, "%s\n", unquote(strings.TrimPrefix(line, "echo ")))
+		case strings.HasPrefix(line, "g "):
+			n.batch(&b, shellWords(strings.TrimPrefix(line, "g ")))
 		}
-		p := unquote(strings.TrimPrefix(line, "f "))
-		f, ok := n.files[p]
-		if !ok {
-			continue
-		}
-		fmt.Fprintf(&b, "@file %o 0 %d %s\n", f.Mode, f.MTime.Unix(), p)
-		b.WriteString(base64.StdEncoding.EncodeToString(f.Data))
-		b.WriteByte('\n')
 	}
 	b.WriteString("@end\n")
 	return remote.Result{Stdout: b.Bytes()}

@@ -1,0 +1,272 @@
+package k3s
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+)
+
+// NodeFiles is what was read from a node to find its token sources.
+type NodeFiles struct {
+	// Unit is what systemd says about the k3s unit; nil when systemd does
+	// not run the node (then install.sh's paths are assumed).
+	Unit *UnitShow
+	// ManagerEnv is `systemctl show-environment`, one VAR=value a line.
+	ManagerEnv []string
+	// Files maps absolute paths to contents. A path mapped to nil was
+	// looked for and is absent. A directory path with a trailing "/"
+	// mapped to nil says the directory was listed: its entries are in
+	// Files.
+	Files map[string][]byte
+	// Unreadable holds paths that exist but could not be read (a file) or
+	// searched (a directory): not the same as empty or absent.
+	Unreadable map[string]bool
+}
+
+// TokenScan is every token definition of a node and what decides which
+// one k3s uses.
+type TokenScan struct {
+	// Sources, lowest precedence first: systemd's manager environment,
+	// unit Environment= lines, environment files in the unit's load
+	// order, the config file, its drop-ins in name order, the effective
+	// ExecStart, then token-file targets; problems (Err set, Key empty)
+	// for whatever cannot be accounted for.
+	Sources []TokenSource
+	// Pending lists what must still be read (token-file targets, a config
+	// file chosen by K3S_CONFIG_FILE or --config, a directory ending in
+	// "/" to list): read them and scan again.
+	Pending []string
+	// ConfigFile is the config file k3s reads; ConfigFrom says why
+	// ("default", or the definition that names it).
+	ConfigFile, ConfigFrom string
+	// Joins, when set, is the definition that makes the node join a
+	// cluster (--server, server:, K3S_URL): such a node must hold a token.
+	Joins string
+	// Binary is the program the unit's ExecStart runs (empty when unknown).
+	Binary string
+
+	kinds      map[string]FileKind // format of every file read for the scan
+	candidates []string            // read by every facts round trip: absent when not in Files
+}
+
+// FindTokenSources is ScanTokens for a node known only by its files, as
+// install.sh lays them out (no systemd view).
+func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []string) {
+	sc := ScanTokens(l, NodeFiles{Files: files})
+	return sc.Sources, sc.Pending
+}
+
+// ScanTokens finds every place the node defines a token, where systemd and
+// k3s say they are:
+//
+//   - the unit file and drop-ins systemd loaded (FragmentPath,
+//     DropInPaths) and the environment files it names (EnvironmentFiles),
+//     plus install.sh's env files even when not loaded (rewritten too, so
+//     they stay consistent);
+//   - systemd's manager environment, which every unit inherits;
+//   - the config file k3s reads: K3S_CONFIG_FILE (from any environment
+//     source) beats --config/-c, default /etc/rancher/k3s/config.yaml; and
+//     its drop-in directory <file>.d;
+//   - the files token-file settings name.
+//
+// Whatever may hold a token but cannot be read or parsed with certainty is
+// a problem source (Err set), which refuses the node.
+func ScanTokens(l Layout, in NodeFiles) TokenScan {
+	sc := TokenScan{kinds: map[string]FileKind{}, candidates: CandidateFiles(l)}
+	files := in.Files
+	unit := readUnitChain(l, in.Unit, files)
+	var all []TokenSource
+	all = append(all, managerEnvSources(in.ManagerEnv)...)
+	all = append(all, unit.environment...)
+	for i, f := range unit.files {
+		sc.need(in, f, FileUnit)
+		if i > 0 || (in.Unit == nil && f != l.UnitFile()) {
+			sc.kinds[f] = FileUnitDropIn
+		}
+	}
+	for _, ef := range unit.envFiles {
+		k := FileEnv
+		if ef.kind == KindDistroEnvFile {
+			k = FileDistroEnv
+		}
+		if ef.extra || in.Unit != nil {
+			sc.need(in, ef.path, k)
+		}
+		if content := files[ef.path]; content != nil {
+			sc.kinds[ef.path] = k
+			all = append(all, parseEnvFile(ef.path, ef.kind, content, ef.ignored)...)
+		}
+	}
+	execStarts, execRefs := splitRefs(unit.execStarts)
+	envs, envRefs := splitRefs(all)
+	sc.Binary = unit.binary
+	sc.ConfigFile, sc.ConfigFrom = configChoice(l, envRefs, execRefs)
+	config := sc.configSources(l, in)
+	configTokens, configRefs := splitRefs(config)
+	sc.Joins = joins(envRefs, configRefs, execRefs)
+	all = append(envs, configTokens...)
+	all = append(all, execStarts...)
+	all = append(all, unit.problems...)
+	all = append(all, systemdProblems(l, in.Unit)...)
+	targets, pending := tokenFileTargets(all, files)
+	all = append(all, targets...)
+	for _, t := range targets {
+		sc.kinds[t.File] = FileToken
+	}
+	for _, p := range pending {
+		sc.need(in, p, FileToken)
+	}
+	all = append(all, sc.uncoveredAll(files, all)...)
+	all = append(all, sc.unreadable(in)...)
+	for i := range all {
+		if l.Role == RoleAgent && all[i].Agent && all[i].Kind != KindTokenFile && all[i].Ignored == "" {
+			all[i].Ignored = "agent-token settings are read by servers only"
+		}
+	}
+	sc.Sources = all
+	sort.Strings(sc.Pending)
+	sc.Pending = slices.Compact(sc.Pending)
+	return sc
+}
+
+// need asks for p to be read when it has not been, and records its kind.
+func (sc *TokenScan) need(in NodeFiles, p string, k FileKind) {
+	if _, ok := sc.kinds[p]; !ok {
+		sc.kinds[p] = k
+	}
+	if _, read := in.Files[p]; !read && !in.Unreadable[p] && !slices.Contains(sc.candidates, p) {
+		sc.Pending = append(sc.Pending, p)
+	}
+}
+
+// configChoice is the config file k3s reads (pkg/configfilearg):
+// K3S_CONFIG_FILE wins over --config/-c; without either, the default.
+// Among environment sources the usual order holds (later, higher wins).
+func configChoice(l Layout, envRefs, execRefs []TokenSource) (file, from string) {
+	if s, ok := winner(envRefs, settingConfig); ok && s.Value != "" {
+		return s.Value, describeRef(s)
+	}
+	if s, ok := winner(execRefs, settingConfig); ok && s.Value != "" {
+		return s.Value, describeRef(s)
+	}
+	return l.Config(), "default"
+}
+
+func describeRef(s TokenSource) string {
+	return fmt.Sprintf("%s %s:%d", s.Key, s.File, s.Line)
+}
+
+// configSources parses the chosen config file and its drop-ins in k3s's
+// order: the main file first (a missing one is fine), then <file>.d
+// entries in byte order. The default config.yaml, when another file is
+// chosen, is still read and its tokens rewritten, but marked ignored.
+func (sc *TokenScan) configSources(l Layout, in NodeFiles) []TokenSource {
+	var out []TokenSource
+	read := func(file, why string) {
+		dir := DropInDir{Path: file + ".d", Suffixes: []string{".yaml", ".yml"}, CaseInsensitive: true}
+		sc.need(in, file, FileConfig)
+		if _, listed := in.Files[dir.Path+"/"]; !listed && dir.Path != l.ConfigDropInDir() && !in.Unreadable[dir.Path] {
+			sc.Pending = append(sc.Pending, dir.Path+"/")
+		}
+		var srcs []TokenSource
+		if c := in.Files[file]; c != nil {
+			srcs = append(srcs, parseConfig(file, KindConfigFile, c)...)
+		}
+		for _, p := range dropIns(dir, in.Files) {
+			sc.kinds[p] = FileConfigDropIn
+			srcs = append(srcs, parseConfig(p, KindConfigDropIn, in.Files[p])...)
+		}
+		if why != "" {
+			for i := range srcs {
+				if srcs[i].Ignored == "" {
+					srcs[i].Ignored = why
+				}
+			}
+		}
+		out = append(out, srcs...)
+	}
+	if sc.ConfigFile != l.Config() {
+		read(l.Config(), "k3s reads "+sc.ConfigFile+" instead ("+sc.ConfigFrom+")")
+	}
+	read(sc.ConfigFile, "")
+	return out
+}
+
+// joins names the definition that makes the node join a cluster, if any:
+// --server/-s, server: or K3S_URL with a value.
+func joins(groups ...[]TokenSource) string {
+	var all []TokenSource
+	for _, g := range groups {
+		all = append(all, g...)
+	}
+	if s, ok := winner(all, settingServer); ok && s.Value != "" {
+		return describeRef(s)
+	}
+	return ""
+}
+
+// systemdProblems are what systemd's view says fleetcert cannot account
+// for: no loaded unit, files changed since the last daemon-reload (the
+// next start would use files systemd does not list yet), values it could
+// not read.
+func systemdProblems(l Layout, u *UnitShow) []TokenSource {
+	if u == nil {
+		return nil
+	}
+	unit := l.UnitName() + ".service"
+	var out []TokenSource
+	switch {
+	case u.LoadState != "loaded":
+		out = append(out, problem(unit, KindUnit, 0, "systemd has no loaded unit %s (LoadState=%s)", unit, u.LoadState))
+	case u.FragmentPath == "":
+		out = append(out, problem(unit, KindUnit, 0, "systemd names no unit file for %s", unit))
+	}
+	if u.NeedDaemonReload {
+		out = append(out, problem(unit, KindUnit, 0, "the unit's files changed since systemd last loaded them (NeedDaemonReload=yes): "+
+			"run systemctl daemon-reload (or undo the change), then rerun"))
+	}
+	for _, v := range u.Unparsed {
+		out = append(out, problem(unit, KindUnit, 0, "cannot read systemctl show's %s with certainty", v))
+	}
+	return out
+}
+
+// uncoveredAll runs the parsers' safety net over every file read.
+func (sc *TokenScan) uncoveredAll(files map[string][]byte, all []TokenSource) []TokenSource {
+	paths := make([]string, 0, len(sc.kinds))
+	for p := range sc.kinds {
+		if files[p] != nil {
+			paths = append(paths, p)
+		}
+	}
+	sort.Strings(paths)
+	var out []TokenSource
+	for _, p := range paths {
+		var mine []TokenSource
+		for _, s := range all {
+			if s.File == p {
+				mine = append(mine, s)
+			}
+		}
+		out = append(out, uncovered(sc.kinds[p], p, files[p], mine)...)
+	}
+	return out
+}
+
+// unreadable turns every place that may hold a token but could not be
+// read into a problem: unreadable is not empty.
+func (sc *TokenScan) unreadable(in NodeFiles) []TokenSource {
+	var out []TokenSource
+	for p := range in.Unreadable {
+		kind, known := sc.kinds[p]
+		if !known && p != sc.ConfigFile+".d" {
+			continue
+		}
+		out = append(out, problem(p, kindOfFile(kind), 0, "exists but cannot be read with the privileges fleetcert runs with (set sudo: true)"))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].File < out[j].File })
+	return out
+}
+
+// FileKinds is the format of every file the scan read, for rewriting.
+func (sc TokenScan) FileKinds() map[string]FileKind { return sc.kinds }
