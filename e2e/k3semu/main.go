@@ -23,7 +23,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	os.Exit(run(ctx, defaultEnv(), os.Args))
+	os.Exit(run(ctx, defaultEnv(os.Getenv), os.Args))
 }
 
 const usage = `NAME:
@@ -130,11 +130,7 @@ func printVersion(e *Env) {
 
 // runNode runs `k3s server` or `k3s agent` after applying any fault.
 func runNode(ctx context.Context, e *Env, args []string, isServer bool) error {
-	defs := agentFlags
-	if isServer {
-		defs = serverFlags
-	}
-	cfg, err := loadNodeConfig(e, defs, args)
+	cfg, err := loadNodeConfig(ctx, e, isServer, args)
 	if err != nil {
 		return err
 	}
