@@ -135,7 +135,7 @@ func (a *agent) run(ctx context.Context) error {
 			return nil
 		}
 	}
-	if err := sdNotify("READY=1"); err != nil {
+	if err := a.env.sdNotify("READY=1"); err != nil {
 		a.log.Warnf("Failed to notify systemd: %v", err)
 	}
 	a.log.Infof("k3s agent is up and running")

@@ -1,16 +1,20 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	yaml2 "go.yaml.in/yaml/v2"
 )
 
 const (
@@ -21,11 +25,17 @@ const (
 	defaultListen     = "0.0.0.0:6443"
 	defaultLocalURL   = "https://127.0.0.1:6443"
 	defaultVersion    = "v1.33.5+k3s1"
+
+	// k3s's util.ReadFile waits this long for a missing token file.
+	defaultTokenFileWait = 4 * time.Minute
 )
 
 // Env holds everything the emulator takes from the machine, so tests can
 // run servers and agents in-process with temp dirs and 127.0.0.1 ports.
 type Env struct {
+	// Getenv reads the environment k3s was started with. In main() that is
+	// the one recovered after hiding the process arguments (hide.go), not
+	// the process's own, which holds only a marker by then.
 	Getenv         func(string) string
 	Hostname       string
 	SharedDir      string // cluster datastore
@@ -40,14 +50,16 @@ type Env struct {
 	HeartbeatInterval time.Duration
 	RetryInterval     time.Duration
 	ReadyWindow       time.Duration
+	TokenFileWait     time.Duration // how long a missing token file is waited for
 }
 
-// defaultEnv is the real machine. K3SEMU_* variables (emulator-only, for
-// running it outside a container) move its fixed paths.
-func defaultEnv() *Env {
+// defaultEnv is the real machine, with getenv its environment. K3SEMU_*
+// variables (emulator-only, for running it outside a container) move its
+// fixed paths.
+func defaultEnv(getenv func(string) string) *Env {
 	host, _ := os.Hostname()
 	e := &Env{
-		Getenv:            os.Getenv,
+		Getenv:            getenv,
 		Hostname:          host,
 		SharedDir:         defaultSharedDir,
 		EmuDir:            defaultEmuDir,
@@ -60,6 +72,7 @@ func defaultEnv() *Env {
 		HeartbeatInterval: 5 * time.Second,
 		RetryInterval:     2 * time.Second,
 		ReadyWindow:       20 * time.Second,
+		TokenFileWait:     defaultTokenFileWait,
 	}
 	for env, field := range map[string]*string{
 		"K3SEMU_SHARED_DIR": &e.SharedDir,
@@ -68,7 +81,7 @@ func defaultEnv() *Env {
 		"K3SEMU_LISTEN":     &e.ListenAddr,
 		"K3SEMU_LOCAL_URL":  &e.LocalURL,
 	} {
-		if v := os.Getenv(env); v != "" {
+		if v := getenv(env); v != "" {
 			*field = v
 		}
 	}
@@ -88,33 +101,27 @@ func (e *Env) version() string {
 }
 
 // flagDef is one command-line flag. Long names work with one or two
-// dashes, as with urfave/cli.
+// dashes, as with urfave/cli (Go's flag package underneath).
 type flagDef struct {
 	Name    string
 	Aliases []string
 	Bool    bool
-	EnvVar  string
-	Config  bool // may be set from config.yaml
-	Multi   bool // repeatable: values accumulate, comma-joined
+	EnvVar  string // only sets the default (urfave/cli)
+	Multi   bool   // repeatable: values accumulate, comma-joined
 	Default string
 }
 
 func lookupFlag(defs []flagDef, name string) *flagDef {
 	for i := range defs {
-		if defs[i].Name == name {
+		if defs[i].Name == name || slices.Contains(defs[i].Aliases, name) {
 			return &defs[i]
-		}
-		for _, a := range defs[i].Aliases {
-			if a == name {
-				return &defs[i]
-			}
 		}
 	}
 	return nil
 }
 
-// parseArgs parses argv flags into name -> value (last occurrence wins),
-// returning the positional arguments too.
+// parseArgs parses argv flags into name -> value (last occurrence wins,
+// as with Go's flag package), returning the positional arguments too.
 func parseArgs(defs []flagDef, args []string) (map[string]string, []string, error) {
 	vals := map[string]string{}
 	var pos []string
@@ -128,7 +135,10 @@ func parseArgs(defs []flagDef, args []string) (map[string]string, []string, erro
 			pos = append(pos, a)
 			continue
 		}
-		name := strings.TrimLeft(a, "-")
+		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if name == "" || name[0] == '-' || name[0] == '=' {
+			return nil, nil, fmt.Errorf("bad flag syntax: %s", a)
+		}
 		value, hasValue := "", false
 		if n, v, ok := strings.Cut(name, "="); ok {
 			name, value, hasValue = n, v, true
@@ -158,91 +168,10 @@ func parseArgs(defs []flagDef, args []string) (map[string]string, []string, erro
 	return vals, pos, nil
 }
 
-// configFiles lists config.yaml then its drop-ins (alphabetical).
-func configFiles(main string) []string {
-	var files []string
-	if fileExists(main) {
-		files = append(files, main)
-	}
-	entries, err := os.ReadDir(main + ".d")
-	if err == nil {
-		var names []string
-		for _, e := range entries {
-			n := strings.ToLower(e.Name())
-			if e.IsDir() || !(strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")) {
-				continue
-			}
-			names = append(names, e.Name())
-		}
-		sort.Strings(names)
-		for _, n := range names {
-			files = append(files, filepath.Join(main+".d", n))
-		}
-	}
-	return files
-}
-
-func yamlScalar(v any) string {
-	switch v := v.(type) {
-	case nil:
-		return ""
-	case string:
-		return v
-	case []any:
-		// Repeated flags: for the scalar flags used here the last one wins.
-		if len(v) == 0 {
-			return ""
-		}
-		return yamlScalar(v[len(v)-1])
-	default:
-		return fmt.Sprint(v)
-	}
-}
-
-// readConfigValues merges config.yaml and drop-ins (later wins, key+ appends).
-func readConfigValues(defs []flagDef, main string, log *Logger) (map[string]string, error) {
-	vals := map[string]string{}
-	for _, f := range configFiles(main) {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		var m yaml.Node
-		if err := yaml.Unmarshal(b, &m); err != nil {
-			return nil, fmt.Errorf("failed to parse %s: %w", f, err)
-		}
-		if len(m.Content) == 0 {
-			continue
-		}
-		doc := m.Content[0]
-		if doc.Kind != yaml.MappingNode {
-			return nil, fmt.Errorf("failed to parse %s: not a map", f)
-		}
-		for i := 0; i+1 < len(doc.Content); i += 2 {
-			key := doc.Content[i].Value
-			var v any
-			if err := doc.Content[i+1].Decode(&v); err != nil {
-				return nil, fmt.Errorf("failed to parse %s: %w", f, err)
-			}
-			appendVal := strings.HasSuffix(key, "+")
-			key = strings.TrimSuffix(key, "+")
-			def := lookupFlag(defs, key)
-			if def == nil || !def.Config {
-				log.Warnf("Unknown flag --%s found in config.yaml, skipping", key)
-				continue
-			}
-			s := yamlScalar(v)
-			if appendVal && vals[def.Name] != "" {
-				s = vals[def.Name] + "," + s
-			}
-			vals[def.Name] = s
-		}
-	}
-	return vals, nil
-}
-
-// resolveFlags applies k3s precedence: argv > config.yaml.d > config.yaml >
-// environment > default. (token-file beats token; see readTokenFile.)
+// resolveFlags applies urfave/cli precedence: default < environment
+// variable (EnvVar only sets the flag's default) < argv, where a later
+// occurrence of a flag wins. It reads no config file: see
+// resolveWithConfig for the subcommands k3s gives one.
 func resolveFlags(e *Env, defs []flagDef, args []string) (map[string]string, error) {
 	argv, pos, err := parseArgs(defs, args)
 	if err != nil {
@@ -262,51 +191,254 @@ func resolveFlags(e *Env, defs []flagDef, args []string) (map[string]string, err
 			}
 		}
 	}
-	if lookupFlag(defs, "config") != nil {
-		cfgFile := e.ConfigFile
-		if v := e.Getenv("K3S_CONFIG_FILE"); v != "" {
-			cfgFile = v
-		}
-		if v, ok := argv["config"]; ok {
-			cfgFile = v
-		}
-		cfg, err := readConfigValues(defs, cfgFile, e.Log)
-		if err != nil {
-			return nil, err
-		}
-		for k, v := range cfg {
-			vals[k] = v
-		}
-	}
-	for k, v := range argv {
-		vals[k] = v
-	}
+	maps.Copy(vals, argv)
 	return vals, nil
 }
 
-// readTokenFile returns the trimmed content of a token file.
-func readTokenFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
+// resolveWithConfig is resolveFlags for `server`, `agent` and
+// `etcd-snapshot`, which k3s gives a config file (pkg/configfilearg): the
+// config file's values become --key=value flags inserted right after the
+// subcommand, before the real arguments, so a real flag overrides them and
+// both override the environment.
+func resolveWithConfig(e *Env, cmd string, defs []flagDef, args []string) (map[string]string, error) {
+	cfg, err := configArgs(configFilePath(e, args))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return strings.TrimSpace(string(b)), nil
+	cfg = filterConfigArgs(cmd, defs, cfg, e.Log)
+	return resolveFlags(e, defs, append(cfg, args...))
+}
+
+// ---- config.yaml, as k3s's pkg/configfilearg reads it ----
+
+// configFilePath picks the config file: $K3S_CONFIG_FILE when set and not
+// empty (it beats the flag), else the first `--config X`, `--config=X`,
+// `-c X` or `-c=X` in argv (exactly these spellings: k3s finds the file
+// before the CLI parser runs, so `-config X` is not seen), else the
+// default. "" means none (a trailing --config with no value; the CLI
+// parser then complains).
+func configFilePath(e *Env, args []string) string {
+	if v := e.Getenv("K3S_CONFIG_FILE"); v != "" {
+		return v
+	}
+	for i, a := range args {
+		for _, name := range []string{"--config", "-c"} {
+			if a == name {
+				if i+1 < len(args) {
+					return args[i+1]
+				}
+				return ""
+			}
+			if v, ok := strings.CutPrefix(a, name+"="); ok {
+				return v
+			}
+		}
+	}
+	return e.ConfigFile
+}
+
+// configDropIns lists the drop-ins of file: the entries of <file>.d that
+// are not directories and whose name ends in .yaml or .yml in any case
+// (dotfiles included), in byte order. A missing <file>.d is no drop-in;
+// any other error (e.g. <file>.d is a file) fails, as in k3s.
+func configDropIns(file string) ([]string, error) {
+	dir := file + ".d"
+	entries, err := os.ReadDir(dir) // sorted by name, byte order
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, ent := range entries {
+		n := strings.ToLower(ent.Name())
+		if ent.IsDir() || !(strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")) {
+			continue
+		}
+		files = append(files, filepath.Join(dir, ent.Name()))
+	}
+	return files, nil
+}
+
+// configArgs returns the flags k3s makes of a config file and its
+// drop-ins: the main file first (a missing one is fine), then the
+// drop-ins. Each file is a YAML map read with yaml.v2 into a MapSlice, as
+// k3s does (so yes/no/on/off are booleans, "..." ends the document and a
+// key given twice is no error). Across files and within one, a later value
+// replaces an earlier one; `key+:` appends to it instead (the values then
+// become one --key=v flag each, so a repeatable flag gets them all and a
+// plain string flag ends up with the last one). Keys come out in the
+// order they were first seen, one dash for a one-letter key.
+func configArgs(file string) ([]string, error) {
+	if file == "" {
+		return nil, nil
+	}
+	files, err := configDropIns(file)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(file); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		if len(files) == 0 {
+			return nil, nil
+		}
+	} else {
+		files = append([]string{file}, files...)
+	}
+	var order []string
+	values := map[string]any{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var data yaml2.MapSlice
+		if err := yaml2.Unmarshal(b, &data); err != nil {
+			return nil, err
+		}
+		for _, item := range data {
+			k, v := configString(item.Key), item.Value
+			isAppend := strings.HasSuffix(k, "+")
+			k = strings.TrimSuffix(k, "+")
+			old, seen := values[k]
+			if !seen {
+				order = append(order, k)
+			}
+			if seen && isAppend {
+				values[k] = append(configSlice(old), configSlice(v)...)
+			} else {
+				values[k] = v
+			}
+		}
+	}
+	var args []string
+	for _, k := range order {
+		prefix := "--"
+		if len(k) == 1 {
+			prefix = "-"
+		}
+		if list, ok := values[k].([]any); ok {
+			for _, v := range list {
+				args = append(args, prefix+k+"="+configString(v))
+			}
+		} else {
+			args = append(args, prefix+k+"="+configString(values[k]))
+		}
+	}
+	return args, nil
+}
+
+// configString renders a YAML value the way k3s does (wrangler's
+// convert.ToString): a list stands for its first element, nil is "", and
+// the result is strings.TrimSpace'd.
+func configString(v any) string {
+	if t, ok := v.(time.Time); ok {
+		return t.Format(time.RFC3339)
+	}
+	if list, ok := v.([]any); ok {
+		if len(list) == 0 {
+			return ""
+		}
+		v = list[0]
+	}
+	if v == nil {
+		return ""
+	}
+	return strings.TrimSpace(fmt.Sprint(v))
+}
+
+// configSlice is one side of a `key+:` append.
+func configSlice(v any) []any {
+	switch v := v.(type) {
+	case string:
+		return []any{v}
+	case []any:
+		return v
+	}
+	if s := configString(v); s != "" {
+		return []any{s}
+	}
+	return nil
+}
+
+// serverOnlyKeys are real k3s server flags an agent does not have, beyond
+// the emulator's own server flags. See filterConfigArgs.
+var serverOnlyKeys = []string{
+	"write-kubeconfig", "o", "write-kubeconfig-mode", "write-kubeconfig-group", "tls-san",
+	"cluster-cidr", "service-cidr", "cluster-dns", "cluster-domain", "disable", "flannel-backend",
+	"kube-apiserver-arg", "kube-controller-manager-arg", "kube-scheduler-arg", "etcd-arg",
+	"datastore-endpoint", "cluster-reset", "secrets-encryption", "etcd-expose-metrics",
+	"disable-helm-controller", "disable-network-policy", "embedded-registry",
+}
+
+// filterConfigArgs drops config keys the subcommand does not know. k3s
+// does so for server and etcd-snapshot only, with a warning. It has no
+// list for agent: an unknown key there reaches the CLI parser and the
+// agent fails to start ("flag provided but not defined"). The emulator
+// knows few flags, so for an agent it keeps (to fail) only keys known to
+// be server-only and ignores the rest, which a real agent may accept.
+func filterConfigArgs(cmd string, defs []flagDef, args []string, log *Logger) []string {
+	var out []string
+	for _, a := range args {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		switch {
+		case lookupFlag(defs, name) != nil:
+			out = append(out, a)
+		case cmd != "agent":
+			log.Warnf("Unknown flag --%s found in config.yaml, skipping", name)
+		case lookupFlag(serverFlags, name) != nil || slices.Contains(serverOnlyKeys, name):
+			out = append(out, a)
+		default:
+			log.Warnf("k3semu: config key --%s is not emulated, ignoring it", name)
+		}
+	}
+	return out
+}
+
+// readTokenFile reads a --token-file or --agent-token-file as k3s's
+// util.ReadFile does: the content, strings.TrimSpace'd (any Unicode space,
+// U+00A0 included). While the file does not exist it looks again every
+// RetryInterval (2 s) for up to TokenFileWait (4 minutes), then fails;
+// any other error fails at once.
+func readTokenFile(ctx context.Context, e *Env, path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	deadline := time.Now().Add(e.TokenFileWait)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			return strings.TrimSpace(string(b)), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		e.Log.Infof("Waiting for file %q to be created", path)
+		if !time.Now().Add(e.RetryInterval).Before(deadline) {
+			return "", context.DeadlineExceeded
+		}
+		if !sleepCtx(ctx, e.RetryInterval) {
+			return "", ctx.Err()
+		}
+	}
 }
 
 var commonNodeFlags = []flagDef{
-	{Name: "token", Aliases: []string{"t"}, EnvVar: "K3S_TOKEN", Config: true},
-	{Name: "token-file", EnvVar: "K3S_TOKEN_FILE", Config: true},
-	{Name: "server", Aliases: []string{"s"}, EnvVar: "K3S_URL", Config: true},
-	{Name: "data-dir", Aliases: []string{"d"}, EnvVar: "K3S_DATA_DIR", Config: true, Default: defaultDataDir},
+	{Name: "token", Aliases: []string{"t"}, EnvVar: "K3S_TOKEN"},
+	{Name: "token-file", EnvVar: "K3S_TOKEN_FILE"},
+	{Name: "server", Aliases: []string{"s"}, EnvVar: "K3S_URL"},
+	{Name: "data-dir", Aliases: []string{"d"}, EnvVar: "K3S_DATA_DIR", Default: defaultDataDir},
 	{Name: "config", Aliases: []string{"c"}, EnvVar: "K3S_CONFIG_FILE"},
-	{Name: "node-name", EnvVar: "K3S_NODE_NAME", Config: true},
-	{Name: "with-node-id", Bool: true, Config: true},
+	{Name: "node-name", EnvVar: "K3S_NODE_NAME"},
+	{Name: "with-node-id", Bool: true},
 }
 
 var serverFlags = append(append([]flagDef{}, commonNodeFlags...),
-	flagDef{Name: "agent-token", EnvVar: "K3S_AGENT_TOKEN", Config: true},
-	flagDef{Name: "agent-token-file", EnvVar: "K3S_AGENT_TOKEN_FILE", Config: true},
-	flagDef{Name: "cluster-init", Bool: true, EnvVar: "K3S_CLUSTER_INIT", Config: true},
+	flagDef{Name: "agent-token", EnvVar: "K3S_AGENT_TOKEN"},
+	flagDef{Name: "agent-token-file", EnvVar: "K3S_AGENT_TOKEN_FILE"},
+	flagDef{Name: "cluster-init", Bool: true, EnvVar: "K3S_CLUSTER_INIT"},
 )
 
 var agentFlags = commonNodeFlags
@@ -321,8 +453,16 @@ type nodeConfig struct {
 	ClusterInit bool
 }
 
-func loadNodeConfig(e *Env, defs []flagDef, args []string) (*nodeConfig, error) {
-	vals, err := resolveFlags(e, defs, args)
+// loadNodeConfig resolves `k3s server` (isServer) or `k3s agent` flags as
+// k3s does: config files under real flags, the environment under both,
+// then --token-file over --token and --agent-token-file over
+// --agent-token, wherever each came from.
+func loadNodeConfig(ctx context.Context, e *Env, isServer bool, args []string) (*nodeConfig, error) {
+	cmd, defs := "agent", agentFlags
+	if isServer {
+		cmd, defs = "server", serverFlags
+	}
+	vals, err := resolveWithConfig(e, cmd, defs, args)
 	if err != nil {
 		return nil, err
 	}
@@ -334,13 +474,14 @@ func loadNodeConfig(e *Env, defs []flagDef, args []string) (*nodeConfig, error) 
 		AgentToken: vals["agent-token"],
 	}
 	c.ClusterInit, _ = strconv.ParseBool(vals["cluster-init"])
-	if f := vals["token-file"]; f != "" {
-		if c.Token, err = readTokenFile(f); err != nil {
+	// k3s server reads the agent token file first, then the token file.
+	if f := vals["agent-token-file"]; f != "" {
+		if c.AgentToken, err = readTokenFile(ctx, e, f); err != nil {
 			return nil, err
 		}
 	}
-	if f := vals["agent-token-file"]; f != "" {
-		if c.AgentToken, err = readTokenFile(f); err != nil {
+	if f := vals["token-file"]; f != "" {
+		if c.Token, err = readTokenFile(ctx, e, f); err != nil {
 			return nil, err
 		}
 	}

@@ -65,6 +65,7 @@ func newTestEnv(t *testing.T, root string, vars map[string]string) (*Env, *syncB
 		HeartbeatInterval: 100 * time.Millisecond,
 		RetryInterval:     100 * time.Millisecond,
 		ReadyWindow:       2 * time.Second,
+		TokenFileWait:     2 * time.Second,
 	}, logs, out
 }
 

@@ -21,9 +21,23 @@ import (
 )
 
 func main() {
+	argv, environ := os.Args, os.Environ()
+	if realArgv, realEnv, hidden, err := recoverHidden(); err != nil {
+		fmt.Fprintf(os.Stderr, "k3semu: %v\n", err)
+		os.Exit(1)
+	} else if hidden {
+		argv, environ = realArgv, realEnv
+		restoreEnviron(environ)
+	} else if sub := hiddenSubcommand(argv); sub != "" {
+		// Like k3s's SetProcTitle: /proc must show neither flags nor
+		// environment (hide.go). Only returns on failure.
+		err := hideProcess(argv, environ, sub)
+		fmt.Fprintf(os.Stderr, "k3semu: hiding the process arguments: %v\n", err)
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	os.Exit(run(ctx, defaultEnv(), os.Args))
+	os.Exit(run(ctx, defaultEnv(envLookup(environ)), argv))
 }
 
 const usage = `NAME:
@@ -130,11 +144,7 @@ func printVersion(e *Env) {
 
 // runNode runs `k3s server` or `k3s agent` after applying any fault.
 func runNode(ctx context.Context, e *Env, args []string, isServer bool) error {
-	defs := agentFlags
-	if isServer {
-		defs = serverFlags
-	}
-	cfg, err := loadNodeConfig(e, defs, args)
+	cfg, err := loadNodeConfig(ctx, e, isServer, args)
 	if err != nil {
 		return err
 	}

@@ -2,13 +2,14 @@ package main
 
 import (
 	"net"
-	"os"
 )
 
 // sdNotify sends state (e.g. "READY=1") to systemd over $NOTIFY_SOCKET, a
 // unixgram socket ('@' prefix = abstract namespace). No socket: no-op.
-func sdNotify(state string) error {
-	sock := os.Getenv("NOTIFY_SOCKET")
+// The variable is read through e.Getenv: after the process-title hiding
+// re-exec (hide.go) the process's own environment no longer holds it.
+func (e *Env) sdNotify(state string) error {
+	sock := e.Getenv("NOTIFY_SOCKET")
 	if sock == "" {
 		return nil
 	}

@@ -14,8 +14,11 @@ func TestSdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	t.Setenv("NOTIFY_SOCKET", sock)
-	if err := sdNotify("READY=1"); err != nil {
+	// The socket comes from the Env's environment, not os.Getenv: after
+	// the hiding re-exec only the Env still has it.
+	t.Setenv("NOTIFY_SOCKET", "")
+	e, _, _ := newTestEnv(t, t.TempDir(), map[string]string{"NOTIFY_SOCKET": sock})
+	if err := e.sdNotify("READY=1"); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 64)
@@ -24,8 +27,8 @@ func TestSdNotify(t *testing.T) {
 	if err != nil || string(buf[:n]) != "READY=1" {
 		t.Fatalf("got %q %v", buf[:n], err)
 	}
-	t.Setenv("NOTIFY_SOCKET", "")
-	if err := sdNotify("READY=1"); err != nil {
+	e, _, _ = newTestEnv(t, t.TempDir(), nil)
+	if err := e.sdNotify("READY=1"); err != nil {
 		t.Fatal("no socket must be a no-op")
 	}
 }

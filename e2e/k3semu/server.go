@@ -357,7 +357,7 @@ func (s *server) serve(ctx context.Context) error {
 	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsCfg)) }()
 	s.log.Infof("Running supervisor and apiserver on %s", s.env.ListenAddr)
 	close(s.ready)
-	if err := sdNotify("READY=1"); err != nil {
+	if err := s.env.sdNotify("READY=1"); err != nil {
 		s.log.Warnf("Failed to notify systemd: %v", err)
 	}
 	s.log.Infof("k3s is up and running")

@@ -11,18 +11,18 @@ import (
 )
 
 var snapshotFlags = []flagDef{
-	{Name: "name", Default: "on-demand", Config: true},
-	{Name: "data-dir", Aliases: []string{"d"}, EnvVar: "K3S_DATA_DIR", Config: true, Default: defaultDataDir},
-	{Name: "node-name", EnvVar: "K3S_NODE_NAME", Config: true},
+	{Name: "name", Default: "on-demand"},
+	{Name: "data-dir", Aliases: []string{"d"}, EnvVar: "K3S_DATA_DIR", Default: defaultDataDir},
+	{Name: "node-name", EnvVar: "K3S_NODE_NAME"},
 	{Name: "config", Aliases: []string{"c"}, EnvVar: "K3S_CONFIG_FILE"},
-	{Name: "token", Aliases: []string{"t"}, EnvVar: "K3S_TOKEN", Config: true},
+	{Name: "token", Aliases: []string{"t"}, EnvVar: "K3S_TOKEN"},
 	{Name: "debug", Bool: true},
 }
 
 // cmdEtcdSnapshotSave copies the datastore to
 // server/db/snapshots/<name>-<node>-<unix> on embedded-etcd servers.
 func cmdEtcdSnapshotSave(e *Env, args []string, now time.Time) error {
-	vals, err := resolveFlags(e, snapshotFlags, args)
+	vals, err := resolveWithConfig(e, "etcd-snapshot", snapshotFlags, args)
 	if err != nil {
 		return err
 	}
