@@ -114,7 +114,8 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 	f.Token, f.TokenErr = effectiveOrNil(EffectiveToken(scan.Sources, l.Role))
 	f.AgentToken, f.AgentTokenErr = effectiveOrNil(EffectiveAgentToken(scan.Sources, l.Role))
 	if f.Token == nil && errors.Is(f.TokenErr, ErrNoToken) && f.Joins != "" {
-		f.TokenErr = fmt.Errorf("the node joins a cluster (%s) but defines no token fleetcert can find", f.Joins)
+		f.TokenErr = fmt.Errorf("the node joins a cluster (%s) but defines no token fleetcert can find; looked in %s",
+			f.Joins, strings.Join(scan.Looked(), ", "))
 	} else if errors.Is(f.TokenErr, ErrNoToken) {
 		f.TokenErr = nil
 	}

@@ -268,5 +268,18 @@ func (sc *TokenScan) unreadable(in NodeFiles) []TokenSource {
 	return out
 }
 
+// Looked lists every place the scan read for tokens, present or not.
+func (sc TokenScan) Looked() []string {
+	out := make([]string, 0, len(sc.kinds)+1)
+	for p := range sc.kinds {
+		out = append(out, p)
+	}
+	if len(sc.Sources) > 0 && sc.Sources[0].Kind == KindManagerEnv {
+		out = append(out, ManagerEnvironment)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // FileKinds is the format of every file the scan read, for rewriting.
 func (sc TokenScan) FileKinds() map[string]FileKind { return sc.kinds }

@@ -173,6 +173,12 @@ func (r *rotation) checkServedCA(ctx context.Context, primary *Node, bad func(st
 func (r *rotation) checkTokens(bad func(string, ...any)) {
 	allowed := r.allowedHashesWithPrior()
 	for _, n := range r.run.Nodes {
+		if err := n.Facts.TokenErr; err != nil {
+			bad("%s: token: %v", n.Name, err)
+		}
+		if err := n.Facts.AgentTokenErr; err != nil {
+			bad("%s: agent token: %v", n.Name, err)
+		}
 		for _, t := range n.Facts.Tokens {
 			if t.Err != nil {
 				bad("%s: %s", n.Name, t.String())
