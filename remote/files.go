@@ -71,12 +71,17 @@ func ancestors(p string) []string {
 	}
 }
 
+// exitChanged is the write script's exit status when the target no longer
+// matches the caller's IfUnchanged or IfAbsent.
+const exitChanged = 73
+
 // WriteFile implements Host, in one round trip. The data travels on stdin
 // only; its length and SHA-256 travel in the script, which writes stdin to a
 // temp file made by mktemp next to the target, checks both on the node, gives
 // the temp file the target's owner, mode, ACLs and extended attributes
-// (SELinux label included), fsyncs it, renames it over the target and
-// fsyncs the directory. A short or corrupted upload (a connection dropped half way)
+// (SELinux label included), fsyncs it, checks the condition of any
+// IfUnchanged or IfAbsent option, renames it over the target and fsyncs the
+// directory. A short or corrupted upload (a connection dropped half way)
 // fails before the rename, so the target is either the old file or the new
 // one, never a mix. On every failure the temp file is removed.
 //
@@ -90,18 +95,25 @@ func ancestors(p string) []string {
 // A lost connection gives an error wrapping ErrConnectionLost and is not
 // retried: once the whole of the data reached the node the write may have
 // completed, so the caller re-reads the file to know.
-func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode) error {
+func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode, opts ...WriteOption) error {
 	if p == "" {
 		return fmt.Errorf("ssh %s: write: empty path", c.name)
 	}
-	res, err := c.Run(ctx, writeScript(p, data, mode), data)
+	o, err := WriteOptionsOf(opts...)
+	if err != nil {
+		return fmt.Errorf("ssh %s: write %s: %w", c.name, p, err)
+	}
+	res, err := c.Run(ctx, writeScript(p, data, mode, o), data)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
-	if err := res.Err(); err != nil {
-		return fmt.Errorf("ssh %s: write %s: %w", c.name, p, err)
+	switch res.ExitCode {
+	case 0:
+		return nil
+	case exitChanged:
+		return fmt.Errorf("ssh %s: write %s: %w (%s)", c.name, p, ErrChanged, strings.TrimSpace(string(res.Stderr)))
 	}
-	return nil
+	return fmt.Errorf("ssh %s: write %s: %w", c.name, p, res.Err())
 }
 
 // writeScript is WriteFile's script; POSIX sh with GNU coreutils or busybox.
@@ -118,8 +130,11 @@ func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode fs.F
 // and ACLs cannot be seen and are lost.
 //
 // The length and hash are checked after the attributes are copied, so
-// nothing that touched the temp file can slip a change past them.
-func writeScript(p string, data []byte, mode fs.FileMode) string {
+// nothing that touched the temp file can slip a change past them. The
+// condition is checked right before the rename; a concurrent writer can
+// still slip in between the check and the rename (two commands apart): it
+// is a check, not a lock.
+func writeScript(p string, data []byte, mode fs.FileMode, o WriteOptions) string {
 	if !path.IsAbs(p) {
 		p = "./" + p // keeps mktemp and dirname from taking a leading "-" as an option
 	}
@@ -128,7 +143,14 @@ func writeScript(p string, data []byte, mode fs.FileMode) string {
 		perm = 0o600
 	}
 	sum := sha256.Sum256(data)
-	return fmt.Sprintf(`p=%s n=%d h=%s m=%o
+	want := ""
+	switch {
+	case o.Checked && o.WantSHA256 == "":
+		want = "absent"
+	case o.Checked:
+		want = o.WantSHA256
+	}
+	return fmt.Sprintf(`p=%s n=%d h=%s w=%s m=%o
 die() { printf '%%s\n' "$p: $*" >&2; exit 1; }
 if [ -L "$p" ]; then r=$(readlink -f -- "$p") || die "cannot resolve the symlink"; p=$r; fi
 [ -d "$p" ] && die "is a directory"
@@ -165,8 +187,17 @@ s=$(sha256sum < "$t") || exit 1
 s=${s%%%% *}
 [ "$s" = "$h" ] || die "received data has SHA-256 $s, not the $h sent; left unchanged"
 sync -- "$t" 2>/dev/null || sync
+case $w in
+'') ;;
+absent)
+  if [ -e "$p" ] || [ -L "$p" ]; then echo "it exists now, expected it absent" >&2; exit %[6]d; fi ;;
+*)
+  c=absent
+  if [ -e "$p" ]; then c=$(sha256sum < "$p") || exit 1; c=${c%%%% *}; fi
+  if [ "$c" != "$w" ]; then echo "its SHA-256 is now $c, expected $w" >&2; exit %[6]d; fi ;;
+esac
 mv -f -- "$t" "$p" || exit 1
 trap - EXIT
 sync -- "$d" 2>/dev/null || true
-`, Quote(p), len(data), hex.EncodeToString(sum[:]), perm)
+`, Quote(p), len(data), hex.EncodeToString(sum[:]), Quote(want), perm, exitChanged)
 }

@@ -352,6 +352,129 @@ func TestWriteFileCutOrCorruptedUpload(t *testing.T) {
 	}
 }
 
+// midway calls f once at bytes of r have been read, before any more are.
+type midway struct {
+	r    io.Reader
+	at   int
+	f    func()
+	read int
+}
+
+func (m *midway) Read(p []byte) (int, error) {
+	if m.read >= m.at && m.f != nil {
+		m.f()
+		m.f = nil
+	}
+	if m.f != nil && len(p) > m.at-m.read {
+		p = p[:m.at-m.read]
+	}
+	n, err := m.r.Read(p)
+	m.read += n
+	return n, err
+}
+
+// TestWriteFileConditions: IfUnchanged and IfAbsent are checked on the node
+// after the data arrived, right before the rename, so an edit made while the
+// write is already under way is caught and kept.
+func TestWriteFileConditions(t *testing.T) {
+	t.Parallel()
+	const v1, theirs = "token: v1\n", "token: edited by hand\n"
+	ours := upload()
+	put := func(content string) func(string) error {
+		return func(p string) error { return os.WriteFile(p, []byte(content), 0o600) }
+	}
+	for _, tc := range []struct {
+		name    string
+		had     func(string) error // the file before; nil: absent
+		edit    func(string) error // someone else's change, made while our data is on its way
+		opt     remote.WriteOption
+		changed bool   // the error wraps ErrChanged
+		want    string // the file after; "" means ours
+		absent  bool   // the file after is absent
+	}{
+		{name: "unchanged: replaced", had: put(v1), opt: remote.IfUnchanged(sha256Hex(v1))},
+		{name: "upper-case hash", had: put(v1), opt: remote.IfUnchanged(strings.ToUpper(sha256Hex(v1)))},
+		{name: "edited since read", had: put(v1), edit: put(theirs), opt: remote.IfUnchanged(sha256Hex(v1)), changed: true, want: theirs},
+		{name: "removed since read", had: put(v1), edit: os.Remove, opt: remote.IfUnchanged(sha256Hex(v1)), changed: true, absent: true},
+		{name: "never there", opt: remote.IfUnchanged(sha256Hex(v1)), changed: true, absent: true},
+		{name: "absent: created", opt: remote.IfAbsent()},
+		{name: "created meanwhile", edit: put(theirs), opt: remote.IfAbsent(), changed: true, want: theirs},
+		{name: "exists", had: put(v1), opt: remote.IfAbsent(), changed: true, want: v1},
+		{name: "no condition: last writer wins", had: put(v1), edit: put(theirs)},
+		{name: "zero option: no condition", had: put(v1), edit: put(theirs), opt: remote.WriteOption{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			p := filepath.Join(dir, "config.yaml")
+			var editErr error
+			f := newFixture(t)
+			c := f.dial(f.config(f.server(sshtest.Options{Handler: func(ctx context.Context, e *sshtest.Exec) int {
+				if tc.edit != nil {
+					// Far enough into the data that the script is past its
+					// first checks (a pipe holds 64 KiB), but before the end.
+					e.Stdin = &midway{r: e.Stdin, at: len(ours) - 32<<10, f: func() { editErr = tc.edit(p) }}
+				}
+				return sshtest.Shell("")(ctx, e)
+			}}, false)))
+			if tc.had != nil {
+				if err := tc.had(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := c.WriteFile(ctx(t), p, ours, 0o600, tc.opt)
+			if editErr != nil {
+				t.Fatal(editErr)
+			}
+			if tc.changed {
+				if !errors.Is(err, remote.ErrChanged) {
+					t.Fatalf("err = %v, want ErrChanged", err)
+				}
+				mustContain(t, err.Error(), p, "changed since it was read")
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			want := ours
+			if tc.want != "" {
+				want = []byte(tc.want)
+			}
+			got, err := os.ReadFile(p)
+			switch {
+			case tc.absent && !errors.Is(err, fs.ErrNotExist):
+				t.Fatalf("file exists (%d bytes, %v), want it absent", len(got), err)
+			case !tc.absent && (err != nil || !bytes.Equal(got, want)):
+				t.Fatalf("file holds %.40q... (%v), want %.40q...", got, err, want)
+			}
+			assertNoTempFiles(t, dir)
+		})
+	}
+}
+
+func TestWriteFileBadConditionWritesNothing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	c := f.dial(f.config(f.server(sshtest.Options{}, false)))
+	p := filepath.Join(t.TempDir(), "f")
+	for _, opts := range [][]remote.WriteOption{
+		{remote.IfUnchanged("")},
+		{remote.IfUnchanged("not hex")},
+		{remote.IfUnchanged(sha256Hex("x")[:62])},
+		{remote.IfUnchanged(sha256Hex("x")), remote.IfAbsent()},
+	} {
+		err := c.WriteFile(ctx(t), p, []byte("x"), 0o600, opts...)
+		if err == nil || errors.Is(err, remote.ErrChanged) {
+			t.Fatalf("err = %v", err)
+		}
+		mustContain(t, err.Error(), p)
+	}
+	if c.Sessions() != 0 {
+		t.Fatalf("%d sessions: a bad condition must not reach the node", c.Sessions())
+	}
+	if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("written anyway: %v", err)
+	}
+}
+
 func TestWriteFileRefusesHardLinkedTarget(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -515,10 +638,11 @@ func TestWriteFileUnderBusybox(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		target func(dir string) string // prepares the target, returns the path to write
-		short  bool                    // the upload loses its last byte
-		errMsg string                  // WriteFile fails saying this; "" = succeeds
-		want   string                  // the target's content after
-		mode   uint32                  // and mode
+		opts   []remote.WriteOption
+		short  bool   // the upload loses its last byte
+		errMsg string // WriteFile fails saying this; "" = succeeds
+		want   string // the target's content after
+		mode   uint32 // and mode
 	}{
 		{name: "replace", target: old, want: "new", mode: 0o640},
 		{name: "create", target: func(dir string) string { return filepath.Join(dir, "new") }, want: "new", mode: 0o600},
@@ -530,6 +654,9 @@ func TestWriteFileUnderBusybox(t *testing.T) {
 			}
 			return l
 		}, want: "new", mode: 0o640},
+		{name: "unchanged", target: old, opts: []remote.WriteOption{remote.IfUnchanged(sha256Hex("old"))}, want: "new", mode: 0o640},
+		{name: "changed", target: old, opts: []remote.WriteOption{remote.IfUnchanged(sha256Hex("older"))},
+			errMsg: "changed since it was read", want: "old", mode: 0o640},
 		{name: "short upload", target: old, short: true, errMsg: "received 2 of 3 bytes", want: "old", mode: 0o640},
 		{name: "hard link", target: func(dir string) string {
 			p := old(dir)
@@ -552,7 +679,7 @@ func TestWriteFileUnderBusybox(t *testing.T) {
 			}}, false)))
 			dir := t.TempDir()
 			p := tc.target(dir)
-			err := c.WriteFile(ctx(t), p, []byte("new"), 0o600)
+			err := c.WriteFile(ctx(t), p, []byte("new"), 0o600, tc.opts...)
 			if tc.errMsg == "" && err != nil {
 				t.Fatal(err)
 			}
