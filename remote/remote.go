@@ -23,9 +23,13 @@ type Host interface {
 	// that wraps fs.ErrNotExist.
 	ReadFile(ctx context.Context, path string) ([]byte, error)
 	// WriteFile replaces path atomically (temp file in the same directory,
-	// fsync, rename). An existing file keeps its owner and mode; a new one
-	// gets mode. The parent directory must exist.
-	WriteFile(ctx context.Context, path string, data []byte, mode fs.FileMode) error
+	// checked against the length and SHA-256 of data, fsync, rename): the
+	// file is the old one or the new one, never a mix. An existing file
+	// keeps its owner, mode, ACLs and extended attributes; a new one gets
+	// mode. The parent directory must exist. With IfUnchanged or IfAbsent,
+	// a file that is not as the caller last saw it is left alone and the
+	// error wraps ErrChanged.
+	WriteFile(ctx context.Context, path string, data []byte, mode fs.FileMode, opts ...WriteOption) error
 	// Close releases the connection.
 	Close() error
 }

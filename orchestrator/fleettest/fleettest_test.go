@@ -2,10 +2,15 @@ package fleettest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"path"
 	"strings"
 	"testing"
 
 	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/remote"
 )
 
 // TestFactsAsFleetcertReadsThem: a fake node's answer to the real facts
@@ -88,5 +93,52 @@ func TestShellWords(t *testing.T) {
 	}
 	if w := shellWords(`'a*' b*`); w[0].glob || !w[1].glob {
 		t.Errorf("glob flags: %+v", w)
+	}
+}
+
+// TestWriteFileConditions: a fake node honours IfUnchanged and IfAbsent as
+// a real one does, leaving a changed file alone.
+func TestWriteFileConditions(t *testing.T) {
+	ctx := context.Background()
+	m, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(m, Spec{Clusters: 1, Servers: 1})
+	in := f.Nodes()[0]
+	h, err := f.Dial(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := path.Join(in.DataDir, "server", "fleetcert-test")
+	sum := func(s string) string { b := sha256.Sum256([]byte(s)); return hex.EncodeToString(b[:]) }
+	steps := []struct {
+		data    string
+		opt     remote.WriteOption
+		changed bool
+		want    string
+	}{
+		{data: "v1", opt: remote.IfUnchanged(sum("v0")), changed: true}, // absent
+		{data: "v1", opt: remote.IfAbsent(), want: "v1"},
+		{data: "v2", opt: remote.IfAbsent(), changed: true, want: "v1"},
+		{data: "v2", opt: remote.IfUnchanged(sum("v0")), changed: true, want: "v1"},
+		{data: "v2", opt: remote.IfUnchanged(sum("v1")), want: "v2"},
+		{data: "v3", want: "v3"},
+	}
+	for i, s := range steps {
+		err := h.WriteFile(ctx, p, []byte(s.data), 0o600, s.opt)
+		if errors.Is(err, remote.ErrChanged) != s.changed || (err != nil && !s.changed) {
+			t.Fatalf("step %d: err = %v", i, err)
+		}
+		if s.changed && !strings.Contains(err.Error(), p) {
+			t.Fatalf("step %d: %v does not name the file", i, err)
+		}
+		got, ok := f.Node(in.ID()).File(p)
+		if string(got.Data) != s.want || ok != (s.want != "") {
+			t.Fatalf("step %d: file %q (exists %v), want %q", i, got.Data, ok, s.want)
+		}
+	}
+	if err := h.WriteFile(ctx, p, nil, 0o600, remote.IfUnchanged("")); err == nil || errors.Is(err, remote.ErrChanged) {
+		t.Fatalf("bad hash: err = %v", err)
 	}
 }

@@ -110,19 +110,34 @@ func (n *Node) ReadFile(ctx context.Context, p string) ([]byte, error) {
 	return bytes.Clone(f.Data), nil
 }
 
-// WriteFile replaces p; an existing file keeps its mode.
-func (n *Node) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode) error {
+// WriteFile replaces p; an existing file keeps its mode. IfUnchanged and
+// IfAbsent are checked against the file as it is at the moment of the
+// write, as the real node's script does right before its rename: a file
+// that changed gives an error wrapping remote.ErrChanged and stays as it is.
+func (n *Node) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode, opts ...remote.WriteOption) error {
 	n.runs.Add(1)
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	o, err := remote.WriteOptionsOf(opts...)
+	if err != nil {
+		return fmt.Errorf("%s: write %s: %w", n.inv.Host, p, err)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.dirExists(path.Dir(p)) {
 		return &fs.PathError{Op: "write", Path: p, Err: fs.ErrNotExist}
 	}
+	old, exists := n.files[p]
+	var cur []byte
+	if exists {
+		cur = old.Data
+	}
+	if !o.Allows(cur, exists) {
+		return fmt.Errorf("%s: write %s: %w", n.inv.Host, p, remote.ErrChanged)
+	}
 	m := uint32(mode.Perm())
-	if old, ok := n.files[p]; ok {
+	if exists {
 		m = old.Mode
 	}
 	n.files[p] = &File{Data: bytes.Clone(data), Mode: m, MTime: clock()}

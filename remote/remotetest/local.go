@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -43,9 +44,14 @@ func (l *Local) ReadFile(ctx context.Context, p string) ([]byte, error) {
 	return os.ReadFile(p)
 }
 
-// WriteFile is atomic like the SSH host's: temp file beside, rename.
-func (l *Local) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode) error {
+// WriteFile is atomic like the SSH host's: temp file beside, rename. It
+// honours IfUnchanged and IfAbsent, checking right before the rename.
+func (l *Local) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode, opts ...remote.WriteOption) error {
 	l.runs.Add(1)
+	o, err := remote.WriteOptionsOf(opts...)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
 	if st, err := os.Stat(p); err == nil {
 		mode = st.Mode().Perm()
 	}
@@ -54,7 +60,19 @@ func (l *Local) WriteFile(ctx context.Context, p string, data []byte, mode fs.Fi
 		return err
 	}
 	if err := os.Chmod(tmp, mode); err != nil {
+		os.Remove(tmp)
 		return err
+	}
+	if o.Checked {
+		cur, err := os.ReadFile(p)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			os.Remove(tmp)
+			return err
+		}
+		if !o.Allows(cur, err == nil) {
+			os.Remove(tmp)
+			return fmt.Errorf("write %s: %w", p, remote.ErrChanged)
+		}
 	}
 	return os.Rename(tmp, p)
 }

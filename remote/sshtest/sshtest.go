@@ -4,9 +4,11 @@
 // status and signals wired as OpenSSH does), or hands them to a Go handler
 // that emulates a node. It forwards direct-tcpip channels, so a server is
 // also a bastion, and can drop every connection on demand to exercise
-// reconnects. Servers are cheap: one goroutine per listener plus a few per
-// connection, so a benchmark can run hundreds; or one server can stand for
-// many nodes, told apart by login user (see Shell).
+// reconnects, or drop one in the middle of a command's stdin
+// (Options.DropStdinAt) to exercise uploads cut short. Servers are cheap:
+// one goroutine per listener plus a few per connection, so a benchmark can
+// run hundreds; or one server can stand for many nodes, told apart by login
+// user (see Shell).
 //
 // Typical use:
 //
@@ -78,6 +80,14 @@ type Options struct {
 	// only, not its process group; use it to prove that a client kills
 	// whole process trees without relying on the server to do so.
 	SignalLeaderOnly bool
+	// DropStdinAt, when set, is asked for every exec request how many bytes
+	// of its stdin to hand to the command before the connection is dropped,
+	// as a network failure at that point of an upload would: once that many
+	// bytes have been passed on, the connection is closed abruptly and the
+	// command sees EOF on stdin (as under sshd, it keeps running; see
+	// Running). A negative answer, or one beyond the end of the client's
+	// stdin, leaves the request alone.
+	DropStdinAt func(e *Exec) int64
 }
 
 // Record is one exec request the server received.
@@ -204,6 +214,15 @@ func (s *Server) Logins() int64 { return s.logins.Load() }
 // Forwards is the number of direct-tcpip channels accepted.
 func (s *Server) Forwards() int64 { return s.forwarded.Load() }
 
+// Running is the number of commands started with sh (not a Handler) that
+// have not exited yet; after a dropped connection, wait for it to reach 0
+// before judging what a command left behind.
+func (s *Server) Running() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.procs)
+}
+
 // Records returns the last exec requests (up to 1024), oldest first.
 func (s *Server) Records() []Record {
 	s.mu.Lock()
@@ -296,7 +315,7 @@ func (s *Server) handleConn(nc net.Conn) {
 		switch nch.ChannelType() {
 		case "session":
 			s.wg.Add(1)
-			go s.session(sc.User(), nch)
+			go s.session(nc, sc.User(), nch)
 		case "direct-tcpip":
 			s.wg.Add(1)
 			go s.forward(nch)
@@ -307,7 +326,7 @@ func (s *Server) handleConn(nc net.Conn) {
 }
 
 // session serves one session channel: env, exec and signal requests.
-func (s *Server) session(user string, nch ssh.NewChannel) {
+func (s *Server) session(nc net.Conn, user string, nch ssh.NewChannel) {
 	defer s.wg.Done()
 	ch, reqs, err := nch.Accept()
 	if err != nil {
@@ -344,6 +363,11 @@ func (s *Server) session(user string, nch ssh.NewChannel) {
 			s.record(user, p.Command)
 			reply(req, true)
 			e := &Exec{User: user, Command: p.Command, Env: env, Stdin: ch, Stdout: ch, Stderr: ch.Stderr()}
+			if s.opts.DropStdinAt != nil {
+				if n := s.opts.DropStdinAt(e); n >= 0 {
+					e.Stdin = &dropAfter{r: ch, left: n, drop: func() { nc.Close() }}
+				}
+			}
 			go func() {
 				defer close(done)
 				s.runExec(hctx, hcancel, ch, e, setSignal)
@@ -366,6 +390,28 @@ func (s *Server) session(user string, nch ssh.NewChannel) {
 	if started {
 		<-done
 	}
+}
+
+// dropAfter passes on left bytes of r, then drops the connection and
+// reports EOF.
+type dropAfter struct {
+	r    io.Reader
+	left int64
+	drop func()
+	once sync.Once
+}
+
+func (d *dropAfter) Read(p []byte) (int, error) {
+	if d.left <= 0 {
+		d.once.Do(d.drop)
+		return 0, io.EOF
+	}
+	if int64(len(p)) > d.left {
+		p = p[:d.left]
+	}
+	n, err := d.r.Read(p)
+	d.left -= int64(n)
+	return n, err
 }
 
 func reply(req *ssh.Request, ok bool) {

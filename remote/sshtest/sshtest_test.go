@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -178,5 +179,33 @@ func TestShellHandlerPerUser(t *testing.T) {
 		if err != nil || string(out) != user+" "+dir {
 			t.Fatalf("%s: %q %v", user, out, err)
 		}
+	}
+}
+
+func TestDropStdinAt(t *testing.T) {
+	key := NewSigner(t, ED25519)
+	out := t.TempDir() + "/got"
+	s := Start(t, Options{
+		AuthorizedKeys: []ssh.PublicKey{key.PublicKey()},
+		DropStdinAt:    func(*Exec) int64 { return 3 },
+	})
+	c := client(t, s, "u", key)
+	sess := mustSession(t, c)
+	sess.Stdin = strings.NewReader("abcdef")
+	// The command outlives the connection and sees only what got through.
+	err := sess.Run("cat > " + out)
+	if err == nil {
+		t.Fatal("session survived the drop")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Running() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("command still running")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil || string(got) != "abc" {
+		t.Fatalf("command got %q, %v", got, err)
 	}
 }
