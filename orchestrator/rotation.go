@@ -9,6 +9,7 @@ import (
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/pki"
+	"github.com/fleetcert/fleetcert/remote"
 )
 
 // rotation is one cluster's rotate-ca or rotate-sa-key: what the phases
@@ -483,6 +484,22 @@ func (r *rotation) rewriteTokens(ctx context.Context, n *Node) ([]string, error)
 	if !r.hashChanges() {
 		return nil, nil
 	}
+	files, err := r.rewriteTokensOnce(ctx, n)
+	if !errors.Is(err, remote.ErrChanged) {
+		return files, err
+	}
+	// A file changed since facts read it (configuration management, an
+	// operator): never overwrite it blind. Read the node again and plan
+	// anew, once; tokens already rewritten are skipped as pinning the target.
+	r.run.Warn(n, "%v; reading the node again", err)
+	if err := n.Refresh(ctx); err != nil {
+		return files, err
+	}
+	more, err := r.rewriteTokensOnce(ctx, n)
+	return append(files, more...), err
+}
+
+func (r *rotation) rewriteTokensOnce(ctx context.Context, n *Node) ([]string, error) {
 	plan, err := PlanTokens(n, r.target, r.allowedHashes())
 	if err != nil {
 		return nil, err
@@ -504,7 +521,7 @@ func (r *rotation) rewriteTokens(ctx context.Context, n *Node) ([]string, error)
 		}
 		mode := fileMode(n, fr.Path)
 		err := r.run.Wet(n, fmt.Sprintf("rewrite %d token(s) in %s to pin %s", len(fr.Rewritten), fr.Path, short(r.target)), func() error {
-			return n.Conn.WriteFile(ctx, fr.Path, fr.New, fsMode(mode))
+			return n.Conn.WriteFile(ctx, fr.Path, fr.New, fsMode(mode), remote.IfContent(fr.Old))
 		})
 		if err != nil {
 			return files, err

@@ -35,6 +35,13 @@ func IfUnchanged(sha256hex string) WriteOption {
 	return WriteOption{set: func(o *WriteOptions) { o.Checked, o.WantSHA256 = true, h }}
 }
 
+// IfContent is IfUnchanged for content the caller read: the file is
+// replaced only if it still holds exactly those bytes.
+func IfContent(read []byte) WriteOption {
+	sum := sha256.Sum256(read)
+	return IfUnchanged(hex.EncodeToString(sum[:]))
+}
+
 // IfAbsent makes WriteFile create the file only if nothing exists at its
 // path yet (a dangling symlink counts as nothing at its target), checked on
 // the node right before the rename; otherwise the error wraps ErrChanged.
