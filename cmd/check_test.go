@@ -375,8 +375,9 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 		t.Errorf("server s1: %d certificates, want every one of its ~30 files", n)
 	}
 	wantFindings(t, "c1", c1.Findings, map[string]string{
-		"tokenCAMismatch": "a1 " + a1.config,
-		"keyReadable":     "a1 " + filepath.Join(a1.dataDir, "agent", "client-kubelet.key"),
+		"tokenCAMismatch":          "a1 " + a1.config,
+		"effectiveTokenCAMismatch": "a1 " + a1.config,
+		"keyReadable":              "a1 " + filepath.Join(a1.dataDir, "agent", "client-kubelet.key"),
 	})
 
 	// c2: the statuses, with k3s's names.
@@ -743,6 +744,7 @@ func TestCheckClusterConsistency(t *testing.T) {
 	wantFindings(t, "c", c.Findings, map[string]string{
 		"serversServeDifferentCAs": "s2 ",
 		"tokenCAMismatch":          "s2 " + s2.config,
+		"effectiveTokenCAMismatch": "s2 " + s2.config,
 		"heldCAMismatch":           "a1 " + filepath.Join(a1.dataDir, "agent", "server-ca.crt"),
 		"noK3sData":                "e1 ",
 	})

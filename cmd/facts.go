@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -74,6 +75,9 @@ type factsReport struct {
 	Error         string         `json:"error,omitempty"`
 	Facts         *k3s.NodeFacts `json:"facts,omitempty"`
 	Tokens        []tokenReport  `json:"tokens,omitempty"`
+	// TokenProblem says why the token k3s uses cannot be known, or that
+	// a node that joins a cluster defines none.
+	TokenProblem string `json:"tokenProblem,omitempty"`
 }
 
 type tokenReport struct {
@@ -87,6 +91,9 @@ type tokenReport struct {
 	MatchesCA *bool  `json:"matchesCA,omitempty"`
 	Ignored   string `json:"ignored,omitempty"`
 	Problem   string `json:"problem,omitempty"`
+	// Effective is "token" or "agent-token" for the definition k3s uses
+	// for that setting, by its precedence.
+	Effective string `json:"effective,omitempty"`
 }
 
 func newFactsReport(n *orchestrator.Node) factsReport {
@@ -104,6 +111,12 @@ func newFactsReport(n *orchestrator.Node) factsReport {
 		if t.Err != nil {
 			tr.Problem = t.Err.Error()
 		}
+		switch {
+		case sameSource(f.Token, t):
+			tr.Effective = "token"
+		case sameSource(f.AgentToken, t):
+			tr.Effective = "agent-token"
+		}
 		if t.Secure() {
 			tr.CAHash = t.Token.CAHash
 			if f.CAHash != "" {
@@ -113,7 +126,14 @@ func newFactsReport(n *orchestrator.Node) factsReport {
 		}
 		r.Tokens = append(r.Tokens, tr)
 	}
+	if err := errors.Join(f.TokenErr, f.AgentTokenErr); err != nil {
+		r.TokenProblem = err.Error()
+	}
 	return r
+}
+
+func sameSource(eff *k3s.TokenSource, t k3s.TokenSource) bool {
+	return eff != nil && eff.File == t.File && eff.Line == t.Line && eff.Key == t.Key && eff.Kind == t.Kind
 }
 
 func printFactsTable(a *app, reports []factsReport) {
@@ -127,14 +147,49 @@ func printFactsTable(a *app, reports []factsReport) {
 		f := r.Facts
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Cluster, r.Node,
 			roleCell(r.InventoryRole, f.Role), dash(f.Version), dash(f.Init), f.Unit, dash(f.UnitState),
-			shortHash(f.CAHash), tokensCell(r.Tokens), dateCell(f.CAExpiry), dateCell(f.LeafExpiry))
+			shortHash(f.CAHash), tokensCell(r), dateCell(f.CAExpiry), dateCell(f.LeafExpiry))
 	}
 	w.Flush()
+	printTokenSources(a, reports)
 	for _, r := range reports {
 		if r.Error != "" {
 			fmt.Fprintf(a.stdout, "%s/%s: %s\n", r.Cluster, r.Node, r.Error)
 		}
+		if r.TokenProblem != "" {
+			fmt.Fprintf(a.stdout, "%s/%s: token: %s\n", r.Cluster, r.Node, r.TokenProblem)
+		}
 	}
+}
+
+// printTokenSources lists every place each node defines a token, which
+// one k3s uses, and what fleetcert cannot account for.
+func printTokenSources(a *app, reports []factsReport) {
+	have := false
+	for _, r := range reports {
+		have = have || len(r.Tokens) > 0
+	}
+	if !have {
+		return
+	}
+	fmt.Fprintln(a.stdout)
+	w := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "CLUSTER\tNODE\tSOURCE\tKIND\tKEY\tCLASS\tVALUE\tUSED BY K3S")
+	for _, r := range reports {
+		for _, t := range r.Tokens {
+			used := "yes (" + t.Effective + ")"
+			switch {
+			case t.Problem != "":
+				used = "PROBLEM: " + t.Problem
+			case t.Effective == "" && t.Ignored != "":
+				used = "no: " + t.Ignored
+			case t.Effective == "":
+				used = "no (overridden)"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\n", r.Cluster, r.Node, t.File, t.Line,
+				t.Kind, dash(t.Key), t.Class, t.Value, used)
+		}
+	}
+	w.Flush()
 }
 
 // roleCell shows the role, flagging a node that is not what the inventory
@@ -151,7 +206,11 @@ func roleCell(inv string, found k3s.Role) string {
 
 // tokensCell summarises token places: how many, of which class, and
 // whether the secure ones pin the CA the node holds.
-func tokensCell(ts []tokenReport) string {
+func tokensCell(r factsReport) string {
+	ts := r.Tokens
+	if r.TokenProblem != "" {
+		return "PROBLEM (see below)"
+	}
 	if len(ts) == 0 {
 		return "none"
 	}

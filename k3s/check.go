@@ -68,6 +68,16 @@ const (
 	FindingHeldCAMismatch = "heldCAMismatch"
 	// FindingServersDisagree: the cluster's servers serve different CAs.
 	FindingServersDisagree = "serversServeDifferentCAs"
+	// FindingEffectiveTokenMismatch: the token k3s uses on the node, by its
+	// precedence, pins another CA than the cluster serves: the node runs
+	// today but will not come back from its next restart.
+	FindingEffectiveTokenMismatch = "effectiveTokenCAMismatch"
+	// FindingTokenSource: a place that may hold a token cannot be
+	// accounted for (see facts); a rotation would refuse the node.
+	FindingTokenSource = "tokenSourceProblem"
+	// FindingNoAccess: a file or directory exists but could not be read
+	// with the privileges fleetcert runs with: unreadable is not empty.
+	FindingNoAccess = "unreadableFile"
 )
 
 // Finding is one problem a check found on a node or cluster.
@@ -100,6 +110,24 @@ func CheckNode(l Layout, s *Snapshot, f NodeFacts, now time.Time, within time.Du
 	for _, p := range f.Unreadable {
 		nc.Findings = append(nc.Findings, Finding{Kind: FindingUnreadable, File: p,
 			Message: "certificate file does not parse"})
+	}
+	for _, p := range f.NoAccess {
+		nc.Findings = append(nc.Findings, Finding{Kind: FindingNoAccess, File: p,
+			Message: "exists but cannot be read with the privileges fleetcert runs with (set sudo: true)"})
+	}
+	sourceErr := false
+	for _, t := range f.Tokens {
+		if t.Err != nil && !f.noAccess(t.File) {
+			nc.Findings = append(nc.Findings, Finding{Kind: FindingTokenSource, File: t.File, Message: t.String()})
+		}
+		sourceErr = sourceErr || t.Err != nil
+	}
+	// An effective token that cannot be known because of a source's
+	// problem is that problem, already reported.
+	for _, err := range []error{f.TokenErr, f.AgentTokenErr} {
+		if err != nil && !sourceErr {
+			nc.Findings = append(nc.Findings, Finding{Kind: FindingTokenSource, Message: err.Error()})
+		}
 	}
 	if s != nil {
 		nc.Findings = append(nc.Findings, keyFindings(l, s)...)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -61,7 +62,12 @@ type NodeFacts struct {
 	LeafExpiry      time.Time `json:"leafExpiry,omitzero"`
 	Certs           []Cert    `json:"-"`
 	Unreadable      []string  `json:"unreadableFiles,omitempty"`
+	// NoAccess lists files and directories that exist but could not be
+	// read or searched with the privileges fleetcert runs with.
+	NoAccess []string `json:"noAccess,omitempty"`
 }
+
+func (f NodeFacts) noAccess(p string) bool { return slices.Contains(f.NoAccess, p) }
 
 // Describe derives a node's facts from its snapshot and the files read
 // after it (token-file targets, a config file named by K3S_CONFIG_FILE...).
@@ -113,7 +119,9 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 	}
 	f.Token, f.TokenErr = effectiveOrNil(EffectiveToken(scan.Sources, l.Role))
 	f.AgentToken, f.AgentTokenErr = effectiveOrNil(EffectiveAgentToken(scan.Sources, l.Role))
-	if f.Token == nil && errors.Is(f.TokenErr, ErrNoToken) && f.Joins != "" {
+	// A node without k3s data is reported as such; its missing token is
+	// no news.
+	if f.Token == nil && errors.Is(f.TokenErr, ErrNoToken) && f.Joins != "" && f.Role != "" {
 		f.TokenErr = fmt.Errorf("the node joins a cluster (%s) but defines no token fleetcert can find; looked in %s",
 			f.Joins, strings.Join(scan.Looked(), ", "))
 	} else if errors.Is(f.TokenErr, ErrNoToken) {
@@ -124,9 +132,9 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 	}
 	f.Certs, f.Unreadable = s.Certs()
 	for p := range s.Unreadable {
-		f.Unreadable = append(f.Unreadable, p)
+		f.NoAccess = append(f.NoAccess, p)
 	}
-	sort.Strings(f.Unreadable)
+	sort.Strings(f.NoAccess)
 	kubelet := path.Join(l.AgentDir(), "client-kubelet.crt")
 	for _, c := range f.Certs {
 		if c.File == kubelet && c.Index == 0 {

@@ -284,6 +284,14 @@ func (cn *CheckedNode) judgeTokens(clusterHash string) {
 			cn.Findings = append(cn.Findings, k3s.Finding{Kind: k3s.FindingTokenMismatch, File: t.File, Message: msg})
 		}
 	}
+	for _, t := range []*k3s.TokenSource{f.Token, f.AgentToken} {
+		if t != nil && t.Secure() && clusterHash != "" && t.Token.CAHash != clusterHash {
+			judged, match = true, false
+			cn.Findings = append(cn.Findings, k3s.Finding{Kind: k3s.FindingEffectiveTokenMismatch, File: t.File,
+				Message: fmt.Sprintf("the token k3s uses (%s, line %d) pins CA %s, but the cluster serves %s: the node will not come back from its next restart",
+					t.Key, t.Line, short(t.Token.CAHash), short(clusterHash))})
+		}
+	}
 	if f.ServerTokenHash != "" && clusterHash != "" {
 		judged = true
 		if f.ServerTokenHash != clusterHash {
