@@ -176,7 +176,7 @@ func TestDemoClustersComeUp(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantType := map[harness.Role]string{harness.Server: "notify", harness.Agent: "exec"}[n.Role]
+			wantType := n.UnitType()
 			if got := strings.Fields(r.Stdout); r.ExitCode != 0 || len(got) != 3 || got[1] != wantType || got[2] != "600" {
 				t.Errorf("%s: unit state, Type, env file mode = %q (exit %d), want active, %s, 600", n.Name, r.Stdout, r.ExitCode, wantType)
 			}

@@ -156,8 +156,8 @@ echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | hea
 	}
 	// What systemd says it loaded for the unit, and the manager's
 	// environment; the files it names are read in the batch below ("$@").
-	// A path that needs quoting is split wrongly here: the parser then
-	// asks for it in the next round trip.
+	// A path that needs quoting would be split wrongly here: the parser
+	// refuses such a DropInPaths value rather than guess.
 	fmt.Fprintf(&b, `set --
 if [ -d /run/systemd/system ]; then
 echo @systemd

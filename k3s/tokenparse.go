@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"unicode"
 
 	"github.com/fleetcert/fleetcert/pki"
 )
@@ -387,13 +388,16 @@ func shellSafeEnv(e envEntry) bool {
 // ---- token files ----
 
 // parseTokenFile reads a token-file target: k3s uses its content with
-// surrounding white space trimmed (util.ReadFile, strings.TrimSpace).
+// surrounding white space trimmed by strings.TrimSpace, which trims
+// Unicode white space too (a no-break space U+00A0, an em space...).
 func parseTokenFile(file string, content []byte) TokenSource {
+	text := string(content)
+	lead := len(text) - len(strings.TrimLeftFunc(text, unicode.IsSpace))
+	end := len(strings.TrimRightFunc(text, unicode.IsSpace))
 	var v span
-	for i, c := range content {
-		v.lit(c, i)
+	for i := lead; i < end; i++ {
+		v.lit(content[i], i)
 	}
-	v = v.trimSpace()
 	off := v.firstOff()
 	if off < 0 {
 		off = 0

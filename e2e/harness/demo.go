@@ -1,5 +1,7 @@
 package harness
 
+import "strings"
+
 // DemoClusters is the fleet of `make demo` and of the smoke suite:
 //
 //   - alpha: 3 servers (embedded etcd) + 2 agents, every node holding a
@@ -9,7 +11,8 @@ package harness
 //     in ExecStart (--token X), a config.yaml.d drop-in, the unit's .env
 //     file and a --token-file.
 //   - beta: 1 server (no embedded etcd) + 1 agent sharing a short token,
-//     in the .env file and as ExecStart -t.
+//     in the .env file and as ExecStart -t; the agent was installed before
+//     2022, so its unit is Type=exec (current install.sh writes notify).
 func DemoClusters() []ClusterSpec {
 	return []ClusterSpec{{
 		Name: "alpha",
@@ -25,7 +28,7 @@ func DemoClusters() []ClusterSpec {
 	}, {
 		Name:    "beta",
 		Servers: []NodeSpec{{TokenIn: []TokenPlace{InEnvFile}}},
-		Agents:  []NodeSpec{{Token: ShortToken, TokenIn: []TokenPlace{InExecStartShort}}},
+		Agents:  []NodeSpec{{Token: ShortToken, TokenIn: []TokenPlace{InExecStartShort}, LegacyExecType: true}},
 	}}
 }
 
@@ -53,10 +56,30 @@ func (n *Node) TokenFile(p TokenPlace) string {
 		return configFile
 	case InConfigDropIn:
 		return tokenDropIn
-	case InTokenFileArg, InTokenFileConfig:
+	case InTokenFileArg, InTokenFileConfig, InTokenFileNBSP:
 		return tokenFilePath
+	case InRuntimeDropIn:
+		return "/run/systemd/system/" + n.Unit + ".service.d/50-token.conf"
+	case InPrefixDropIn:
+		prefix, _, _ := strings.Cut(n.Unit, "-")
+		return systemdDir + "/" + prefix + "-.service.d/50-token.conf"
+	case InConfigByEnv:
+		return configByEnv
+	case InConfigByFlag:
+		return configByFlag
+	case InConfigDotDropIn:
+		return dotDropIn
 	}
 	return ""
+}
+
+// UnitType is the Type= of the node's unit: notify, as current install.sh
+// writes it, or exec for an agent installed before 2022.
+func (n *Node) UnitType() string {
+	if n.Role == Agent && n.spec.LegacyExecType {
+		return "exec"
+	}
+	return "notify"
 }
 
 // Describe is a one-line account of where and what token a node holds,

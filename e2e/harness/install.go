@@ -30,6 +30,19 @@ const (
 	defaultAgentSvc  = "k3s-agent"
 )
 
+// Where the token places an operator chooses by hand live.
+const (
+	configByEnv  = "/etc/k3s-custom/by-env.yaml"
+	configByFlag = "/etc/k3s-custom/by-flag.yaml"
+	dotDropIn    = configDropInDir + "/.token.yaml"
+)
+
+// envDropIn is a systemd drop-in in dir that sets K3S_TOKEN, as
+// `systemctl edit` leaves one.
+func envDropIn(dir, token string) file {
+	return file{path.Join(dir, "50-token.conf"), 0o600, []byte("[Service]\nEnvironment=\"K3S_TOKEN=" + token + "\"\n")}
+}
+
 // file is one file to put on a node.
 type file struct {
 	Path string
@@ -50,13 +63,25 @@ type installation struct {
 	Config  []string          // lines of /etc/rancher/k3s/config.yaml (none when empty)
 	DropIn  []string          // lines of config.yaml.d/50-token.yaml (none when empty)
 	TokFile string            // content of /etc/rancher/k3s/token (none when empty)
+	// Extra are further files an operator put there by hand (drop-ins,
+	// config files elsewhere).
+	Extra []file
+	// Template: the unit file is <prefix>@.service for the instance Unit.
+	Template bool
+	// ExecType: Type=exec for an agent (installs from before 2022).
+	ExecType bool
 }
 
 // files renders the installation.
 func (in installation) files() []file {
 	unitFile := path.Join(systemdDir, in.Unit+".service")
+	unitPath := unitFile
+	if in.Template {
+		prefix, _, _ := strings.Cut(in.Unit, "@")
+		unitPath = path.Join(systemdDir, prefix+"@.service")
+	}
 	fs := []file{
-		{unitFile, 0o644, []byte(unitText(in.Role, in.Unit, in.Args))},
+		{unitPath, 0o644, []byte(unitText(in.Role, in.Unit, in.ExecType, in.Args))},
 		// install.sh always creates the env file, mode 0600 (it may hold the
 		// token), even when no K3S_ variable was set.
 		{unitFile + ".env", 0o600, []byte(envFileText(in.Env))},
@@ -73,16 +98,16 @@ func (in installation) files() []file {
 	if in.TokFile != "" {
 		fs = append(fs, file{tokenFilePath, 0o600, []byte(in.TokFile + "\n")})
 	}
-	return fs
+	return append(fs, in.Extra...)
 }
 
 // unitText is the systemd unit install.sh writes (create_systemd_service_file).
 // The details fleetcert depends on:
 //
-//   - Type=notify for servers: k3s sends READY=1 once the apiserver is up, so
-//     a blocking `systemctl restart k3s` waits for it, possibly forever, which
-//     is why fleetcert uses --no-block. Agents are Type=exec: "active" only
-//     means the binary was started.
+//   - Type=notify: k3s sends READY=1 once it is up, so a blocking
+//     `systemctl restart k3s` waits for it, possibly forever, which is why
+//     fleetcert uses --no-block. Agents installed before 2022 are Type=exec
+//     (execType): "active" then only means the binary was started.
 //   - EnvironmentFile lines in this order, each optional ("-"): /etc/default,
 //     /etc/sysconfig, then the .env file beside the unit; the last one to set
 //     a variable wins. %N is the unit name without ".service".
@@ -94,9 +119,9 @@ func (in installation) files() []file {
 //   - The ExecStartPre lines: the nm-cloud-setup guard (a quoted shell line a
 //     unit parser must survive), and modprobe lines "-" prefixed, ignored
 //     when modprobe is missing, as in this image.
-func unitText(role Role, unit string, args []string) string {
+func unitText(role Role, unit string, execType bool, args []string) string {
 	typ := "notify"
-	if role == Agent {
+	if role == Agent && execType {
 		typ = "exec"
 	}
 	var b strings.Builder
@@ -189,9 +214,11 @@ func yamlString(s string) string {
 // several places at once, as real nodes do.
 func installFor(n *Node, c *Cluster, token string) installation {
 	in := installation{
-		Unit: n.Unit,
-		Role: n.Role,
-		Env:  map[string]string{},
+		Unit:     n.Unit,
+		Role:     n.Role,
+		Env:      map[string]string{},
+		Template: n.spec.Template,
+		ExecType: n.spec.LegacyExecType,
 	}
 	if n.Role == Server {
 		if n == c.Servers[0] {
@@ -235,6 +262,22 @@ func installFor(n *Node, c *Cluster, token string) installation {
 			case InTokenFileConfig:
 				in.TokFile = token
 				in.Config = append(in.Config, "token-file: "+yamlString(tokenFilePath))
+			case InRuntimeDropIn:
+				in.Extra = append(in.Extra, envDropIn(path.Join("/run/systemd/system", n.Unit+".service.d"), token))
+			case InPrefixDropIn:
+				prefix, _, _ := strings.Cut(n.Unit, "-")
+				in.Extra = append(in.Extra, envDropIn(path.Join(systemdDir, prefix+"-.service.d"), token))
+			case InConfigByEnv:
+				in.Env["K3S_CONFIG_FILE"] = configByEnv
+				in.Extra = append(in.Extra, file{configByEnv, 0o600, []byte("token: " + yamlString(token) + "\n")})
+			case InConfigByFlag:
+				in.Args = append(in.Args, "--config", configByFlag)
+				in.Extra = append(in.Extra, file{configByFlag, 0o600, []byte("token: " + yamlString(token) + "\n")})
+			case InConfigDotDropIn:
+				in.Extra = append(in.Extra, file{dotDropIn, 0o600, []byte("token: " + yamlString(token) + "\n")})
+			case InTokenFileNBSP:
+				in.TokFile = "\u00a0" + token
+				in.Args = append(in.Args, "--token-file", tokenFilePath)
 			default:
 				panic(fmt.Sprintf("harness: unknown token place %d", p))
 			}

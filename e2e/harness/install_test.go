@@ -30,10 +30,17 @@ func TestEnvFileQuotedAsDashExport(t *testing.T) {
 	}
 }
 
+// TestUnitType: current install.sh writes Type=notify for servers and
+// agents; agents installed before 2022 have Type=exec.
 func TestUnitType(t *testing.T) {
-	for role, typ := range map[Role]string{Server: "Type=notify\n", Agent: "Type=exec\n"} {
+	for _, tc := range []struct {
+		role     Role
+		execType bool
+		typ      string
+	}{{Server, false, "Type=notify\n"}, {Agent, false, "Type=notify\n"}, {Agent, true, "Type=exec\n"}, {Server, true, "Type=notify\n"}} {
+		role, typ := tc.role, tc.typ
 		unit := map[Role]string{Server: "k3s", Agent: "k3s-agent"}[role]
-		text := unitText(role, unit, nil)
+		text := unitText(role, unit, tc.execType, nil)
 		for _, want := range []string{typ,
 			"EnvironmentFile=-/etc/default/%N\nEnvironmentFile=-/etc/sysconfig/%N\nEnvironmentFile=-/etc/systemd/system/" + unit + ".service.env\n",
 			"KillMode=process\n", "TimeoutStartSec=0\n", "Restart=always\n", "RestartSec=5s\n"} {
@@ -102,8 +109,8 @@ func TestInstallPlacesTokenEverywhereAsked(t *testing.T) {
 	if a1[configFile] != "token-file: \"/etc/rancher/k3s/token\"\n" || a1[tokenFilePath] != "K10x::server:pw\n" {
 		t.Errorf("agent token-file config = %q, token file = %q", a1[configFile], a1[tokenFilePath])
 	}
-	if !strings.Contains(a1["/etc/systemd/system/k3s-agent.service"], "Type=exec\n") {
-		t.Error("agent unit is not Type=exec")
+	if !strings.Contains(a1["/etc/systemd/system/k3s-agent.service"], "Type=notify\n") {
+		t.Error("agent unit is not Type=notify, as current install.sh writes it")
 	}
 }
 

@@ -73,6 +73,12 @@ type NodeSpec struct {
 	ExpectUnready bool
 	// ExtraArgs are appended to ExecStart.
 	ExtraArgs []string
+	// Template installs the unit as a template, <prefix>@.service, and runs
+	// the instance Unit names (Unit must be "<prefix>@<instance>").
+	Template bool
+	// LegacyExecType writes an agent unit as install.sh did before 2022
+	// (Type=exec); current install.sh writes Type=notify for agents too.
+	LegacyExecType bool
 }
 
 // TokenPlace is where an install put a node's join token.
@@ -100,13 +106,35 @@ const (
 	InTokenFileArg
 	// InTokenFileConfig: the same file named by token-file: in config.yaml.
 	InTokenFileConfig
+	// InRuntimeDropIn: Environment=K3S_TOKEN=… in a runtime drop-in,
+	// /run/systemd/system/<unit>.service.d/50-token.conf, where
+	// `systemctl edit --runtime` writes.
+	InRuntimeDropIn
+	// InPrefixDropIn: Environment=K3S_TOKEN=… in the prefix drop-in
+	// directory /etc/systemd/system/k3s-.service.d/, which systemd applies
+	// to every unit named k3s-* (not to k3s.service itself).
+	InPrefixDropIn
+	// InConfigByEnv: token: in /etc/k3s-custom/by-env.yaml, which
+	// K3S_CONFIG_FILE in the unit's env file names.
+	InConfigByEnv
+	// InConfigByFlag: token: in /etc/k3s-custom/by-flag.yaml, which
+	// '--config' in ExecStart names.
+	InConfigByFlag
+	// InConfigDotDropIn: token: in the dotfile
+	// /etc/rancher/k3s/config.yaml.d/.token.yaml (k3s reads dotfiles).
+	InConfigDotDropIn
+	// InTokenFileNBSP: the token file named by '--token-file' starts with a
+	// no-break space (U+00A0), which k3s's strings.TrimSpace removes.
+	InTokenFileNBSP
 )
 
 var placeNames = map[TokenPlace]string{
 	InEnvFile: "env-file", InDistroEnvFile: "etc-default", InExecStart: "execstart",
 	InExecStartEquals: "execstart-equals", InExecStartShort: "execstart-short",
 	InConfig: "config", InConfigDropIn: "config-dropin", InTokenFileArg: "token-file-arg",
-	InTokenFileConfig: "token-file-config",
+	InTokenFileConfig: "token-file-config", InRuntimeDropIn: "runtime-dropin", InPrefixDropIn: "prefix-dropin",
+	InConfigByEnv: "config-by-env", InConfigByFlag: "config-by-flag", InConfigDotDropIn: "config-dot-dropin",
+	InTokenFileNBSP: "token-file-nbsp",
 }
 
 func (p TokenPlace) String() string {
