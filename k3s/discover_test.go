@@ -199,6 +199,9 @@ func TestScanTokensRefuses(t *testing.T) {
 		{"quoted drop-in path", NodeFiles{Unit: func() *UnitShow {
 			return parseUnitShow([]string{"LoadState=loaded", "FragmentPath=" + unit, `DropInPaths="/etc/a b.conf"`})
 		}(), Files: ok}, "DropInPaths"},
+		{"EnvironmentFile= wildcard", NodeFiles{Unit: func() *UnitShow {
+			return parseUnitShow([]string{"LoadState=loaded", "FragmentPath=" + unit, "EnvironmentFiles=/etc/k3s/*.env (ignore_errors=yes)"})
+		}(), Files: ok}, "EnvironmentFiles"},
 		{"unreadable env file", NodeFiles{Unit: agentShow(), Files: map[string][]byte{unit: []byte(agentUnit)}, Unreadable: map[string]bool{env: true}}, "cannot be read"},
 		{"unreadable config drop-ins", NodeFiles{Files: ok, Unreadable: map[string]bool{"/etc/rancher/k3s/config.yaml.d": true}}, "cannot be read"},
 	} {

@@ -83,7 +83,9 @@ func parseUnitShow(lines []string) *UnitShow {
 
 func parseEnvFilesValue(val string) (EnvFileEntry, error) {
 	p, flag, ok := strings.Cut(val, " (ignore_errors=")
-	if !ok || !path.IsAbs(p) || strings.ContainsAny(p, " \t") {
+	// A wildcard entry names files fleetcert would have to expand as
+	// systemd does: refused as unparsed rather than guessed.
+	if !ok || !path.IsAbs(p) || strings.ContainsAny(p, " \t*?[") {
 		return EnvFileEntry{}, fmt.Errorf("unexpected form")
 	}
 	switch flag {
