@@ -27,7 +27,7 @@ var (
 
 func hexSum(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
-// installUnit is the unit install.sh writes (research §7), with the given
+// installUnit is the unit install.sh writes (docs/k3s.md#install-sh), with the given
 // argument lines (each already quoted and TAB-indented by the caller).
 func installUnit(argLines ...string) string {
 	return `[Unit]

@@ -21,7 +21,7 @@ const (
 	CmdRotateSAKey = "rotate-sa-key"
 )
 
-// Mode is how a CA rotation makes its new material (K3S.md §1, §4).
+// Mode is how a CA rotation makes its new material (docs/k3s.md#rotation-kinds).
 type Mode string
 
 const (

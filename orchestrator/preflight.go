@@ -12,7 +12,7 @@ import (
 )
 
 // preflight checks everything that can be known before touching the
-// cluster (DESIGN.md step 2). Every problem is collected and the cluster
+// cluster (docs/design.md#preflight). Every problem is collected and the cluster
 // is refused with all of them: exit 3, nothing changed.
 func (r *rotation) preflight(ctx context.Context) error {
 	var problems []string

@@ -3,7 +3,7 @@ package pki
 import "fmt"
 
 // Kind is what a server's CA material is, which decides how it can be
-// rotated (K3S.md §4, "Telling the kinds of cluster apart").
+// rotated (docs/k3s.md#kinds).
 type Kind string
 
 const (

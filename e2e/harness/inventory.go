@@ -18,7 +18,7 @@ var hostKeyFiles = []string{
 
 // writeInventory writes known_hosts (every host key of every node, read
 // through docker, so that fleetcert's strict host key checking has a real
-// trust anchor) and the fleetcert inventory (DESIGN.md).
+// trust anchor) and the fleetcert inventory (README.md#inventory).
 func (f *Fleet) writeInventory(ctx context.Context) error {
 	var kh strings.Builder
 	for _, n := range f.Nodes() {
