@@ -135,6 +135,52 @@ func TestRotateCAOverFakeFleet(t *testing.T) {
 	}
 }
 
+// TestRotateCAFileChangedBeforeWrite: a token file that changes between
+// facts and the rewrite (configuration management adding a line) is never
+// overwritten blind: the write is refused on the node, fleetcert reads the
+// node again, plans anew and rewrites the new content, keeping the edit.
+func TestRotateCAFileChangedBeforeWrite(t *testing.T) {
+	ctx := context.Background()
+	fl, nodes, opts, next := fakeRotation(t, fleettest.Spec{Clusters: 1, Servers: 1, Agents: 1}, 2)
+	target := pki.HashCA(next.Overlay(fl.Material.CAs)["server-ca.crt"])
+	var agent *Node
+	for _, n := range nodes {
+		if n.Role == inventory.Agent {
+			agent = n
+		}
+	}
+	fa := fl.Node(agent.ID())
+	env := agent.Layout.EnvFile()
+	edited := false
+	fa.BeforeWrite = func(p string) {
+		if p == env && !edited {
+			edited = true
+			f, _ := fa.File(p)
+			fa.Put(p, append(bytes.Clone(f.Data), "# managed by cfgmgmt\n"...), f.Mode)
+		}
+	}
+	rec := &Recorder{}
+	opts.Sink = rec
+	rep := RunFleet(ctx, fl.Dial, opts, oneWave(fl))
+	if rep.Count(OutcomeDone) != 1 {
+		t.Fatalf("cluster not done: %+v", rep.Clusters[0])
+	}
+	if !edited {
+		t.Fatal("the agent's env file was never written")
+	}
+	f, _ := fa.File(env)
+	if !strings.Contains(string(f.Data), "# managed by cfgmgmt\n") || !strings.Contains(string(f.Data), "K10"+target+"::") {
+		t.Errorf("env file lost the concurrent edit or the new hash: %q", pki.RedactToken(string(f.Data)))
+	}
+	warned := false
+	for _, e := range rec.Events() {
+		warned = warned || strings.Contains(e.Msg, "changed since it was read")
+	}
+	if !warned {
+		t.Error("the refused write was not reported")
+	}
+}
+
 func fleetCluster(fl *fleettest.Fleet, name string) *fleettest.Cluster {
 	for _, c := range fl.Clusters {
 		if c.Name == name {

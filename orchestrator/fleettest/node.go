@@ -40,6 +40,11 @@ type Node struct {
 	password string
 	runs     atomic.Int64
 
+	// BeforeWrite, when set, runs at the start of every WriteFile: a test
+	// can change the file there, as configuration management might
+	// between fleetcert's read and its write.
+	BeforeWrite func(path string)
+
 	mu      sync.Mutex
 	files   map[string]*File
 	dirs    map[string]bool
@@ -122,6 +127,9 @@ func (n *Node) WriteFile(ctx context.Context, p string, data []byte, mode fs.Fil
 	o, err := remote.WriteOptionsOf(opts...)
 	if err != nil {
 		return fmt.Errorf("%s: write %s: %w", n.inv.Host, p, err)
+	}
+	if hook := n.BeforeWrite; hook != nil {
+		hook(p)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -706,6 +714,14 @@ func (n *Node) dirExists(d string) bool {
 // k3sPathPrefix is how fleetcert invokes k3s (see k3s/commands.go): with
 // install.sh's directory first on PATH.
 const k3sPathPrefix = "PATH=/usr/local/bin:$PATH "
+
+// Put replaces (or creates) the file at p, as someone other than
+// fleetcert would.
+func (n *Node) Put(p string, data []byte, mode uint32) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.files[p] = &File{Data: bytes.Clone(data), Mode: mode, MTime: clock()}
+}
 
 // MkdirAll makes directory p and its parents, for tests that put files on
 // a node the way an earlier run would have left them.
