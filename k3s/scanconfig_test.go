@@ -43,6 +43,13 @@ func TestParseConfigRules(t *testing.T) {
 		{"duplicate key", "token: " + shortTok + "\nother: 1\ntoken: " + srvTok + "\n", []string{"token=" + shortTok, "token=" + srvTok}, ""},
 		{"duplicate key, both secure", "token: " + srvTok + "\ntoken: '" + nodeTok + "'\n", []string{"token=" + srvTok, "token=" + nodeTok}, ""},
 		{"key and key+", "token: " + srvTok + "\ntoken+: " + nodeTok + "\n", []string{"token=" + srvTok, "token+=" + nodeTok}, ""},
+		// k3s turns a one-letter key k into the flag -k, and "t" is the
+		// token flag's alias: "t:" and "t+:" set the token.
+		{"t alias", "t: " + srvTok + "\nt+: " + shortTok + "\n", []string{"t=" + srvTok, "t+=" + shortTok}, ""},
+		// YAML ends a line at CR too: after a comment ended by a CR, "t:"
+		// is a top-level key k3s reads, and the line-based reading must
+		// not pass it by.
+		{"key after a CR", "# c\rt: " + srvTok + "\n", nil, "YAML form"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -95,5 +102,24 @@ func TestConfigDuplicateKeyEffectiveAndRewritten(t *testing.T) {
 	}
 	if want := strings.ReplaceAll(content, oldHash, newHash); string(out) != want {
 		t.Errorf("output\n%s\nwant\n%s", out, want)
+	}
+}
+
+// TestConfigTokenAlias: "t:" in config.yaml is the token (k3s passes it as
+// -t, the alias of --token); a later "t:" beats an earlier "token:".
+func TestConfigTokenAlias(t *testing.T) {
+	l := Layout{}
+	content := "token: " + shortTok + "\nt: " + srvTok + "\n"
+	srcs, _ := FindTokenSources(l, map[string][]byte{l.Config(): []byte(content)})
+	eff, err := EffectiveToken(srcs, RoleServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eff.Key != "t" || eff.Value != srvTok {
+		t.Errorf("effective %s, want the t: definition", eff)
+	}
+	out, n, err := RewriteTokenHash(FileConfig, []byte(content), newHash)
+	if err != nil || n != 1 || string(out) != strings.ReplaceAll(content, oldHash, newHash) {
+		t.Errorf("rewrite: n=%d err=%v\n%s", n, err, out)
 	}
 }

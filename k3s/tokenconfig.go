@@ -11,15 +11,18 @@ import (
 )
 
 // configKeyRE matches a top-level token key of config.yaml at the start of
-// a line, with k3s's optional "+" (append) suffix.
-var configKeyRE = regexp.MustCompile(`^(token|token-file|agent-token|agent-token-file)(\+?)[ \t]*:(?:[ \t]|$)`)
+// a line, with k3s's optional "+" (append) suffix. k3s passes a key k as
+// the flag --k, or -k when k is one letter, and the token flag is named
+// "token,t": so "t:" sets the token as "token:" does.
+var configKeyRE = regexp.MustCompile(`^(token|token-file|agent-token|agent-token-file|t)(\+?)[ \t]*:(?:[ \t]|$)`)
 
 // errConfigForm is the reason fleetcert refuses a config value it cannot
 // locate byte for byte.
 var errConfigForm = errors.New("written in a YAML form fleetcert does not edit (multi-line, block, flow, anchor, alias or tag)")
 
-// parseConfig finds token, token-file, agent-token and agent-token-file
-// (and their key+ forms) at the top level of a k3s config file. Values may
+// parseConfig finds token (or its alias t), token-file, agent-token and
+// agent-token-file (and their key+ forms) at the top level of a k3s config
+// file. Values may
 // be plain, '…' or "…" scalars on the key's line, followed by a comment.
 // The findings are checked against what a YAML parser reads from the same
 // file; anything that does not agree is an error, never a guess.
@@ -241,7 +244,7 @@ func crossCheckYAML(file string, kind SourceKind, content []byte, srcs []TokenSo
 			srcs = append(srcs, problem(file, kind, k.Line, "a YAML merge key (<<) at the top level: not supported"))
 			continue
 		}
-		if _, ok := flagSettings[name]; !ok || name == "t" {
+		if _, ok := flagSettings[name]; !ok {
 			continue
 		}
 		j := findSource(srcs, k.Value, k.Line)
