@@ -198,7 +198,6 @@ func scanEnv(b []byte) (entries []envEntry, refused string) {
 		commentEscape
 	)
 	var (
-		out              []envEntry
 		e                envEntry
 		key              []byte
 		lastKeyWS        = -1
@@ -217,7 +216,7 @@ func scanEnv(b []byte) (entries []envEntry, refused string) {
 		if refused == "" && (!systemdUTF8(key) || !systemdUTF8(e.val.b)) {
 			refused = "systemd refuses the whole file: a key or value in it is not valid UTF-8"
 		}
-		out = append(out, e)
+		entries = append(entries, e)
 		e, key = envEntry{}, nil
 	}
 	isNL := func(c byte) bool { return c == '\n' || c == '\r' }
@@ -351,7 +350,7 @@ func scanEnv(b []byte) (entries []envEntry, refused string) {
 	case inValue:
 		push(true)
 	}
-	return out, refused
+	return entries, refused
 }
 
 // parseEnvFile finds K3S_TOKEN, K3S_TOKEN_FILE, K3S_AGENT_TOKEN and
