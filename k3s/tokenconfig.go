@@ -12,34 +12,58 @@ import (
 
 // configKeyRE matches a top-level token key of config.yaml (or server,
 // which says the node joins a cluster) at the start of a line, with k3s's
-// optional "+" (append) suffix.
-var configKeyRE = regexp.MustCompile(`^(token|token-file|agent-token|agent-token-file|server)(\+?)[ \t]*:(?:[ \t]|$)`)
+// optional "+" (append) suffix. k3s passes a key k as the flag --k, or -k
+// when k is one letter, and the flags are named "token,t" and "server,s":
+// so "t:" sets the token as "token:" does, and "s:" the server.
+var configKeyRE = regexp.MustCompile(`^(token|token-file|agent-token|agent-token-file|t|server|s)(\+?)[ \t]*:(?:[ \t]|$)`)
 
 // errConfigForm is the reason fleetcert refuses a config value it cannot
 // locate byte for byte.
 var errConfigForm = errors.New("written in a YAML form fleetcert does not edit (multi-line, block, flow, anchor, alias or tag)")
 
-// parseConfig finds token, token-file, agent-token and agent-token-file
-// (and their key+ forms) at the top level of a k3s config file. Values may
+// parseConfig finds token (or its alias t), token-file, agent-token and
+// agent-token-file (and their key+ forms) at the top level of a k3s config
+// file. Values may
 // be plain, '…' or "…" scalars on the key's line, followed by a comment.
 // The findings are checked against what a YAML parser reads from the same
 // file; anything that does not agree is an error, never a guess.
+//
+// k3s reads only the first YAML document of a file. It ends at a "..."
+// line (document end) or at a "---" line after it began (the next
+// document's start); comments, blank lines and further markers may
+// follow. Content after the first document is refused: k3s ignores it, so
+// a token there would be left behind unnoticed.
 func parseConfig(file string, kind SourceKind, content []byte) []TokenSource {
 	var out []TokenSource
 	lines := splitLines(content)
-	sawContent := false
+	started, ended := false, false // the first document has begun, has ended
 	for n, ln := range lines {
 		text := string(content[ln.start:ln.end])
-		if text == "---" || strings.HasPrefix(text, "--- ") || text == "..." {
-			if sawContent {
-				out = append(out, problem(file, kind, n+1, "a second YAML document: k3s reads only the first"))
-				break
+		if marker, rest, ok := yamlDocMarker(text); ok {
+			switch {
+			case ended || started:
+				ended = true
+				if yamlContent(rest) {
+					out = append(out, problem(file, kind, n+1, "a second YAML document: k3s reads only the first"))
+					return crossCheckYAML(file, kind, content, out)
+				}
+			case marker == "---":
+				// The explicit start of the first document. Anything on
+				// the marker line is left to the YAML cross-check.
+				started = true
 			}
 			continue
 		}
-		if t := strings.TrimSpace(text); t != "" && t[0] != '#' {
-			sawContent = true
+		switch {
+		case !yamlContent(text):
+			continue
+		case ended:
+			out = append(out, problem(file, kind, n+1, "a second YAML document: k3s reads only the first"))
+			return crossCheckYAML(file, kind, content, out)
+		case !started && text[0] == '%':
+			continue // a directive (%YAML, %TAG) before the document
 		}
+		started = true
 		m := configKeyRE.FindStringSubmatchIndex(text)
 		if m == nil {
 			continue
@@ -62,6 +86,25 @@ func parseConfig(file string, kind SourceKind, content []byte) []TokenSource {
 		out = append(out, s)
 	}
 	return crossCheckYAML(file, kind, content, out)
+}
+
+// yamlDocMarker reports whether a line is a YAML document marker: "---"
+// (start) or "..." (end) at the start of the line, followed by a blank or
+// the line end; rest is what follows it.
+func yamlDocMarker(text string) (marker, rest string, ok bool) {
+	if len(text) < 3 || (text[:3] != "---" && text[:3] != "...") {
+		return "", "", false
+	}
+	if len(text) > 3 && text[3] != ' ' && text[3] != '\t' {
+		return "", "", false
+	}
+	return text[:3], text[3:], true
+}
+
+// yamlContent reports whether text holds more than blanks and a comment.
+func yamlContent(text string) bool {
+	t := strings.TrimLeft(text, " \t")
+	return t != "" && t[0] != '#'
 }
 
 type lineSpan struct{ start, end int } // end excludes "\n" and a CR before it
@@ -177,30 +220,27 @@ func trailer(b []byte, i, end int) error {
 // finds at the top level are exactly the ones found textually, with the
 // same values. k3s reads config files with a YAML parser; where fleetcert's
 // line-based reading could differ, it refuses.
+//
+// k3s (pkg/configfilearg) unmarshals the first document into an ordered
+// list of key/value pairs: a key given twice is no error, both pairs are
+// kept and the later value wins. So every definition of a key is a
+// finding (each is rewritten), and EffectiveToken takes the last one.
 func crossCheckYAML(file string, kind SourceKind, content []byte, srcs []TokenSource) []TokenSource {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(content, &doc); err != nil {
 		return append(srcs, problem(file, kind, 0, "not valid YAML: %s", redactYAMLError(err)))
 	}
-	if len(doc.Content) == 0 {
-		return srcs
+	var top *yaml.Node
+	if len(doc.Content) > 0 {
+		top = doc.Content[0]
 	}
-	top := doc.Content[0]
-	if top.Kind != yaml.MappingNode {
-		if top.Kind == yaml.ScalarNode && top.Tag == "!!null" {
-			return srcs
-		}
+	if top != nil && top.Kind != yaml.MappingNode && (top.Kind != yaml.ScalarNode || top.Tag != "!!null") {
 		return append(srcs, problem(file, kind, top.Line, "the top level is not a mapping"))
 	}
 	matched := make([]bool, len(srcs))
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(top.Content); i += 2 {
+	for i := 0; top != nil && i+1 < len(top.Content); i += 2 {
 		k, v := top.Content[i], top.Content[i+1]
 		name := strings.TrimSuffix(k.Value, "+")
-		if seen[k.Value] {
-			srcs = append(srcs, problem(file, kind, k.Line, "%s is defined twice (a YAML error for k3s)", k.Value))
-		}
-		seen[k.Value] = true
 		if k.Value == "<<" {
 			srcs = append(srcs, problem(file, kind, k.Line, "a YAML merge key (<<) at the top level: not supported"))
 			continue

@@ -170,6 +170,11 @@ type envEntry struct {
 	escaped               bool // a backslash escape was used
 	quote                 byte // quote opening the first piece, 0 for a plain one
 	afterCommentBackslash bool
+	// oldQuoteEscape: a backslash inside quotes that systemd before v241
+	// read as an escape ('a\b' was ab, "a\b" was ab); since v241 a
+	// backslash is literal in '…' and escapes only " \ ` $ and newline in
+	// "…".
+	oldQuoteEscape bool
 }
 
 // scanEnv reads an environment file exactly as systemd's
@@ -181,7 +186,14 @@ type envEntry struct {
 // pieces may follow one another and are joined, and a closing quote does
 // not end the value: K='a'\”b' is a”b' to systemd, not the shell's a'b.
 // CR counts as a line end, as in systemd.
-func scanEnv(b []byte) []envEntry {
+//
+// refused, when set, says why systemd loads nothing from the file: it
+// reads the file as one C string, so nothing after a NUL byte is ever
+// parsed, and since v240 a NUL byte anywhere makes it refuse the whole
+// file; a key or value (as decoded) that is not valid UTF-8 also fails the
+// whole file. Entries are still returned, so that they are rewritten
+// alike.
+func scanEnv(b []byte) (entries []envEntry, refused string) {
 	const (
 		preKey = iota
 		inKey
@@ -195,7 +207,6 @@ func scanEnv(b []byte) []envEntry {
 		commentEscape
 	)
 	var (
-		out              []envEntry
 		e                envEntry
 		key              []byte
 		lastKeyWS        = -1
@@ -211,21 +222,31 @@ func scanEnv(b []byte) []envEntry {
 			e.val.truncate(lastValWS)
 		}
 		e.key = string(key)
-		out = append(out, e)
+		if refused == "" && (!systemdUTF8(key) || !systemdUTF8(e.val.b)) {
+			refused = "systemd refuses the whole file: a key or value in it is not valid UTF-8"
+		}
+		entries = append(entries, e)
 		e, key = envEntry{}, nil
 	}
 	isNL := func(c byte) bool { return c == '\n' || c == '\r' }
 	for i := 0; i < len(b); i++ {
 		c := b[i]
+		if c == 0 {
+			refused = "systemd refuses the whole file: it holds a NUL byte (before v240 systemd read it up to the NUL)"
+			break
+		}
 		switch st {
 		case preKey:
+			// A comment or an empty line after a comment ending in a
+			// backslash is where systemd before v254 ended that comment.
 			if c == '#' || c == ';' {
 				st = comment
+				commentBackslash = false
 			} else if !isBlank(c) {
 				st, key, lastKeyWS = inKey, []byte{c}, -1
 				e = envEntry{keyOff: i, afterCommentBackslash: commentBackslash}
 				commentBackslash = false
-			} else if c == '\n' {
+			} else if isNL(c) {
 				commentBackslash = false
 			}
 		case inKey:
@@ -292,6 +313,7 @@ func scanEnv(b []byte) []envEntry {
 			if c == '\'' {
 				st = preValue
 			} else {
+				e.oldQuoteEscape = e.oldQuoteEscape || c == '\\'
 				e.val.lit(c, i)
 			}
 		case double:
@@ -308,6 +330,7 @@ func scanEnv(b []byte) []envEntry {
 			if strings.IndexByte("\"\\`$", c) >= 0 {
 				e.val.esc(c)
 			} else if c != '\n' {
+				e.oldQuoteEscape = true
 				e.val.lit('\\', i-1)
 				e.val.lit(c, i)
 			}
@@ -319,10 +342,12 @@ func scanEnv(b []byte) []envEntry {
 			}
 		case commentEscape:
 			// systemd >= v254: a comment ending in a backslash ends at
-			// the newline; older versions continued it on the next line.
+			// the line end; older versions took the backslash as escaping
+			// the next character, CR and LF alike, so the comment went on
+			// to the next line end (for CR LF, the LF ended it).
 			if isNL(c) {
 				st = preKey
-				commentBackslash = c == '\n' || (c == '\r' && i+1 < len(b) && b[i+1] == '\n')
+				commentBackslash = true
 			} else {
 				st = comment
 			}
@@ -334,7 +359,7 @@ func scanEnv(b []byte) []envEntry {
 	case inValue:
 		push(true)
 	}
-	return out
+	return entries, refused
 }
 
 // parseEnvFile finds K3S_TOKEN, K3S_TOKEN_FILE, K3S_AGENT_TOKEN and
@@ -342,7 +367,11 @@ func scanEnv(b []byte) []envEntry {
 // marks every definition as one k3s does not see (file not loaded).
 func parseEnvFile(file string, kind SourceKind, content []byte, ignored string) []TokenSource {
 	var out []TokenSource
-	for _, e := range scanEnv(content) {
+	entries, refused := scanEnv(content)
+	if ignored == "" {
+		ignored = refused
+	}
+	for _, e := range entries {
 		name, exported := e.key, false
 		if rest, ok := strings.CutPrefix(name, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
 			name, exported = strings.TrimLeft(rest, " \t"), true
@@ -358,6 +387,8 @@ func parseEnvFile(file string, kind SourceKind, content []byte, ignored string) 
 			s.Ignored = `systemd ignores "export NAME=" lines in environment files`
 		case e.afterCommentBackslash:
 			s.Warning = "follows a comment ending in a backslash: systemd before v254 reads this line as part of that comment"
+		case e.oldQuoteEscape:
+			s.Warning = "a backslash inside quotes: systemd before v241 read it as an escape, so the value differs there; fleetcert follows v241 and later"
 		case !shellSafeEnv(e):
 			s.Warning = "systemd and a POSIX shell read this value differently (quote pieces, escapes or blanks); fleetcert follows systemd"
 		}

@@ -259,7 +259,6 @@ func TestParseRefuses(t *testing.T) {
 		{"anchor", FileConfig, "token: &t " + srvTok + "\n", "YAML form"},
 		{"unknown double-quote escape", FileConfig, "token: \"K10" + oldHash + "::server:\\x41" + pwColon + "\"\n", "escape"},
 		{"nested token key", FileConfig, "other:\n  token: " + srvTok + "\n", "outside any definition"},
-		{"duplicate keys", FileConfig, "token: " + srvTok + "\ntoken: " + srvTok + "\n", "defined twice"},
 		{"not YAML", FileConfig, "token: [" + srvTok + "\n", "not valid YAML"},
 		{"merge key", FileConfig, "base: &b {x: 1}\n<<: *b\ntoken: " + shortTok + "\n", "merge key"},
 		{"second document", FileConfigDropIn, "a: 1\n---\ntoken: " + srvTok + "\n", "second YAML document"},

@@ -1,10 +1,12 @@
 package k3s
 
 import (
+	"bytes"
 	"fmt"
 	"path"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // unitSetting is one Key=value of a unit file's [Service] section, the
@@ -16,79 +18,182 @@ type unitSetting struct {
 }
 
 // scanUnit reads the [Service] settings of a unit file or drop-in as
-// systemd's config parser does: blank lines and lines starting with # or ;
-// are skipped; a line ending in a backslash continues on the next one, the
-// backslash becoming a space, and comment lines inside such a continuation
-// are dropped (systemd.syntax(7)); key and value are trimmed. A CR before
-// the LF is part of the line end.
+// systemd's config parser (config_parse and parse_line) does:
+//
+//   - a physical line ends at LF, CR or NUL; a run of different end
+//     characters (CRLF, LFCR, CRLF NUL...) is one line end, a repeated one
+//     (LF LF, CR CR) ends an empty line, and a NUL always ends the run;
+//   - a line whose first non-blank character is # or ; is a comment and is
+//     dropped, also between continuation lines (it does not end them);
+//   - a line ending in an odd number of backslashes continues on the next
+//     line, its last backslash becoming a space; an even number (an
+//     escaped backslash) does not continue; an empty line ends a
+//     continuation;
+//   - a UTF-8 byte order mark is dropped from the first line that has one;
+//   - the logical line is trimmed of space, tab, CR and LF; a section
+//     header must end in "]" and name no control characters, quotes or
+//     backslashes; key and value are split at the first "=" and trimmed of
+//     the same four blanks only;
+//   - a logical line that is not valid UTF-8 (systemd's rule, which also
+//     refuses the noncharacters U+FDD0..U+FDEF and U+xxFFFE/U+xxFFFF) or a
+//     malformed section header makes systemd stop reading the file: the
+//     unit fails to load, and a drop-in keeps only the settings before
+//     that line. scanUnit stops there too and returns what came before.
 func scanUnit(b []byte) []unitSetting {
 	var (
 		out     []unitSetting
 		section string
 		cont    span
 		inCont  bool
+		bomSeen bool
 	)
-	finish := func() {
+	// finish reads one logical line; false means systemd stops reading.
+	finish := func() bool {
 		line := cont.trimSpace()
 		cont, inCont = span{}, false
 		if len(line.b) == 0 {
-			return
+			return true
+		}
+		if !systemdUTF8(line.b) {
+			return false
 		}
 		if line.b[0] == '[' {
-			end := strings.IndexByte(line.String(), ']')
-			if end > 0 {
-				section = line.String()[1:end]
+			name, ok := unitSectionName(line.b)
+			if ok {
+				section = name
 			}
-			return
+			return ok
 		}
-		eq := strings.IndexByte(line.String(), '=')
-		if eq < 0 || section != "Service" {
-			return
+		eq := bytes.IndexByte(line.b, '=')
+		// No "=" or no key name before it: systemd warns and skips the line.
+		if eq <= 0 || section != "Service" {
+			return true
 		}
-		key := strings.TrimSpace(line.String()[:eq])
+		key := strings.Trim(string(line.b[:eq]), " \t\r\n")
 		out = append(out, unitSetting{key: key, keyOff: line.firstOff(), val: line.from(eq + 1).trimSpace()})
+		return true
 	}
-	for start := 0; start < len(b); {
-		end := start
-		for end < len(b) && b[end] != '\n' {
-			end++
-		}
-		next := end + 1
-		if end > start && b[end-1] == '\r' {
-			end--
-		}
-		text := strings.TrimLeft(string(b[start:end]), " \t")
-		isComment := text != "" && (text[0] == '#' || text[0] == ';')
-		if isComment {
-			start = next
+	for _, ln := range unitLines(b) {
+		raw := b[ln.start:ln.end]
+		if t := bytes.TrimLeft(raw, " \t"); len(t) > 0 && (t[0] == '#' || t[0] == ';') {
 			continue
 		}
-		if !inCont && text == "" {
-			start = next
-			continue
+		start := ln.start
+		if !bomSeen && bytes.HasPrefix(raw, utf8BOM) {
+			start += len(utf8BOM)
+			bomSeen = true
 		}
 		if !inCont {
 			// One allocation per logical line instead of a doubling
 			// append per byte: a fleet parses every unit file several
 			// times per node.
-			cont = span{b: make([]byte, 0, end-start), offs: make([]int, 0, end-start)}
+			cont = span{b: make([]byte, 0, ln.end-start), offs: make([]int, 0, ln.end-start)}
 		}
-		for i := start; i < end; i++ {
+		for i := start; i < ln.end; i++ {
 			cont.lit(b[i], i)
 		}
-		inCont = true
-		if end > start && b[end-1] == '\\' {
+		if trailingBackslashes(b[start:ln.end])%2 == 1 {
 			cont.truncate(len(cont.b) - 1)
 			cont.esc(' ')
-		} else {
-			finish()
+			inCont = true
+			continue
 		}
-		start = next
+		if !finish() {
+			return out
+		}
 	}
 	if inCont {
 		finish()
 	}
 	return out
+}
+
+var utf8BOM = []byte("\xef\xbb\xbf")
+
+// unitLines splits a unit file into physical lines (end excludes the line
+// end) as systemd's read_line does: LF, CR and NUL end a line; following
+// end characters belong to the same line end as long as each is of a kind
+// not yet seen in it, and nothing follows a NUL in it.
+func unitLines(b []byte) []lineSpan {
+	var out []lineSpan
+	for i := 0; i < len(b); {
+		start := i
+		for i < len(b) && eolKind(b[i]) == 0 {
+			i++
+		}
+		end := i
+		var seen byte
+		for i < len(b) {
+			k := eolKind(b[i])
+			if k == 0 || seen&k != 0 || seen&eolNUL != 0 {
+				break
+			}
+			seen |= k
+			i++
+		}
+		out = append(out, lineSpan{start, end})
+	}
+	return out
+}
+
+const (
+	eolLF = 1 << iota
+	eolCR
+	eolNUL
+)
+
+func eolKind(c byte) byte {
+	switch c {
+	case '\n':
+		return eolLF
+	case '\r':
+		return eolCR
+	case 0:
+		return eolNUL
+	}
+	return 0
+}
+
+// trailingBackslashes counts the backslashes that end s. systemd reads a
+// line left to right, a backslash escaping the next character, so the last
+// one is itself escaped exactly when the run is even.
+func trailingBackslashes(s []byte) int {
+	n := 0
+	for n < len(s) && s[len(s)-1-n] == '\\' {
+		n++
+	}
+	return n
+}
+
+// unitSectionName is the name of a section header line (already trimmed,
+// starting with "["), and false when systemd refuses the header: it does
+// not end in "]", or the name holds a control character, a quote, a
+// backslash or DEL.
+func unitSectionName(line []byte) (string, bool) {
+	if len(line) < 2 || line[len(line)-1] != ']' {
+		return "", false
+	}
+	name := line[1 : len(line)-1]
+	for _, c := range name {
+		if c > 0 && c < ' ' || c == '"' || c == '\'' || c == '\\' || c == 0x7f {
+			return "", false
+		}
+	}
+	return string(name), true
+}
+
+// systemdUTF8 reports whether s is valid UTF-8 by systemd's utf8_is_valid:
+// Go's rules (no overlong forms, surrogates or values past U+10FFFF) and
+// also no noncharacters U+FDD0..U+FDEF or U+xxFFFE/U+xxFFFF.
+func systemdUTF8(s []byte) bool {
+	for len(s) > 0 {
+		r, n := utf8.DecodeRune(s)
+		if r == utf8.RuneError && n <= 1 || r >= 0xFDD0 && r <= 0xFDEF || r&0xFFFE == 0xFFFE {
+			return false
+		}
+		s = s[n:]
+	}
+	return true
 }
 
 // expandSpecifiers resolves the unit specifiers fleetcert can know: %% %n
