@@ -107,7 +107,30 @@ func execIn(ctx context.Context, cli *client.Client, id string, stdin []byte, ar
 // putFiles copies files into the container in one tar stream extracted at
 // "/", so modes are exact and owners root; missing parent directories are
 // created by the engine (0755).
+//
+// /run is a tmpfs in the node containers, and the engine's copy lands in
+// the image layer under it, where nothing in the container sees it: files
+// there are written by a shell inside the container instead.
 func putFiles(ctx context.Context, cli *client.Client, id string, files []file) error {
+	var layer []file
+	for _, f := range files {
+		if !onTmpfs(f.Path) {
+			layer = append(layer, f)
+			continue
+		}
+		r, err := execIn(ctx, cli, id, f.Data, "sh", "-c", `mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"`,
+			"sh", f.Path, fmt.Sprintf("%o", f.Mode))
+		if err == nil {
+			err = r.Err()
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", f.Path, err)
+		}
+	}
+	files = layer
+	if len(files) == 0 {
+		return nil
+	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	now := time.Now()
@@ -127,8 +150,22 @@ func putFiles(ctx context.Context, cli *client.Client, id string, files []file) 
 	return err
 }
 
-// readFile reads one file from the container (docker cp, no shell needed).
+// onTmpfs reports whether p is under /run, a tmpfs in the node containers.
+func onTmpfs(p string) bool { return strings.HasPrefix(p, "/run/") }
+
+// readFile reads one file from the container (docker cp, no shell needed;
+// under /run, cat, for the reason putFiles gives).
 func readFile(ctx context.Context, cli *client.Client, id, p string) ([]byte, error) {
+	if onTmpfs(p) {
+		r, err := execIn(ctx, cli, id, nil, "cat", "--", p)
+		if err == nil {
+			err = r.Err()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", p, err)
+		}
+		return []byte(r.Stdout), nil
+	}
 	res, err := cli.CopyFromContainer(ctx, id, client.CopyFromContainerOptions{SourcePath: p})
 	if err != nil {
 		return nil, err
