@@ -48,6 +48,9 @@ type app struct {
 	v      *viper.Viper
 	// dial replaces SSH in tests.
 	dial orchestrator.Dialer
+	// terminal, when set, says whether the operator can be asked (tests
+	// stand in for a TTY with it).
+	terminal func() bool
 }
 
 // Execute runs fleetcert with os.Args and returns the process exit code.
@@ -56,11 +59,18 @@ func Execute() int {
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, v: viper.New()}
+	return (&app{stdin: stdin, stdout: stdout, stderr: stderr}).run(args)
+}
+
+// run executes one command line with a's streams (and, in tests, its
+// dialer and terminal).
+func (a *app) run(args []string) int {
+	stderr := a.stderr
+	a.v = viper.New()
 	root := a.newRoot()
 	root.SetArgs(args)
-	root.SetIn(stdin)
-	root.SetOut(stdout)
+	root.SetIn(a.stdin)
+	root.SetOut(a.stdout)
 	root.SetErr(stderr)
 
 	ctx, stop := interruptible(stderr)
@@ -101,7 +111,7 @@ servers-first behind health gates.`,
 	f.StringVar(&a.g.logFormat, "log-format", "text", "log format on stderr: text or json")
 	f.BoolVarP(&a.g.verbose, "verbose", "v", false, "debug logging")
 	f.BoolVar(&a.g.dryRun, "dry-run", false, "gather facts and print every change that would be made; change nothing")
-	f.BoolVar(&a.g.yes, "yes", false, "do not ask for confirmation")
+	f.BoolVar(&a.g.yes, "yes", false, "change nodes without showing the plan and asking (needed without a terminal: scheduled runs)")
 	f.StringVar(&a.g.configFile, "config", "", "config file (default ~/.config/fleetcert/config.yaml when it exists)")
 	f.StringVar(&a.g.hostKeyPolicy, "host-key-policy", "strict", "SSH host key policy: strict, accept-new or insecure")
 

@@ -14,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/term"
 
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/orchestrator"
@@ -183,12 +182,11 @@ func (a *app) runRotateCA(c *cobra.Command, f rotateCAFlags) error {
 	}
 	opts.CA, opts.Force = in, f.force
 	opts.Export, opts.ExportTokens = f.export != "", f.exportTokens
-	if f.force && !a.g.dryRun {
-		if err := a.confirm("--force loads a CA that does not chain to the current one: every secure token changes and pods must be restarted to trust the new root."); err != nil {
-			return err
-		}
+	warning := ""
+	if f.force {
+		warning = "--force loads a CA that does not chain to the current one: every secure token changes and pods must be restarted to trust the new root."
 	}
-	return a.rollout(c, opts, &f.rolloutFlags, f.export)
+	return a.rollout(c, opts, &f.rolloutFlags, f.export, warning)
 }
 
 func (a *app) runRotateSAKey(c *cobra.Command, f rotateSAFlags) error {
@@ -200,7 +198,7 @@ func (a *app) runRotateSAKey(c *cobra.Command, f rotateSAFlags) error {
 		return err
 	}
 	opts.KeepKeys = f.keepKeys
-	return a.rollout(c, opts, &f.rolloutFlags, "")
+	return a.rollout(c, opts, &f.rolloutFlags, "", "")
 }
 
 // caInput reads and checks the operator's CA files before anything
@@ -251,29 +249,12 @@ func parseCountOrPercent(flag, s string) (int, error) {
 	return n, nil
 }
 
-// confirm asks the operator to type yes, unless --yes. Without a terminal
-// there is nobody to ask: the run is refused (exit 3).
-func (a *app) confirm(warning string) error {
-	if a.g.yes {
-		fmt.Fprintln(a.stderr, "warning: "+warning)
-		return nil
-	}
-	in, ok := a.stdin.(*os.File)
-	if !ok || !term.IsTerminal(int(in.Fd())) {
-		return withCode(ExitRefused, errors.New(warning+" Refusing without --yes (no terminal to confirm on)."))
-	}
-	fmt.Fprintf(a.stderr, "%s\nType yes to go on: ", warning)
-	var answer string
-	_, _ = fmt.Fscanln(in, &answer)
-	if answer != "yes" {
-		return withCode(ExitRefused, errors.New("not confirmed"))
-	}
-	return nil
-}
-
 // rollout connects, runs the operation wave by wave over the selected
 // clusters, reports and maps the outcome to an exit code.
-func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFlags, exportDir string) error {
+//
+// A run that changes nodes needs consent first (see consent): warning,
+// when set, is shown with the plan.
+func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFlags, exportDir, warning string) error {
 	if a.g.output != "table" && a.g.output != "json" {
 		return usageErrorf("-o/--output must be table or json, not %q", a.g.output)
 	}
@@ -286,6 +267,9 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFl
 		return err
 	}
 	ctx := c.Context()
+	if err := a.consent(ctx, opts, ro, warning); err != nil {
+		return err
+	}
 	sink, closeView := a.progressSink()
 	opts.Sink = sink
 	a.log = a.log.With("run", opts.RunID)
@@ -339,6 +323,10 @@ func (a *app) printRollout(rep *orchestrator.FleetReport) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
+	if rep.DryRun {
+		// The same plan consent shows, every change listed.
+		printPlan(a.stdout, rep, true)
+	}
 	printRolloutTable(a.stdout, rep.Clusters, rep.DryRun)
 	if rep.Stopped != "" {
 		fmt.Fprintf(a.stdout, "stopped starting clusters: %s (%d not started)\n", rep.Stopped, rep.Count(orchestrator.OutcomeNotRun))
@@ -347,21 +335,6 @@ func (a *app) printRollout(rep *orchestrator.FleetReport) error {
 }
 
 func printRolloutTable(out io.Writer, reports []*orchestrator.ClusterReport, dryRun bool) {
-	if dryRun {
-		for _, r := range reports {
-			header := "plan"
-			if r.Mode != "" {
-				header += fmt.Sprintf(" (%s, token hash %s -> %s)", r.Mode, dash(r.OldHash), dash(r.TargetHash))
-			}
-			fmt.Fprintf(out, "cluster %s: %s\n", r.Cluster, header)
-			for _, ch := range r.Changes {
-				fmt.Fprintf(out, "  %-14s %-12s %s\n", ch.Node, ch.Phase, ch.What)
-			}
-			if r.Error != "" {
-				fmt.Fprintf(out, "  stopped: %s\n", r.Error)
-			}
-		}
-	}
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "CLUSTER\tOUTCOME\tMODE\tOLD HASH\tNEW HASH\tNODES\tDURATION\tRUN")
 	for _, r := range reports {

@@ -57,5 +57,5 @@ func (a *app) runRotate(c *cobra.Command, f rotateFlags) error {
 		return err
 	}
 	opts.Leaf = orchestrator.LeafOptions{Services: services, OnlyExpiringWithin: f.onlyExpiring.value(), KeepBackups: f.keepBackups}
-	return a.rollout(c, opts, &f.rolloutFlags, "")
+	return a.rollout(c, opts, &f.rolloutFlags, "", "")
 }

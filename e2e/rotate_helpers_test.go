@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -310,9 +311,27 @@ type logLine struct {
 	Phase   string `json:"phase"`
 }
 
+// fleetcertAsIs is fleetcert without the --yes a test run of a mutating
+// command gets by default: for the tests of consent itself.
+func fleetcertAsIs(t *testing.T, ctx context.Context, args ...string) fcResult {
+	t.Helper()
+	return startFleetcertAsIs(t, ctx, nil, args...).wait(t)
+}
+
 // startFleetcert starts the binary; onLine, when set, sees every stderr
-// line (parsed when it is JSON) as it arrives.
+// line (parsed when it is JSON) as it arrives. A mutating command gets
+// --yes, as a scheduled job passes it (tests have no terminal to answer
+// on), unless the arguments already say --yes or --dry-run.
 func startFleetcert(t *testing.T, ctx context.Context, onLine func(logLine, string), args ...string) *fcProcess {
+	t.Helper()
+	if len(args) > 0 && (args[0] == "rotate-ca" || args[0] == "rotate-sa-key" || args[0] == "rotate") &&
+		!slices.Contains(args, "--yes") && !slices.Contains(args, "--dry-run") {
+		args = append(args, "--yes")
+	}
+	return startFleetcertAsIs(t, ctx, onLine, args...)
+}
+
+func startFleetcertAsIs(t *testing.T, ctx context.Context, onLine func(logLine, string), args ...string) *fcProcess {
 	t.Helper()
 	bin := fleetcertBinary(t)
 	p := &fcProcess{cmd: exec.CommandContext(ctx, bin, args...), args: args, done: make(chan struct{})}

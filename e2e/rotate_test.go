@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -295,7 +296,7 @@ func TestRotateCAForceNewRoot(t *testing.T) {
 		mustRead(t, ctx, f, a.Name, agentDir+"/client-kubelet.crt"), mustRead(t, ctx, f, a.Name, agentDir+"/client-kubelet.key")
 
 	before := fleetChecksums(t, ctx, f, "forced")
-	res := fleetcert(t, ctx, "rotate-ca", "-i", f.InventoryPath(), "--force")
+	res := fleetcertAsIs(t, ctx, "rotate-ca", "-i", f.InventoryPath(), "--force")
 	if res.Code != 3 {
 		t.Errorf("--force without --yes and without a TTY: want exit 3\n%s", res)
 	}
@@ -741,6 +742,35 @@ func TestRotateCARefusals(t *testing.T) {
 			}
 		})
 		check(t, 3, []string{"v1.25.6+k3s1 is too old"}, "-i", f.InventoryPath())
+	})
+
+	// Consent: no terminal and no --yes is a refusal; on a terminal
+	// (a pseudo-terminal from script(1)) the plan shows and "n" changes
+	// nothing.
+	t.Run("no terminal, no --yes", func(t *testing.T) {
+		before := fleetChecksums(t, ctx, f, "ref")
+		res := fleetcertAsIs(t, ctx, "rotate-ca", "-i", f.InventoryPath())
+		if res.Code != 3 || !strings.Contains(res.Stderr, "pass --yes for unattended runs") {
+			t.Errorf("want exit 3 and how to go on\n%s", res)
+		}
+		assertUnchanged(t, ctx, f, "ref", before, "a run without consent")
+	})
+	t.Run("terminal, answer n", func(t *testing.T) {
+		before := fleetChecksums(t, ctx, f, "ref")
+		line := fleetcertBinary(t) + " rotate-ca -i " + f.InventoryPath()
+		cmd := exec.CommandContext(ctx, "script", "-qec", line, "/dev/null")
+		cmd.Stdin = strings.NewReader("n\n")
+		out, err := cmd.CombinedOutput()
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) || exitErr.ExitCode() != 3 {
+			t.Errorf("want exit 3 after answering n: %v\n%s", err, out)
+		}
+		for _, want := range []string{"Plan: rotate-ca on 1 cluster(s), 2 node(s)", "Proceed? [y/N]", "not confirmed"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("terminal output lacks %q:\n%s", want, out)
+			}
+		}
+		assertUnchanged(t, ctx, f, "ref", before, "a run answered n")
 	})
 
 	t.Run("node not in the inventory", func(t *testing.T) {
