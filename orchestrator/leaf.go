@@ -150,13 +150,14 @@ func (p leafRollPhase) Run(ctx context.Context, run *ClusterRun) error {
 // renewBatch renews a batch together, then waits for all of it.
 func (l *leafRotation) renewBatch(ctx context.Context, nodes []*Node) error {
 	type started struct {
-		n      *Node
-		t0     time.Time
-		leafs  []string
-		backup string
+		n         *Node
+		t0, begin time.Time
+		leafs     []string
+		backup    string
 	}
 	var waiting []started
 	for _, n := range nodes {
+		begin := time.Now()
 		if l.state != nil && l.state.Nodes[n.Name] == StepDone {
 			l.nodeRep[n.Name].Outcome = "already-done"
 			continue
@@ -176,10 +177,10 @@ func (l *leafRotation) renewBatch(ctx context.Context, nodes []*Node) error {
 			return l.nodeFailed(n, err)
 		}
 		if l.opts.DryRun {
-			l.nodeRep[n.Name].Outcome = "would-restart"
+			l.nodeRep[n.Name].Outcome, l.nodeRep[n.Name].Duration = "would-restart", time.Since(begin)
 			continue
 		}
-		waiting = append(waiting, started{n, t0, n.Layout.RenewedLeafs(services, n.Snapshot), backup})
+		waiting = append(waiting, started{n, t0, begin, n.Layout.RenewedLeafs(services, n.Snapshot), backup})
 	}
 	errs := make([]error, len(waiting))
 	done := make(chan struct{})
@@ -194,6 +195,7 @@ func (l *leafRotation) renewBatch(ctx context.Context, nodes []*Node) error {
 	}
 	var failed []error
 	for i, w := range waiting {
+		l.nodeRep[w.n.Name].Duration = time.Since(w.begin) // the batch's gates end together
 		if errs[i] != nil {
 			failed = append(failed, l.nodeFailed(w.n, errs[i]))
 			continue

@@ -109,6 +109,10 @@ func TestRotateCAOverFakeFleet(t *testing.T) {
 					if nr.Outcome != "restarted" {
 						t.Errorf("%s/%s: outcome %s %s", cr.Cluster, nr.Node, nr.Outcome, nr.Error)
 					}
+					// Agents included: every restarted node's time is measured.
+					if nr.Duration <= 0 {
+						t.Errorf("%s/%s (%s): duration %v", cr.Cluster, nr.Node, nr.Role, nr.Duration)
+					}
 				}
 				wantSnap := 0
 				if spec.Servers > 1 {

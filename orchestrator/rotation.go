@@ -423,11 +423,12 @@ func (r *rotation) rollNode(ctx context.Context, n *Node) error {
 // batch's first failure stops the cluster.
 func (r *rotation) rollBatch(ctx context.Context, agents []*Node) error {
 	type started struct {
-		n  *Node
-		t0 time.Time
+		n         *Node
+		t0, begin time.Time
 	}
 	var waiting []started
 	for _, n := range agents {
+		begin := time.Now()
 		if r.state != nil && r.state.Nodes[n.Name] == StepDone {
 			r.nodeRep[n.Name].Outcome = "already-done"
 			continue
@@ -442,10 +443,10 @@ func (r *rotation) rollBatch(ctx context.Context, agents []*Node) error {
 			return r.nodeFailed(n, err)
 		}
 		if r.opts.DryRun {
-			r.nodeRep[n.Name].Outcome = "would-restart"
+			r.nodeRep[n.Name].Outcome, r.nodeRep[n.Name].Duration = "would-restart", time.Since(begin)
 			continue
 		}
-		waiting = append(waiting, started{n, t0})
+		waiting = append(waiting, started{n, t0, begin})
 	}
 	errs := make([]error, len(waiting))
 	done := make(chan int)
@@ -460,6 +461,7 @@ func (r *rotation) rollBatch(ctx context.Context, agents []*Node) error {
 	}
 	var failed []error
 	for i, w := range waiting {
+		r.nodeRep[w.n.Name].Duration = time.Since(w.begin) // the batch's gates end together
 		if errs[i] != nil {
 			failed = append(failed, r.nodeFailed(w.n, errs[i]))
 			continue
