@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -23,6 +24,7 @@ type checkFlags struct {
 	within     duration
 	outputFile string
 	crossCheck bool
+	all        bool
 }
 
 func (a *app) newCheckCmd() *cobra.Command {
@@ -54,6 +56,7 @@ finding; 4 some nodes unreachable and nothing else wrong; 2 bad usage.`,
 	}
 	c.Flags().Var(&f.within, "within", "a certificate expiring within this is a WARNING (Go duration or days, e.g. 30d)")
 	c.Flags().BoolVar(&f.crossCheck, "cross-check", false, "also run k3s's own certificate check (JSON) where the node's k3s has it (v1.32.0, v1.31.5, v1.30.9 and later) and report where it disagrees; fleetcert's own reading stays the verdict")
+	c.Flags().BoolVar(&f.all, "all", false, "table: list every certificate of every cluster, not only what needs attention (also with -v)")
 	c.Flags().StringVar(&f.outputFile, "output-file", "", "write the output to this file atomically (temp file in the same directory, then rename) instead of standard output")
 	return c
 }
@@ -107,7 +110,7 @@ func (a *app) runCheck(c *cobra.Command, f *checkFlags) error {
 	case "prometheus":
 		writeCheckPrometheus(&buf, report)
 	default:
-		writeCheckTable(&buf, report)
+		writeCheckTable(&buf, report, f.all || a.g.verbose)
 	}
 	if f.outputFile != "" {
 		if err := writeFileAtomic(f.outputFile, buf.Bytes(), 0o644); err != nil {
@@ -283,71 +286,141 @@ func newCheckReport(clusters []*orchestrator.ClusterCheck, now time.Time, within
 	return r
 }
 
-// writeCheckTable prints per cluster a summary line, then every
-// certificate soonest expiry first, then findings and unreachable nodes.
-// Clusters come most urgent first.
-func writeCheckTable(w io.Writer, r checkReport) {
+// writeCheckTable prints the fleet summary first, then what needs
+// attention: per cluster with a problem a summary line, its certificates
+// that are not OK (soonest expiry first), findings and unreachable nodes.
+// A healthy fleet of any size fits on one screen. With all, every cluster
+// and every certificate is listed. Clusters come most urgent first.
+func writeCheckTable(w io.Writer, r checkReport, all bool) {
+	writeFleetSummary(w, r)
 	clusters := append([]clusterCheckReport(nil), r.Clusters...)
 	sort.SliceStable(clusters, func(i, j int) bool {
 		a, b := clusters[i].Earliest, clusters[j].Earliest
 		return a != nil && (b == nil || a.NotAfter.Before(b.NotAfter))
 	})
-	for i, cr := range clusters {
-		if i > 0 {
-			fmt.Fprintln(w)
+	for _, cr := range clusters {
+		if !all && !needsAttention(cr) {
+			continue
 		}
+		fmt.Fprintln(w)
 		fmt.Fprintln(w, clusterSummaryLine(cr))
-		type row struct {
-			node string
-			c    certReport
-			dir  string
+		writeClusterCerts(w, cr, all)
+		writeClusterNotes(w, cr)
+	}
+}
+
+// writeFleetSummary is the fleet in a few lines: counts, findings by
+// kind, and the soonest expiries.
+func writeFleetSummary(w io.Writer, r checkReport) {
+	s := r.Summary
+	fmt.Fprintf(w, "FLEET: %d cluster(s), %d/%d node(s) checked, %d unreachable; %d certificate(s): %d OK, %d WARNING, %d EXPIRED, %d NOT YET VALID; %d finding(s)\n",
+		s.Clusters, s.NodesChecked, s.Nodes, s.Unreachable, s.Certificates, s.OK, s.Warning, s.Expired, s.NotYetValid, s.Findings)
+	kinds := map[string]int{}
+	for _, cr := range r.Clusters {
+		for _, f := range cr.Findings {
+			kinds[f.Kind]++
 		}
-		var rows []row
-		for _, nr := range cr.Nodes {
-			for _, c := range nr.Certificates {
+	}
+	if len(kinds) > 0 {
+		names := make([]string, 0, len(kinds))
+		for k := range kinds {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		parts := make([]string, len(names))
+		for i, k := range names {
+			parts[i] = fmt.Sprintf("%s %d", k, kinds[k])
+		}
+		fmt.Fprintf(w, "FINDINGS: %s\n", strings.Join(parts, ", "))
+	}
+	var soonest []clusterCheckReport
+	for _, cr := range r.Clusters {
+		if cr.Earliest != nil {
+			soonest = append(soonest, cr)
+		}
+	}
+	sort.SliceStable(soonest, func(i, j int) bool { return soonest[i].Earliest.NotAfter.Before(soonest[j].Earliest.NotAfter) })
+	for _, cr := range soonest[:min(3, len(soonest))] {
+		e := cr.Earliest
+		fmt.Fprintf(w, "SOONEST: %s %s/%s %s (%s, %s)\n", e.NotAfter.Format("2006-01-02"), cr.Name, e.Node, path.Base(e.File),
+			residualCell(time.Duration(e.ResidualSeconds)*time.Second), e.Status)
+	}
+}
+
+// needsAttention: a cluster with a certificate not OK, a finding, an
+// unreachable node, tokens that do not match or a cross-check to show.
+func needsAttention(cr clusterCheckReport) bool {
+	c := cr.Counts
+	if c.Warning+c.Expired+c.NotYetValid > 0 || len(cr.Findings) > 0 || len(cr.Unreachable) > 0 ||
+		(cr.TokenCAMatch != nil && !*cr.TokenCAMatch) {
+		return true
+	}
+	for _, nr := range cr.Nodes {
+		if nr.CrossCheck != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// writeClusterCerts lists the cluster's certificates, soonest expiry
+// first: those not OK, or with all every one.
+func writeClusterCerts(w io.Writer, cr clusterCheckReport, all bool) {
+	type row struct {
+		node string
+		c    certReport
+		dir  string
+	}
+	var rows []row
+	for _, nr := range cr.Nodes {
+		for _, c := range nr.Certificates {
+			if all || c.Status != string(k3s.StatusOK) {
 				rows = append(rows, row{nr.Node, c, nr.DataDir})
 			}
 		}
-		sort.SliceStable(rows, func(i, j int) bool { return rows[i].c.NotAfter.Before(rows[j].c.NotAfter) })
-		if len(rows) > 0 {
-			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "  NODE\tFILE\tSUBJECT\tISSUER\tNOT AFTER\tRESIDUAL\tSTATUS")
-			for _, rw := range rows {
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", rw.node, fileCell(rw.dir, rw.c.File, rw.c.Index),
-					dash(rw.c.Subject), dash(rw.c.Issuer), rw.c.NotAfter.Format("2006-01-02 15:04"),
-					residualCell(time.Duration(rw.c.ResidualSeconds)*time.Second), rw.c.Status)
-			}
-			tw.Flush()
+	}
+	if len(rows) == 0 {
+		return
+	}
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].c.NotAfter.Before(rows[j].c.NotAfter) })
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NODE\tFILE\tSUBJECT\tISSUER\tNOT AFTER\tRESIDUAL\tSTATUS")
+	for _, rw := range rows {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", rw.node, fileCell(rw.dir, rw.c.File, rw.c.Index),
+			dash(rw.c.Subject), dash(rw.c.Issuer), rw.c.NotAfter.Format("2006-01-02 15:04"),
+			residualCell(time.Duration(rw.c.ResidualSeconds)*time.Second), rw.c.Status)
+	}
+	tw.Flush()
+}
+
+// writeClusterNotes prints the cluster's findings, unreachable nodes and
+// cross-check results.
+func writeClusterNotes(w io.Writer, cr clusterCheckReport) {
+	for _, f := range cr.Findings {
+		where := f.Node
+		if f.File != "" {
+			where += " " + f.File
 		}
-		for _, f := range cr.Findings {
-			where := f.Node
-			if f.File != "" {
-				where += " " + f.File
-			}
-			fmt.Fprintf(w, "  FINDING %s: %s: %s\n", f.Kind, strings.TrimSpace(where), f.Message)
-		}
-		for _, u := range cr.Unreachable {
-			fmt.Fprintf(w, "  UNREACHABLE %s (%s): %s\n", u.Node, u.Host, u.Error)
-		}
-		for _, nr := range cr.Nodes {
-			switch x := nr.CrossCheck; {
-			case x == nil:
-			case x.Error != "":
-				fmt.Fprintf(w, "  CROSS-CHECK %s: k3s certificate check failed: %s\n", nr.Node, x.Error)
-			case !x.Ran:
-				fmt.Fprintf(w, "  CROSS-CHECK %s: skipped: %s\n", nr.Node, x.Skipped)
-			case len(x.Disagreements) == 0:
-				fmt.Fprintf(w, "  CROSS-CHECK %s: k3s agrees on %d certificate(s)\n", nr.Node, x.Compared)
-			default:
-				for _, d := range x.Disagreements {
-					fmt.Fprintf(w, "  CROSS-CHECK %s: %s\n", nr.Node, d)
-				}
+		fmt.Fprintf(w, "  FINDING %s: %s: %s\n", f.Kind, strings.TrimSpace(where), f.Message)
+	}
+	for _, u := range cr.Unreachable {
+		fmt.Fprintf(w, "  UNREACHABLE %s (%s): %s\n", u.Node, u.Host, u.Error)
+	}
+	for _, nr := range cr.Nodes {
+		switch x := nr.CrossCheck; {
+		case x == nil:
+		case x.Error != "":
+			fmt.Fprintf(w, "  CROSS-CHECK %s: k3s certificate check failed: %s\n", nr.Node, x.Error)
+		case !x.Ran:
+			fmt.Fprintf(w, "  CROSS-CHECK %s: skipped: %s\n", nr.Node, x.Skipped)
+		case len(x.Disagreements) == 0:
+			fmt.Fprintf(w, "  CROSS-CHECK %s: k3s agrees on %d certificate(s)\n", nr.Node, x.Compared)
+		default:
+			for _, d := range x.Disagreements {
+				fmt.Fprintf(w, "  CROSS-CHECK %s: %s\n", nr.Node, d)
 			}
 		}
 	}
-	s := r.Summary
-	fmt.Fprintf(w, "\n%d cluster(s), %d/%d node(s) checked, %d unreachable; %d certificate(s): %d OK, %d WARNING, %d EXPIRED, %d NOT YET VALID; %d finding(s)\n",
-		s.Clusters, s.NodesChecked, s.Nodes, s.Unreachable, s.Certificates, s.OK, s.Warning, s.Expired, s.NotYetValid, s.Findings)
 }
 
 func clusterSummaryLine(cr clusterCheckReport) string {

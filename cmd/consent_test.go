@@ -163,3 +163,33 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// TestCheckTableScalesWithTheFleet: over 1000 healthy clusters, check's
+// default table is the fleet summary alone; --all lists every certificate.
+func TestCheckTableScalesWithTheFleet(t *testing.T) {
+	m, err := fleettest.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := fleettest.New(m, fleettest.Spec{Clusters: 1000, Servers: 1})
+	var b strings.Builder
+	b.WriteString("clusters:\n")
+	for _, c := range fl.Inventory {
+		fmt.Fprintf(&b, "  - {name: %s, servers: [{name: %s, host: %s}]}\n", c.Name, c.Nodes[0].Name, c.Nodes[0].Host)
+	}
+	inv := filepath.Join(t.TempDir(), "hosts.yaml")
+	if err := os.WriteFile(inv, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runConsent(fl, false, "", "check", "-i", inv, "--concurrency", "64")
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, stderr, out)
+	}
+	if lines := strings.Count(out, "\n"); lines > 40 || !strings.Contains(out, "FLEET: 1000 cluster(s), 1000/1000 node(s) checked") {
+		t.Errorf("%d lines for a healthy fleet of 1000 clusters, want at most 40:\n%.2000s", lines, out)
+	}
+	_, all, _ := runConsent(fl, false, "", "check", "-i", inv, "--concurrency", "64", "--all")
+	if strings.Count(all, "\n") < 10000 || strings.Count(all, "CLUSTER c") != 1000 {
+		t.Errorf("--all lists %d lines, %d clusters", strings.Count(all, "\n"), strings.Count(all, "CLUSTER c"))
+	}
+}

@@ -132,11 +132,32 @@ func newFactsReport(n *orchestrator.Node) factsReport {
 	return r
 }
 
+func hasProblem(ts []tokenReport) bool {
+	for _, t := range ts {
+		if t.Problem != "" {
+			return true
+		}
+	}
+	return false
+}
+
 func sameSource(eff *k3s.TokenSource, t k3s.TokenSource) bool {
 	return eff != nil && eff.File == t.File && eff.Line == t.Line && eff.Key == t.Key && eff.Kind == t.Kind
 }
 
 func printFactsTable(a *app, reports []factsReport) {
+	clusters := map[string]bool{}
+	unreachable, problems := 0, 0
+	for _, r := range reports {
+		clusters[r.Cluster] = true
+		if !r.Reachable {
+			unreachable++
+		} else if r.TokenProblem != "" || hasProblem(r.Tokens) {
+			problems++
+		}
+	}
+	fmt.Fprintf(a.stdout, "FLEET: %d cluster(s), %d node(s), %d unreachable, %d with token problems\n",
+		len(clusters), len(reports), unreachable, problems)
 	w := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "CLUSTER\tNODE\tROLE\tVERSION\tINIT\tUNIT\tSTATE\tCA HASH\tTOKENS\tCA EXPIRES\tLEAF EXPIRES")
 	for _, r := range reports {

@@ -241,7 +241,12 @@ func TestCheck(t *testing.T) {
 	}
 
 	// Table and prometheus, the latter written atomically to a file.
+	// A healthy fleet shows only its summary; --all lists every cluster.
 	code, out, stderr := chkRun(t, ctx, f)
+	if code != 0 || !strings.Contains(out, "FLEET: 2 cluster(s), 3/3 node(s) checked") || strings.Contains(out, "CLUSTER chk1") {
+		t.Errorf("table: exit %d\n%s\n%s", code, out, stderr)
+	}
+	code, out, stderr = chkRun(t, ctx, f, "--all")
 	if code != 0 || !strings.Contains(out, "CLUSTER chk1: 2/2 nodes checked") || !strings.Contains(out, "token/CA match: yes") {
 		t.Errorf("table: exit %d\n%s\n%s", code, out, stderr)
 	}
