@@ -125,6 +125,7 @@ func (a *app) runCheck(c *cobra.Command, f *checkFlags) error {
 // checkReport is check's output: stable lowerCamelCase JSON, and the
 // source of the table and the Prometheus exposition.
 type checkReport struct {
+	SchemaVersion int                  `json:"schemaVersion"`
 	CheckedAt     time.Time            `json:"checkedAt"`
 	WithinSeconds int64                `json:"withinSeconds"`
 	Summary       checkSummary         `json:"summary"`
@@ -235,7 +236,7 @@ func newExpiryRef(e orchestrator.EarliestCert) *expiryRef {
 // newCheckReport turns the orchestrator's verdicts into the report, and
 // decides the exit code: 1 for any problem, else 4 for unreachable nodes.
 func newCheckReport(clusters []*orchestrator.ClusterCheck, now time.Time, within time.Duration) checkReport {
-	r := checkReport{CheckedAt: now.UTC().Truncate(time.Second), WithinSeconds: int64(within / time.Second),
+	r := checkReport{SchemaVersion: orchestrator.SchemaVersion, CheckedAt: now.UTC().Truncate(time.Second), WithinSeconds: int64(within / time.Second),
 		Clusters: []clusterCheckReport{}}
 	problems := false
 	for _, cc := range clusters {

@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -153,6 +154,20 @@ func TestPlanSummary(t *testing.T) {
 		!strings.Contains(stdout, "file c0002-s1:/etc/systemd/system/k3s.service.env") {
 		t.Errorf("--dry-run (exit %d) does not print the plan:\n%s", code, stdout)
 	}
+}
+
+// envelope checks a JSON document's schemaVersion and returns its field
+// key: facts, status and inventory list wrap their rows in one.
+func envelope(t *testing.T, data []byte, key string) []byte {
+	t.Helper()
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatalf("not a JSON object: %v\n%s", err, data)
+	}
+	if string(doc["schemaVersion"]) != "1" {
+		t.Errorf("schemaVersion %s, want 1", doc["schemaVersion"])
+	}
+	return doc[key]
 }
 
 func contains(list []string, s string) bool {

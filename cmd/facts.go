@@ -1,7 +1,6 @@
 package cmd
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -50,9 +49,10 @@ func (a *app) runFacts(c *cobra.Command) error {
 		}
 	}
 	if a.g.output == "json" {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(reports); err != nil {
+		if err := writeJSON(a.stdout, struct {
+			SchemaVersion int           `json:"schemaVersion"`
+			Nodes         []factsReport `json:"nodes"`
+		}{orchestrator.SchemaVersion, reports}); err != nil {
 			return err
 		}
 	} else {

@@ -141,7 +141,7 @@ func TestFactsReportsNodesOverSSH(t *testing.T) {
 			MatchesCA *bool  `json:"matchesCA"`
 		} `json:"tokens"`
 	}
-	if err := json.Unmarshal(out.Bytes(), &reports); err != nil {
+	if err := json.Unmarshal(envelope(t, out.Bytes(), "nodes"), &reports); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	if len(reports) != 3 {

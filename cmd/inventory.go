@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fleetcert/fleetcert/inventory"
+	"github.com/fleetcert/fleetcert/orchestrator"
 )
 
 func (a *app) newInventoryCmd() *cobra.Command {
@@ -146,9 +147,18 @@ func writeNodesJSON(w io.Writer, clusters []inventory.Cluster) error {
 			out = append(out, nodeJSON{ID: n.ID(), Node: n, Labels: c.Labels})
 		}
 	}
+	return writeJSON(w, struct {
+		SchemaVersion int        `json:"schemaVersion"`
+		Nodes         []nodeJSON `json:"nodes"`
+	}{orchestrator.SchemaVersion, out})
+}
+
+// writeJSON writes one indented JSON document: every JSON output of
+// fleetcert goes through here.
+func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+	return enc.Encode(v)
 }
 
 func writeNodesTable(w io.Writer, clusters []inventory.Cluster) error {

@@ -141,7 +141,7 @@ func TestInventoryListJSON(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
 	var nodes []map[string]any
-	if err := json.Unmarshal([]byte(out), &nodes); err != nil {
+	if err := json.Unmarshal(envelope(t, []byte(out), "nodes"), &nodes); err != nil {
 		t.Fatalf("stdout is not a JSON array: %v\n%s", err, out)
 	}
 	if len(nodes) != 3 {

@@ -1,7 +1,6 @@
 package cmd
 
 import (
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -58,9 +57,10 @@ func (a *app) runStatus(c *cobra.Command) error {
 		}
 	}
 	if a.g.output == "json" {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(statuses); err != nil {
+		if err := writeJSON(a.stdout, struct {
+			SchemaVersion int `json:"schemaVersion"`
+			Clusters      any `json:"clusters"`
+		}{orchestrator.SchemaVersion, statuses}); err != nil {
 			return err
 		}
 	} else {

@@ -44,7 +44,7 @@ func TestStatusReportsUnfinishedRunsAndStaleLocks(t *testing.T) {
 		Unfinished *struct{ RunID string }
 		LastRun    *struct{ Outcome string }
 	}
-	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+	if err := json.Unmarshal(envelope(t, out.Bytes(), "clusters"), &st); err != nil {
 		t.Fatal(err)
 	}
 	if len(st) != 2 || st[0].Unfinished != nil || st[0].LockStale || !st[0].Reachable {

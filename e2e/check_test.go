@@ -182,7 +182,7 @@ func TestCheck(t *testing.T) {
 			File, Class string
 		} `json:"tokens"`
 	}
-	if err := json.Unmarshal(stdout.Bytes(), &facts); err != nil || len(facts) != 3 {
+	if err := json.Unmarshal(envelope(t, stdout.Bytes(), "nodes"), &facts); err != nil || len(facts) != 3 {
 		t.Fatalf("facts -o json: %v\n%s", err, stdout.String())
 	}
 	for _, n := range facts {

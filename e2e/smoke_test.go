@@ -476,7 +476,7 @@ func TestFactsReportsEveryNode(t *testing.T) {
 			MatchesCA *bool  `json:"matchesCA"`
 		} `json:"tokens"`
 	}
-	if err := json.Unmarshal(stdout.Bytes(), &reports); err != nil {
+	if err := json.Unmarshal(envelope(t, stdout.Bytes(), "nodes"), &reports); err != nil {
 		t.Fatalf("facts -o json: %v\n%s", err, stdout.String())
 	}
 	seen := map[string]bool{}

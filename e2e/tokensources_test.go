@@ -153,7 +153,7 @@ func factsJSON(t *testing.T, ctx context.Context, f *harness.Fleet) map[string]f
 		t.Fatalf("facts: %v\n%s", err, out)
 	}
 	var nodes []factsNode
-	if err := json.Unmarshal(out, &nodes); err != nil {
+	if err := json.Unmarshal(envelope(t, out, "nodes"), &nodes); err != nil {
 		t.Fatalf("facts output: %v\n%s", err, out)
 	}
 	byName := map[string]factsNode{}
@@ -175,3 +175,17 @@ func mustExec(t *testing.T, ctx context.Context, f *harness.Fleet, node, cmd str
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// envelope checks a JSON document's schemaVersion and returns its field
+// key: facts, status and inventory list wrap their rows in one.
+func envelope(t *testing.T, data []byte, key string) []byte {
+	t.Helper()
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatalf("not a JSON object: %v\n%s", err, data)
+	}
+	if string(doc["schemaVersion"]) != "1" {
+		t.Errorf("schemaVersion %s, want 1", doc["schemaVersion"])
+	}
+	return doc[key]
+}

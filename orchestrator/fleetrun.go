@@ -32,16 +32,24 @@ type WaveReport struct {
 	Finished time.Time `json:"finished"`
 }
 
+// SchemaVersion is the version of the shape of every JSON document
+// fleetcert writes (reports, check, facts, status, inventory list).
+const SchemaVersion = 1
+
 // FleetReport is a whole run.
 type FleetReport struct {
-	RunID    string           `json:"runId"`
-	Command  string           `json:"command"`
-	DryRun   bool             `json:"dryRun"`
-	Started  time.Time        `json:"started"`
-	Finished time.Time        `json:"finished"`
-	Stopped  string           `json:"stopped,omitempty"` // why clusters were not started
-	Waves    []WaveReport     `json:"waves"`
-	Clusters []*ClusterReport `json:"clusters"`
+	// SchemaVersion is the version of this report's shape (see
+	// SchemaVersion); it changes only when a field changes meaning or
+	// goes away.
+	SchemaVersion int              `json:"schemaVersion"`
+	RunID         string           `json:"runId"`
+	Command       string           `json:"command"`
+	DryRun        bool             `json:"dryRun"`
+	Started       time.Time        `json:"started"`
+	Finished      time.Time        `json:"finished"`
+	Stopped       string           `json:"stopped,omitempty"` // why clusters were not started
+	Waves         []WaveReport     `json:"waves"`
+	Clusters      []*ClusterReport `json:"clusters"`
 }
 
 // Count returns how many clusters ended with outcome.
@@ -64,7 +72,7 @@ func (r *FleetReport) Count(outcome string) int {
 // closed when it ends, so connections and facts are held only for the
 // clusters in flight, whatever the size of the fleet.
 func RunFleet(ctx context.Context, dial Dialer, opts *Options, ro Rollout) *FleetReport {
-	rep := &FleetReport{RunID: opts.RunID, Command: opts.Command, DryRun: opts.DryRun, Started: opts.now()}
+	rep := &FleetReport{SchemaVersion: SchemaVersion, RunID: opts.RunID, Command: opts.Command, DryRun: opts.DryRun, Started: opts.now()}
 	total := 0
 	byName := map[string]inventory.Cluster{}
 	for _, w := range ro.Waves {
