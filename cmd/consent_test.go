@@ -208,3 +208,17 @@ func TestCheckTableScalesWithTheFleet(t *testing.T) {
 		t.Errorf("--all lists %d lines, %d clusters", strings.Count(all, "\n"), strings.Count(all, "CLUSTER c"))
 	}
 }
+
+// TestRolloutTableShapedPerCommand: leaf renewal changes no CA, so its
+// summary has no mode or hash columns; rotate-ca's has them.
+func TestRolloutTableShapedPerCommand(t *testing.T) {
+	fl, inv := consentFleet(t)
+	_, leaf, stderr := runConsent(fl, false, "", "rotate", "-i", inv, "--dry-run")
+	if !strings.Contains(leaf, "CLUSTER  OUTCOME") || strings.Contains(leaf, "OLD HASH") || strings.Contains(leaf, "MODE") {
+		t.Errorf("rotate summary:\n%s\n%s", leaf, stderr)
+	}
+	_, ca, _ := runConsent(fl, false, "", "rotate-ca", "-i", inv, "--dry-run")
+	if !strings.Contains(ca, "OLD HASH") || !strings.Contains(ca, "MODE") {
+		t.Errorf("rotate-ca summary:\n%s", ca)
+	}
+}

@@ -327,19 +327,30 @@ func (a *app) printRollout(rep *orchestrator.FleetReport) error {
 		// The same plan consent shows, every change listed.
 		printPlan(a.stdout, rep, true)
 	}
-	printRolloutTable(a.stdout, rep.Clusters, rep.DryRun)
+	printRolloutTable(a.stdout, rep.Command, rep.Clusters, rep.DryRun)
 	if rep.Stopped != "" {
 		fmt.Fprintf(a.stdout, "stopped starting clusters: %s (%d not started)\n", rep.Stopped, rep.Count(orchestrator.OutcomeNotRun))
 	}
 	return nil
 }
 
-func printRolloutTable(out io.Writer, reports []*orchestrator.ClusterReport, dryRun bool) {
+func printRolloutTable(out io.Writer, command string, reports []*orchestrator.ClusterReport, dryRun bool) {
+	// Leaf renewal changes no CA: no mode or hash columns for it.
+	leaf := command == orchestrator.CmdRotate
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "CLUSTER\tOUTCOME\tMODE\tOLD HASH\tNEW HASH\tNODES\tDURATION\tRUN")
+	if leaf {
+		fmt.Fprintln(w, "CLUSTER\tOUTCOME\tNODES\tDURATION\tRUN")
+	} else {
+		fmt.Fprintln(w, "CLUSTER\tOUTCOME\tMODE\tOLD HASH\tNEW HASH\tNODES\tDURATION\tRUN")
+	}
 	for _, r := range reports {
+		took := r.Finished.Sub(r.Started).Round(time.Second)
+		if leaf {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.Cluster, r.Outcome, nodeSummary(r.Nodes), took, r.RunID)
+			continue
+		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Cluster, r.Outcome, dash(string(r.Mode)),
-			shortHash(r.OldHash), shortHash(r.TargetHash), nodeSummary(r.Nodes), r.Finished.Sub(r.Started).Round(time.Second), r.RunID)
+			shortHash(r.OldHash), shortHash(r.TargetHash), nodeSummary(r.Nodes), took, r.RunID)
 	}
 	w.Flush()
 	for _, r := range reports {
