@@ -270,7 +270,13 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFl
 	if err := a.consent(ctx, opts, ro, warning); err != nil {
 		return err
 	}
-	sink, closeView := a.progressSink()
+	clusterCount, nodeCount := 0, 0
+	for _, w := range ro.Waves {
+		for _, c := range w {
+			clusterCount, nodeCount = clusterCount+1, nodeCount+len(c.Nodes)
+		}
+	}
+	sink, closeView := a.progressSink(clusterCount, nodeCount)
 	opts.Sink = sink
 	a.log = a.log.With("run", opts.RunID)
 	rep := orchestrator.RunFleet(ctx, a.dialer(), opts, ro)

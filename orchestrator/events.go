@@ -30,6 +30,7 @@ const (
 	EventGate    EventKind = "gate"    // a health gate passed
 	EventFail    EventKind = "fail"    // a phase or gate failed
 	EventCluster EventKind = "cluster" // a cluster finished (Msg holds the outcome)
+	EventWave    EventKind = "wave"    // a wave starts (Msg: "wave I of N, K clusters")
 )
 
 // Sink receives events. Implementations must be safe for concurrent use:

@@ -136,6 +136,10 @@ func (f *fleetRun) stopReason() string {
 
 func (f *fleetRun) runWave(index int, wave []inventory.Cluster) {
 	wr := WaveReport{Index: index + 1, Started: f.opts.now()}
+	if f.opts.Sink != nil {
+		f.opts.Sink.Emit(Event{Time: wr.Started, RunID: f.opts.RunID, Kind: EventWave,
+			Msg: fmt.Sprintf("wave %d of %d, %d clusters", index+1, len(f.ro.Waves), len(wave))})
+	}
 	slots := make(chan struct{}, max(1, f.opts.Concurrency))
 	var wg sync.WaitGroup
 	for _, c := range wave {
