@@ -237,11 +237,12 @@ type clusterReport struct {
 	TargetHash string `json:"targetHash"`
 	Snapshot   string `json:"snapshot"`
 	Nodes      []struct {
-		Node    string   `json:"node"`
-		Role    string   `json:"role"`
-		Outcome string   `json:"outcome"`
-		Files   []string `json:"filesChanged"`
-		Error   string   `json:"error"`
+		Node     string   `json:"node"`
+		Role     string   `json:"role"`
+		Outcome  string   `json:"outcome"`
+		Files    []string `json:"filesChanged"`
+		Error    string   `json:"error"`
+		Duration int64    `json:"durationNs"`
 	} `json:"nodes"`
 	Changes []struct {
 		Node  string `json:"node"`

@@ -154,6 +154,12 @@ func TestRotateCAHA(t *testing.T) {
 			t.Errorf("%s: outcome %q, want restarted", n.Name, o)
 		}
 	}
+	// Every restarted node's time is measured, agents included.
+	for _, n := range rep.Nodes {
+		if n.Duration <= 0 {
+			t.Errorf("%s (%s): durationNs %d in the report", n.Node, n.Role, n.Duration)
+		}
+	}
 
 	// Tokens: every place, every node, new hash, same credentials.
 	assertTokensPin(t, ctx, f, "ha", newHash)

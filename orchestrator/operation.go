@@ -135,6 +135,7 @@ type ClusterReport struct {
 	Finished   time.Time    `json:"finished"`
 	Nodes      []NodeReport `json:"nodes"`
 	Changes    []Change     `json:"changes"`
+	Phases     []PhaseSpan  `json:"phases"`
 	Warnings   []string     `json:"warnings,omitempty"`
 	// Export holds what --export writes; never in JSON reports.
 	Export *Export `json:"-"`

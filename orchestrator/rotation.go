@@ -93,7 +93,7 @@ func (r *rotation) finish(err error) {
 	}
 	rep.Mode, rep.OldHash, rep.TargetHash = r.mode, r.served, r.target
 	rep.Staged = r.staged.Names()
-	rep.Changes = r.run.Changes()
+	rep.Changes, rep.Phases = r.run.Changes(), r.run.Phases()
 	rep.Finished = r.opts.now()
 	for _, n := range r.run.Nodes {
 		rep.Nodes = append(rep.Nodes, *r.nodeRep[n.Name])

@@ -49,6 +49,7 @@ type ClusterRun struct {
 	phase   string
 	mu      sync.Mutex
 	changes []Change
+	spans   []PhaseSpan
 }
 
 // Primary is the server that loads new material and keeps the run state.
@@ -100,6 +101,20 @@ func (r *ClusterRun) record(n *Node, what string) {
 	r.mu.Lock()
 	r.changes = append(r.changes, Change{Node: n.Name, Phase: r.phase, What: what})
 	r.mu.Unlock()
+}
+
+// PhaseSpan is when one phase of a cluster's run started and ended.
+type PhaseSpan struct {
+	Phase    string    `json:"phase"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+}
+
+// Phases lists the phases run so far, with their times.
+func (r *ClusterRun) Phases() []PhaseSpan {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]PhaseSpan(nil), r.spans...)
 }
 
 // Changes lists the changes made (or planned, with dry-run) so far.
@@ -160,7 +175,13 @@ func RunPhases(ctx context.Context, r *ClusterRun, phases []Phase) error {
 		r.phase = p.Title()
 		r.emit(nil, EventPhase, p.Title())
 		ran = append(ran, p)
-		if err := p.Run(ctx, r); err != nil {
+		span := PhaseSpan{Phase: p.Title(), Started: r.now()}
+		err := p.Run(ctx, r)
+		span.Finished = r.now()
+		r.mu.Lock()
+		r.spans = append(r.spans, span)
+		r.mu.Unlock()
+		if err != nil {
 			r.emit(nil, EventFail, err.Error())
 			return fail(fmt.Errorf("%s: %w", p.Title(), err))
 		}
