@@ -70,6 +70,20 @@ func (a *app) runStatus(c *cobra.Command) error {
 }
 
 func printStatus(a *app, statuses []orchestrator.ClusterStatus, now time.Time) {
+	unreachable, attention, locked := 0, 0, 0
+	for _, s := range statuses {
+		switch {
+		case !s.Reachable:
+			unreachable++
+		case s.NeedsAttention():
+			attention++
+		}
+		if s.Lock != nil {
+			locked++
+		}
+	}
+	fmt.Fprintf(a.stdout, "FLEET: %d cluster(s), %d unreachable, %d locked, %d needing attention (unfinished run or stale lock)\n",
+		len(statuses), unreachable, locked, attention)
 	w := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "CLUSTER\tPRIMARY\tLOCK\tUNFINISHED RUN\tLAST RUN")
 	for _, s := range statuses {

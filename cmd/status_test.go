@@ -56,7 +56,7 @@ func TestStatusReportsUnfinishedRunsAndStaleLocks(t *testing.T) {
 
 	out.Reset()
 	run([]string{"status", "-i", invPath}, nil, &out, &errb)
-	for _, want := range []string{"STALE", "r1 rotate-ca (cross-sign)", "loaded", "done: 1", "restarted: 1", "r0 rotate-sa-key: done"} {
+	for _, want := range []string{"FLEET: 2 cluster(s), 0 unreachable, 1 locked, 1 needing attention", "STALE", "r1 rotate-ca (cross-sign)", "loaded", "done: 1", "restarted: 1", "r0 rotate-sa-key: done"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
