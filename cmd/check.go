@@ -25,11 +25,13 @@ type checkFlags struct {
 	outputFile string
 	crossCheck bool
 	all        bool
+	maxSkew    duration
 }
 
 func (a *app) newCheckCmd() *cobra.Command {
 	var f checkFlags
 	f.within = duration(k3s.DefaultCheckWithin)
+	f.maxSkew = duration(orchestrator.DefaultMaxClockSkew)
 	c := &cobra.Command{
 		Use:   "check",
 		Short: "Check every certificate on every selected node: expiry, token/CA match, key hygiene",
@@ -56,6 +58,7 @@ finding; 4 some nodes unreachable and nothing else wrong; 2 bad usage.`,
 	}
 	c.Flags().Var(&f.within, "within", "a certificate expiring within this is a WARNING (Go duration or days, e.g. 30d)")
 	c.Flags().BoolVar(&f.crossCheck, "cross-check", false, "also run k3s's own certificate check (JSON) where the node's k3s has it (v1.32.0, v1.31.5, v1.30.9 and later) and report where it disagrees; fleetcert's own reading stays the verdict")
+	c.Flags().Var(&f.maxSkew, "max-clock-skew", "a node whose clock differs from the controller's by more is a finding (clockSkew)")
 	c.Flags().BoolVar(&f.all, "all", false, "table: list every certificate of every cluster, not only what needs attention (also with -v)")
 	c.Flags().StringVar(&f.outputFile, "output-file", "", "write the output to this file atomically (temp file in the same directory, then rename) instead of standard output")
 	return c
@@ -66,6 +69,9 @@ func (a *app) runCheck(c *cobra.Command, f *checkFlags) error {
 	case "table", "json", "prometheus":
 	default:
 		return usageErrorf("-o/--output must be table, json or prometheus for check, not %q", a.g.output)
+	}
+	if f.maxSkew.value() <= 0 {
+		return usageErrorf("--max-clock-skew must be more than 0")
 	}
 	if f.within.value() <= 0 {
 		return usageErrorf("--within must be more than 0")
@@ -84,7 +90,7 @@ func (a *app) runCheck(c *cobra.Command, f *checkFlags) error {
 	now := time.Now()
 	checked := orchestrator.Check(c.Context(), nodes, orchestrator.CheckOptions{
 		Now: now, Within: f.within.value(), Limit: a.g.concurrency,
-		ProbeTimeout: min(a.g.timeout.value(), 30*time.Second), CrossCheck: f.crossCheck,
+		ProbeTimeout: min(a.g.timeout.value(), 30*time.Second), CrossCheck: f.crossCheck, MaxClockSkew: f.maxSkew.value(),
 	})
 	if c.Context().Err() != nil {
 		// Nodes cut off by the interrupt would read as unreachable: better

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/orchestrator/fleettest"
@@ -220,5 +221,19 @@ func TestRolloutTableShapedPerCommand(t *testing.T) {
 	_, ca, _ := runConsent(fl, false, "", "rotate-ca", "-i", inv, "--dry-run")
 	if !strings.Contains(ca, "OLD HASH") || !strings.Contains(ca, "MODE") {
 		t.Errorf("rotate-ca summary:\n%s", ca)
+	}
+}
+
+// TestCheckClockSkew: a node whose clock is off by more than
+// --max-clock-skew (default 30 s) is a clockSkew finding (exit 1).
+func TestCheckClockSkew(t *testing.T) {
+	fl, inv := consentFleet(t)
+	fl.Node("c0002/c0002-a1").ClockOffset = 10 * time.Minute
+	code, out, stderr := runConsent(fl, false, "", "check", "-i", inv)
+	if code != ExitFailed || !strings.Contains(out, "FINDING clockSkew: c0002-a1: the node's clock is") || !strings.Contains(out, "ahead of the controller's (more than 30s)") {
+		t.Errorf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if code, out, _ := runConsent(fl, false, "", "check", "-i", inv, "--max-clock-skew", "15m"); code != ExitOK {
+		t.Errorf("--max-clock-skew 15m: exit %d\n%s", code, out)
 	}
 }

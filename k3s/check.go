@@ -75,6 +75,10 @@ const (
 	// FindingTokenSource: a place that may hold a token cannot be
 	// accounted for (see facts); a rotation would refuse the node.
 	FindingTokenSource = "tokenSourceProblem"
+	// FindingClockSkew: the node's clock differs from the controller's by
+	// more than check's --max-clock-skew: certificates look expired or
+	// not yet valid there at other times than fleetcert computes.
+	FindingClockSkew = "clockSkew"
 	// FindingNoAccess: a file or directory exists but could not be read
 	// with the privileges fleetcert runs with: unreadable is not empty.
 	FindingNoAccess = "unreadableFile"

@@ -52,6 +52,10 @@ type NodeFacts struct {
 	Binary string `json:"binary,omitempty"`
 	// MainPID is the running k3s process, as systemd tracks it.
 	MainPID int `json:"mainPID,omitempty"`
+	// ClockSkew is the node's clock minus the controller's, measured
+	// around the facts round trip (to within about a second): positive
+	// when the node is ahead.
+	ClockSkew time.Duration `json:"clockSkewNs"`
 	// CAHash is hashCA of the CA bundle the node holds: the server's own
 	// server-ca.crt, or an agent's downloaded copy.
 	CAHash string `json:"caHash,omitempty"`

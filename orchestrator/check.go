@@ -25,6 +25,30 @@ type CheckOptions struct {
 	// CrossCheck also runs `k3s certificate check -o json` on every node
 	// whose version has it (one more round trip each) and compares.
 	CrossCheck bool
+	// MaxClockSkew: a node whose clock is off by more is a finding; zero:
+	// DefaultMaxClockSkew.
+	MaxClockSkew time.Duration
+}
+
+// DefaultMaxClockSkew is how far a node's clock may be off before check
+// reports it.
+const DefaultMaxClockSkew = 30 * time.Second
+
+// clockFinding reports a node whose clock is off by more than max.
+func clockFinding(f k3s.NodeFacts, max time.Duration) []k3s.Finding {
+	if f.ClockSkew.Abs() <= max {
+		return nil
+	}
+	return []k3s.Finding{{Kind: k3s.FindingClockSkew,
+		Message: fmt.Sprintf("the node's clock is %s the controller's (more than %s): fix its time sync (NTP)", skewWords(f.ClockSkew), max)}}
+}
+
+// skewWords says "2h0m0s behind" or "10m0s ahead of".
+func skewWords(d time.Duration) string {
+	if d < 0 {
+		return (-d).String() + " behind"
+	}
+	return d.String() + " ahead of"
 }
 
 // CrossCheckResult is how k3s's own `certificate check` compares with
@@ -82,6 +106,9 @@ func Check(ctx context.Context, nodes []*Node, opts CheckOptions) []*ClusterChec
 	if opts.Now.IsZero() {
 		opts.Now = time.Now()
 	}
+	if opts.MaxClockSkew == 0 {
+		opts.MaxClockSkew = DefaultMaxClockSkew
+	}
 	if opts.Within == 0 {
 		opts.Within = k3s.DefaultCheckWithin
 	}
@@ -134,6 +161,7 @@ func Check(ctx context.Context, nodes []*Node, opts CheckOptions) []*ClusterChec
 				nc := k3s.CheckNode(cn.Layout, cn.Snapshot, cn.Facts, opts.Now, opts.Within)
 				cn.Certs, cn.Findings = nc.Certs, nc.Findings
 				cn.Findings = append(cn.Findings, roleFindings(cn.Node)...)
+				cn.Findings = append(cn.Findings, clockFinding(cn.Facts, opts.MaxClockSkew)...)
 				if opts.CrossCheck {
 					cctx, cancel := context.WithTimeout(gctx, opts.ProbeTimeout)
 					cn.CrossCheck = crossCheck(cctx, cn, opts.Now)

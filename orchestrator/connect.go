@@ -117,15 +117,22 @@ func (n *Node) connect(ctx context.Context, dial Dialer) {
 
 // Refresh gathers the node's facts again, e.g. after a restart.
 func (n *Node) Refresh(ctx context.Context) error {
+	sent := time.Now()
 	snap, err := k3s.TakeSnapshot(ctx, n.Conn, n.Layout)
 	if err != nil {
 		return err
 	}
+	// The node read its clock during the round trip: compare with the
+	// controller's at its middle.
+	mid := sent.Add(time.Since(sent) / 2)
 	more, scan, err := readReferenced(ctx, n.Conn, n.Layout, snap)
 	if err != nil {
 		return err
 	}
 	n.Snapshot, n.more, n.Facts = snap, more, k3s.DescribeWith(n.Layout, snap, scan)
+	if !snap.Now.IsZero() {
+		n.Facts.ClockSkew = snap.Now.Sub(mid).Round(time.Second)
+	}
 	return nil
 }
 

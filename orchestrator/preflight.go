@@ -9,6 +9,7 @@ import (
 
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/pki"
 )
 
 // preflight checks everything that can be known before touching the
@@ -74,6 +75,7 @@ func (r *rotation) checkNode(n *Node, bad func(string, ...any)) {
 			r.warn(n, "%s", w)
 		}
 	}
+	r.checkClock(n, bad)
 	want := k3s.RoleServer
 	if n.Role == inventory.Agent {
 		want = k3s.RoleAgent
@@ -89,6 +91,21 @@ func (r *rotation) checkNode(n *Node, bad func(string, ...any)) {
 		} else {
 			bad("%s: %s.service is %q, not active; fix the node first", n.Name, f.Unit, f.UnitState)
 		}
+	}
+}
+
+// checkClock refuses a node whose clock is behind by more than new
+// certificates are backdated (pki.Backdate, as k3s backdates its own): it
+// would see them as not yet valid. A smaller skew above check's threshold
+// is a warning.
+func (r *rotation) checkClock(n *Node, bad func(string, ...any)) {
+	skew := n.Facts.ClockSkew
+	switch {
+	case skew < -pki.Backdate:
+		bad("%s: its clock is %s the controller's, more than the %s new certificates are backdated: they would not yet be valid there; fix its time sync (NTP) first",
+			n.Name, skewWords(skew), pki.Backdate)
+	case skew.Abs() > DefaultMaxClockSkew:
+		r.warn(n, "its clock is %s the controller's; fix its time sync (NTP)", skewWords(skew))
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"path"
 	"strings"
 	"sync"
@@ -354,5 +355,47 @@ func TestFakeNodeRefusesTokenMismatch(t *testing.T) {
 	res, err := agent.Conn.Run(ctx, "k3s certificate rotate --service kubelet", nil)
 	if err != nil || res.ExitCode != 127 || len(fl.Unknown()) != 1 {
 		t.Fatalf("unknown script: exit %d, %v, recorded %q", res.ExitCode, err, fl.Unknown())
+	}
+}
+
+// TestRotateCAClockSkew: a node whose clock is behind by more than new
+// certificates are backdated (1 h) refuses its cluster before anything
+// changes, naming the node and the offset; 10 minutes off is a warning and
+// the run goes on.
+func TestRotateCAClockSkew(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		offset  time.Duration
+		outcome string
+		want    string
+	}{
+		// The node reads its clock in whole seconds: the offset seen is
+		// within a second of the one set.
+		{"2h behind", -2 * time.Hour, OutcomeRefused, "behind the controller's, more than the 1h0m0s new certificates are backdated"},
+		{"10m ahead", 10 * time.Minute, OutcomeDone, "ahead of the controller's; fix its time sync (NTP)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fl, nodes, opts, _ := fakeRotation(t, fleettest.Spec{Clusters: 1, Servers: 1, Agents: 1}, 2)
+			var agent *Node
+			for _, n := range nodes {
+				if n.Role == inventory.Agent {
+					agent = n
+				}
+			}
+			fl.Node(agent.ID()).ClockOffset = tc.offset
+			before := fl.Node(agent.ID()).Files()
+			rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
+			cr := rep.Clusters[0]
+			if cr.Outcome != tc.outcome {
+				t.Fatalf("outcome %s (%s), want %s", cr.Outcome, cr.Error, tc.outcome)
+			}
+			said := cr.Error + strings.Join(cr.Warnings, "\n")
+			if !strings.Contains(said, agent.Name+": its clock is ") || !strings.Contains(said, tc.want) {
+				t.Errorf("report does not say %q about %s:\n%s", tc.want, agent.Name, said)
+			}
+			if tc.outcome == OutcomeRefused && !maps.EqualFunc(before, fl.Node(agent.ID()).Files(), func(a, b fleettest.File) bool { return bytes.Equal(a.Data, b.Data) }) {
+				t.Error("a refused cluster's node changed")
+			}
+		})
 	}
 }

@@ -34,6 +34,10 @@ const (
 // clock lags the controller does not see them as not yet valid.
 const notBeforeSkew = time.Hour
 
+// Backdate is how far before now new certificates are valid from: a node
+// whose clock is behind by more would see them as not yet valid.
+const Backdate = notBeforeSkew
+
 // KeyType names a key algorithm and size for generated roots and
 // intermediates. k3s only ever uses these CAs to verify chains with Go's
 // crypto/x509, which accepts them all; its own cluster CAs are ECDSA P-256.

@@ -44,6 +44,9 @@ type Node struct {
 	// can change the file there, as configuration management might
 	// between fleetcert's read and its write.
 	BeforeWrite func(path string)
+	// ClockOffset is added to the clock the node reports (date +%s), as
+	// on a node whose time sync is off.
+	ClockOffset time.Duration
 
 	mu      sync.Mutex
 	files   map[string]*File
@@ -249,7 +252,7 @@ func (n *Node) facts(script string) remote.Result {
 	var b bytes.Buffer
 	b.Grow(64 << 10)
 	b.WriteString(factsHeader)
-	fmt.Fprintf(&b, "@hostname\n%s\n@os\nUbuntu 24.04.1 LTS\n@init\nsystemd\n@now\n%d\n", n.hostname, clock().Unix())
+	fmt.Fprintf(&b, "@hostname\n%s\n@os\nUbuntu 24.04.1 LTS\n@init\nsystemd\n@now\n%d\n", n.hostname, clock().Add(n.ClockOffset).Unix())
 	fmt.Fprintf(&b, "@version\nk3s version %s (0a1b2c3d)\ngo version go1.23.6\n", n.fleet.version)
 	for _, u := range p.units {
 		state := n.units[u]
