@@ -146,6 +146,18 @@ func TestPlanSummary(t *testing.T) {
 	if strings.Contains(stderr, "file c0001-a1:/etc/systemd/system/k3s-agent.service.env") {
 		t.Errorf("files listed without -v:\n%s", stderr)
 	}
+	// The whole plan, compared with its golden file (the fleet's random
+	// CA hash replaced).
+	plan := strings.ReplaceAll(stderr, fl.Material.Hash[:12], "<old-hash>")
+	golden := filepath.Join("testdata", "plan-rotate-ca.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(plan), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want, err := os.ReadFile(golden); err != nil || string(want) != plan {
+		t.Errorf("plan differs from %s (%v; -update rewrites it):\n%s", golden, err, plan)
+	}
 	_, _, stderr = runConsent(fl, true, "n\n", "rotate-ca", "-i", inv, "-v")
 	if !strings.Contains(stderr, "file c0001-a1:/etc/systemd/system/k3s-agent.service.env") {
 		t.Errorf("-v does not list the files:\n%s", stderr)

@@ -10,12 +10,12 @@ import (
 	"testing"
 )
 
-var updateSchema = flag.Bool("update-schema", false, "rewrite testdata/schema/*.txt from the current outputs")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata (schemas, plan) from the current outputs")
 
 // TestJSONSchemas guards the shape of every JSON output: the set of field
 // paths each document has, for a fake fleet that exercises them, must be
 // the one in testdata/schema. A field that vanishes or is renamed fails
-// here; a new one is added with -update-schema and reviewed in the diff.
+// here; a new one is added with -update and reviewed in the diff.
 func TestJSONSchemas(t *testing.T) {
 	fl, inv := consentFleet(t)
 	for _, tc := range []struct {
@@ -40,7 +40,7 @@ func TestJSONSchemas(t *testing.T) {
 			}
 			got := strings.Join(shape(doc), "\n") + "\n"
 			file := filepath.Join("testdata", "schema", tc.name+".txt")
-			if *updateSchema {
+			if *update {
 				if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 					t.Fatal(err)
 				}
@@ -50,7 +50,7 @@ func TestJSONSchemas(t *testing.T) {
 			}
 			want, err := os.ReadFile(file)
 			if err != nil {
-				t.Fatalf("%v (run go test ./cmd -run TestJSONSchemas -update-schema)", err)
+				t.Fatalf("%v (run go test ./cmd -run TestJSONSchemas -update)", err)
 			}
 			for _, p := range strings.Split(strings.TrimSpace(string(want)), "\n") {
 				if !strings.Contains("\n"+got, "\n"+p+"\n") {
@@ -59,7 +59,7 @@ func TestJSONSchemas(t *testing.T) {
 			}
 			for _, p := range strings.Split(strings.TrimSpace(got), "\n") {
 				if !strings.Contains("\n"+string(want), "\n"+p+"\n") {
-					t.Errorf("new field %s: add it to %s (-update-schema) and to the README", p, file)
+					t.Errorf("new field %s: add it to %s (-update) and to the README", p, file)
 				}
 			}
 		})
