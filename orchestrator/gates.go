@@ -72,9 +72,9 @@ func (r *rotation) serverGates(ctx context.Context, n *Node, t0 time.Time) error
 
 // agentGates: the agent downloaded the new CA bundle after its restart
 // (which it only does once its token validated) and is Ready again. An
-// agent unit installed before 2022 is Type=exec, and even a Type=notify
-// agent may be "active" while it retries a rejected token, so the unit
-// state alone proves nothing.
+// agent unit installed before 2022 is Type=exec ("active" once started),
+// and a Type=notify agent's readiness says nothing about which CA it
+// fetched, so the unit state alone proves nothing.
 func (r *rotation) agentGates(ctx context.Context, n *Node, t0 time.Time) error {
 	primary := r.run.Primary()
 	return r.passGates(ctx, n, []gate{
