@@ -49,13 +49,6 @@ type TokenScan struct {
 	candidates []string            // read by every facts round trip: absent when not in Files
 }
 
-// FindTokenSources is ScanTokens for a node known only by its files, as
-// install.sh lays them out (no systemd view).
-func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []string) {
-	sc := ScanTokens(l, NodeFiles{Files: files})
-	return sc.Sources, sc.Pending
-}
-
 // ScanTokens finds every place the node defines a token, where systemd and
 // k3s say they are:
 //

@@ -131,7 +131,7 @@ type TokenSource struct {
 	ReferencedBy []string
 
 	// ref is settingConfig or settingServer for a definition of those:
-	// not a token, kept apart from token sources by FindTokenSources.
+	// not a token, kept apart from token sources by ScanTokens.
 	ref     string
 	keyLine int // line of the key, for coverage checks
 	hashOff int // byte offset of the CA hash in File, -1 when not a literal run
@@ -249,7 +249,7 @@ func (d DropInDir) Matches(name string) bool {
 // CandidateFiles are the fixed files that may define a token on a node:
 // the distro env files and install.sh's env file (load order), the unit
 // file and config.yaml. Absent ones are simply not passed to
-// FindTokenSources. See CandidateDirs for the drop-in directories.
+// ScanTokens. See CandidateDirs for the drop-in directories.
 func CandidateFiles(l Layout) []string {
 	files := append([]string{}, l.DistroEnvFiles()...)
 	return append(files, l.EnvFile(), l.UnitFile(), l.Config())
@@ -331,7 +331,7 @@ var ErrNoToken = errors.New("no token defined")
 
 // EffectiveToken is the definition whose token k3s would use for the
 // server token (role server) or the join token (role agent), sources being
-// what FindTokenSources returned, in its order:
+// what ScanTokens returned, in its order:
 //
 //   - a token-file setting, when set, beats any token setting, whatever
 //     each comes from (k3s reads the file over cfg.Token);

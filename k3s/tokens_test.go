@@ -25,6 +25,13 @@ var (
 	shortTok  = "justashortsecret"
 )
 
+// FindTokenSources is ScanTokens for a node known only by its files, as
+// install.sh lays them out (no systemd view): what most tests here need.
+func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []string) {
+	sc := ScanTokens(l, NodeFiles{Files: files})
+	return sc.Sources, sc.Pending
+}
+
 func hexSum(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
 // installUnit is the unit install.sh writes (docs/k3s.md#install-sh), with the given

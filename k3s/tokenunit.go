@@ -403,7 +403,7 @@ func readUnitChain(l Layout, unit *UnitShow, files map[string][]byte) unitChain 
 			refs = append(refs, e.Path)
 		}
 	}
-	uc.envFiles = envFileRefs(l, refs, unit != nil || files[l.UnitFile()] != nil, files)
+	uc.envFiles = envFileRefs(l, refs, files)
 	return uc
 }
 
@@ -427,7 +427,7 @@ func ignore(srcs []TokenSource, why string) {
 // envFileRefs orders the environment files as the unit loads them (a path
 // named twice is loaded at its last place), then the candidate env files
 // the unit does not load, so that their tokens are still found.
-func envFileRefs(l Layout, refs []string, haveUnit bool, files map[string][]byte) []envFileRef {
+func envFileRefs(l Layout, refs []string, files map[string][]byte) []envFileRef {
 	kindOf := func(p string) (SourceKind, bool) {
 		for _, d := range l.DistroEnvFiles() {
 			if p == d {
