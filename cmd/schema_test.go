@@ -17,7 +17,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata (s
 // the one in testdata/schema. A field that vanishes or is renamed fails
 // here; a new one is added with -update and reviewed in the diff.
 func TestJSONSchemas(t *testing.T) {
-	fl, inv := consentFleet(t)
+	fl, inv := fakeFleet(t)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -30,7 +30,7 @@ func TestJSONSchemas(t *testing.T) {
 		{"status", []string{"status", "-i", inv, "-o", "json"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, out, stderr := runConsent(fl, false, "", tc.args...)
+			_, out, stderr := runFake(fl, false, "", tc.args...)
 			var doc any
 			if err := json.Unmarshal([]byte(out), &doc); err != nil {
 				t.Fatalf("not JSON: %v\n%s\n%s", err, out, stderr)
