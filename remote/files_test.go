@@ -64,25 +64,34 @@ func TestReadFile(t *testing.T) {
 	}
 }
 
-func TestWriteFileReplacesAtomicallyKeepingOwnerAndMode(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t)
-	c := f.dial(f.config(f.server(sshtest.Options{}, false)))
-	dir := t.TempDir()
-	p := filepath.Join(dir, "config.yaml")
+// ownedFile makes dir/name holding "old", mode 0640, and, as root, owned
+// by 1234:2345, so that a test proves the owner is carried over rather
+// than left as root. It returns the path and the owner.
+func ownedFile(t *testing.T, dir, name string) (p string, uid, gid int) {
+	t.Helper()
+	p = filepath.Join(dir, name)
 	if err := os.WriteFile(p, []byte("old"), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(p, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	uid, gid := os.Getuid(), os.Getgid()
-	if uid == 0 { // as root, prove the owner is carried over, not just left as root
+	uid, gid = os.Getuid(), os.Getgid()
+	if uid == 0 {
 		uid, gid = 1234, 2345
 		if err := os.Chown(p, uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return p, uid, gid
+}
+
+func TestWriteFileReplacesAtomicallyKeepingOwnerAndMode(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	c := f.dial(f.config(f.server(sshtest.Options{}, false)))
+	dir := t.TempDir()
+	p, uid, gid := ownedFile(t, dir, "config.yaml")
 	before := inode(t, p)
 	if err := c.WriteFile(ctx(t), p, []byte("new content\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -540,20 +549,7 @@ func TestWriteFileKeepsAttributes(t *testing.T) {
 			s := f.server(sshtest.Options{Env: tc.env}, false)
 			c := f.dial(f.config(s))
 			dir := t.TempDir()
-			p := filepath.Join(dir, tc.file)
-			if err := os.WriteFile(p, []byte("old"), 0o640); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chmod(p, 0o640); err != nil {
-				t.Fatal(err)
-			}
-			uid, gid := os.Getuid(), os.Getgid()
-			if uid == 0 { // as root, prove the owner is carried over, not just left as root
-				uid, gid = 1234, 2345
-				if err := os.Chown(p, uid, gid); err != nil {
-					t.Fatal(err)
-				}
-			}
+			p, uid, gid := ownedFile(t, dir, tc.file)
 			if tc.xattr {
 				if err := setXattr(p, "user.fleetcert", "kept"); err != nil {
 					t.Skipf("the file system under %s takes no user xattrs: %v", dir, err)
