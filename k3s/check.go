@@ -119,17 +119,13 @@ func CheckNode(l Layout, s *Snapshot, f NodeFacts, now time.Time, within time.Du
 		nc.Findings = append(nc.Findings, Finding{Kind: FindingNoAccess, File: p,
 			Message: "exists but cannot be read with the privileges fleetcert runs with (set sudo: true)"})
 	}
-	sourceErr := false
 	for _, t := range f.Tokens {
 		if t.Err != nil && !f.noAccess(t.File) {
 			nc.Findings = append(nc.Findings, Finding{Kind: FindingTokenSource, File: t.File, Message: t.String()})
 		}
-		sourceErr = sourceErr || t.Err != nil
 	}
-	// An effective token that cannot be known because of a source's
-	// problem is that problem, already reported.
 	for _, err := range []error{f.TokenErr, f.AgentTokenErr} {
-		if err != nil && !sourceErr {
+		if err != nil {
 			nc.Findings = append(nc.Findings, Finding{Kind: FindingTokenSource, Message: err.Error()})
 		}
 	}

@@ -121,8 +121,10 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 	if s.Unit != nil {
 		f.MainPID = s.Unit.MainPID
 	}
-	f.Token, f.TokenErr = effectiveOrNil(EffectiveToken(scan.Sources, l.Role))
-	f.AgentToken, f.AgentTokenErr = effectiveOrNil(EffectiveAgentToken(scan.Sources, l.Role))
+	t, err := EffectiveToken(scan.Sources, l.Role)
+	f.Token, f.TokenErr = effectiveOrNil(scan.Sources, t, err)
+	t, err = EffectiveAgentToken(scan.Sources, l.Role)
+	f.AgentToken, f.AgentTokenErr = effectiveOrNil(scan.Sources, t, err)
 	// A node without k3s data is reported as such; its missing token is
 	// no news.
 	if f.Token == nil && errors.Is(f.TokenErr, ErrNoToken) && f.Joins != "" && f.Role != "" {
@@ -180,11 +182,19 @@ func (s *Snapshot) NodeFiles(read *Snapshot) NodeFiles {
 	return in
 }
 
-func effectiveOrNil(t TokenSource, err error) (*TokenSource, error) {
-	if err != nil {
-		return nil, err
+// effectiveOrNil is the effective definition, or why there is none. An
+// error that is a listed source's own problem is left to that source, so
+// that facts, check and preflight report it once.
+func effectiveOrNil(sources []TokenSource, t TokenSource, err error) (*TokenSource, error) {
+	if err == nil {
+		return &t, nil
 	}
-	return &t, nil
+	for _, s := range sources {
+		if s.Err != nil && s.File == t.File && s.Line == t.Line && s.Key == t.Key && s.Kind == t.Kind {
+			return nil, nil
+		}
+	}
+	return nil, err
 }
 
 // versionWord picks v1.2.3+k3s1 out of `k3s --version` output

@@ -293,3 +293,35 @@ func TestParseSnapshotSystemdSection(t *testing.T) {
 		t.Error("a listed directory must be marked as listed")
 	}
 }
+
+// TestEffectiveTokenProblemsReportedOnce: an effective token that cannot
+// be known because a listed source has a problem is that source's problem,
+// not a second one; a problem of the precedence itself (key+ appended to
+// an earlier config value) is the node's token problem.
+func TestEffectiveTokenProblemsReportedOnce(t *testing.T) {
+	l := Layout{Role: RoleAgent}
+	describe := func(files map[string]File) NodeFacts {
+		s := &Snapshot{Files: files, Dirs: map[string]bool{l.AgentDir(): true}}
+		return Describe(l, s, nil)
+	}
+	unit := File{Data: []byte("[Service]\nExecStart=/usr/local/bin/k3s agent --server https://s:6443\n")}
+	f := describe(map[string]File{l.UnitFile(): unit, "/etc/rancher/k3s/config.yaml": {Data: []byte("token: [" + nodeTok + "]\n")}})
+	if f.TokenErr != nil {
+		t.Errorf("a source's problem repeated as the token problem: %v", f.TokenErr)
+	}
+	problems := 0
+	for _, s := range f.Tokens {
+		if s.Err != nil {
+			problems++
+		}
+	}
+	if problems == 0 {
+		t.Error("the config source's problem is not listed")
+	}
+	f = describe(map[string]File{l.UnitFile(): unit,
+		"/etc/rancher/k3s/config.yaml":          {Data: []byte("token: " + nodeTok + "\n")},
+		"/etc/rancher/k3s/config.yaml.d/x.yaml": {Data: []byte("token+: " + nodeTok + "\n")}})
+	if f.TokenErr == nil || !strings.Contains(f.TokenErr.Error(), "appended") {
+		t.Errorf("token problem %v, want the key+ append", f.TokenErr)
+	}
+}
