@@ -112,8 +112,9 @@ func KeyGlobs(l Layout) []string {
 // g, which does the same for many files with three processes in all
 // instead of two per file: one stat for every header (with sizes), then
 // every readable file concatenated in one base64 line that the parser
-// splits by those sizes. Files the shell cannot read go through f, as
-// before (present, empty).
+// splits by those sizes. A name that is not a readable file is reported
+// by a as @absent or @unreadable (unreadable is not empty); directories,
+// such as the "." and ".." a dotfile glob matches, are skipped.
 const scriptHeader = `PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin:$PATH
 a() { [ -e "$1" ] && echo "@unreadable $1" || echo "@absent $1"; }
 f() { [ -f "$1" ] || { a "$1"; return 0; }; [ -r "$1" ] || { echo "@unreadable $1"; return 0; }; stat -L -c '@file %a %u %Y %n' -- "$1"; base64 -w0 < "$1"; echo; }
@@ -157,7 +158,8 @@ echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | hea
 	// What systemd says it loaded for the unit, and the manager's
 	// environment; the files it names are read in the batch below ("$@").
 	// A path that needs quoting would be split wrongly here: the parser
-	// refuses such a DropInPaths value rather than guess.
+	// refuses such a DropInPaths value rather than guess. @files ends the
+	// manager-environment section.
 	fmt.Fprintf(&b, `set --
 if [ -d /run/systemd/system ]; then
 echo @systemd
@@ -175,7 +177,7 @@ fi
 		fmt.Fprintf(&b, "[ -d %s ] && ! [ -x %s ] && echo %s\n", remote.Quote(d), remote.Quote(d), remote.Quote("@unreadable "+d))
 	}
 	// Every file in one batch: a glob that matches nothing stays literal
-	// and g drops it with the other absent files.
+	// and g reports it absent, as it does every missing file.
 	b.WriteString("g \"$@\"")
 	for _, f := range p.files {
 		fmt.Fprintf(&b, " %s", remote.Quote(f))
