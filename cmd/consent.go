@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/fleetcert/fleetcert/orchestrator"
+	"github.com/fleetcert/fleetcert/orchestrator/rollout"
 	"golang.org/x/term"
 )
 
@@ -39,7 +40,7 @@ func (a *app) interactive() bool {
 // consent runs the operation as a dry run, prints its plan to stderr and
 // asks "Proceed? [y/N]". It returns nil to go on; a refusal (exit 3) for
 // no, end of input, or no terminal.
-func (a *app) consent(ctx context.Context, opts *orchestrator.Options, ro orchestrator.Rollout, warning string) error {
+func (a *app) consent(ctx context.Context, op orchestrator.Operation, opts *orchestrator.RunOptions, plan rollout.Plan, warning string) error {
 	if a.g.yes || a.g.dryRun {
 		if warning != "" && a.g.yes {
 			fmt.Fprintln(a.stderr, "warning: "+warning)
@@ -47,12 +48,12 @@ func (a *app) consent(ctx context.Context, opts *orchestrator.Options, ro orches
 		return nil
 	}
 	if !a.interactive() {
-		return errNoConsent(opts.Command)
+		return errNoConsent(op.Command())
 	}
 	fmt.Fprintln(a.stderr, "working out the plan (a dry run: nothing changes yet)...")
-	plan := *opts
-	plan.DryRun, plan.Sink = true, nil
-	rep := orchestrator.RunFleet(ctx, a.dialer(), &plan, ro)
+	dry := *opts
+	dry.DryRun, dry.Sink = true, nil
+	rep := orchestrator.RunFleet(ctx, a.dialer(), op, plan, &dry)
 	printPlan(a.stderr, rep, a.g.verbose)
 	if warning != "" {
 		fmt.Fprintln(a.stderr, "warning: "+warning)
@@ -152,9 +153,11 @@ func printClusterPlan(out io.Writer, c *orchestrator.ClusterReport, verbose bool
 // gatesOf names the health gates a command's restarts pass.
 func gatesOf(command string) string {
 	switch command {
-	case orchestrator.CmdRotateCA, orchestrator.CmdRotateSAKey:
+	case orchestrator.CmdRotateCA:
 		return "servers: restarted, serve the new CA, server/token pins it, apiserver ready, CA files on disk as loaded; " +
 			"agents: downloaded the new CA, node Ready"
+	case orchestrator.CmdRotateSAKey:
+		return "servers: restarted, serve the CA, server/token pins it, apiserver ready, service.key on disk as loaded"
 	case orchestrator.CmdRotate:
 		return "servers: apiserver ready; agents: node Ready"
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/orchestrator"
+	"github.com/fleetcert/fleetcert/orchestrator/rollout"
 	"github.com/fleetcert/fleetcert/pki"
 )
 
@@ -58,20 +59,20 @@ func (f *rolloutFlags) register(fs *pflag.FlagSet) {
 }
 
 // rollout turns the flags into the fleet's waves and limits.
-func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollout, error) {
-	var ro orchestrator.Rollout
+func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (rollout.Plan, error) {
+	var ro rollout.Plan
 	if f.shard != "" {
-		i, n, err := orchestrator.ParseShard(f.shard)
+		i, n, err := rollout.ParseShard(f.shard)
 		if err != nil {
 			return ro, usageError(err)
 		}
-		clusters = orchestrator.Shard(clusters, i, n)
+		clusters = rollout.Shard(clusters, i, n)
 	}
-	steps, err := orchestrator.ParseWaves(f.waves)
+	steps, err := rollout.ParseWaves(f.waves)
 	if err != nil {
 		return ro, usageError(err)
 	}
-	order, err := orchestrator.ParseOrder(f.order)
+	order, err := rollout.ParseOrder(f.order)
 	if err != nil {
 		return ro, usageError(err)
 	}
@@ -81,11 +82,11 @@ func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollo
 			return ro, usageErrorf("--canary-selector: %v", err)
 		}
 	}
-	if ro.Budget, err = orchestrator.ParseFailureBudget(f.maxFailures); err != nil {
+	if ro.Budget, err = rollout.ParseFailureBudget(f.maxFailures); err != nil {
 		return ro, usageError(err)
 	}
 	if f.window != "" {
-		w, err := orchestrator.ParseWindow(f.window)
+		w, err := rollout.ParseWindow(f.window)
 		if err != nil {
 			return ro, usageErrorf("--maintenance-window: %v", err)
 		}
@@ -97,7 +98,7 @@ func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (orchestrator.Rollo
 		}
 	}
 	ro.WavePause = f.wavePause.value()
-	ro.Waves = orchestrator.Waves(clusters, steps, order, canary)
+	ro.Waves = rollout.Waves(clusters, steps, order, canary)
 	return ro, nil
 }
 
@@ -176,29 +177,29 @@ func (a *app) runRotateCA(c *cobra.Command, f rotateCAFlags) error {
 	if f.exportTokens && f.export == "" {
 		return usageErrorf("--export-tokens needs --export DIR")
 	}
-	opts, err := a.rolloutOptions(orchestrator.CmdRotateCA, f.rolloutFlags)
+	opts, err := a.rolloutOptions(f.rolloutFlags)
 	if err != nil {
 		return err
 	}
-	opts.CA, opts.Force = in, f.force
-	opts.Export, opts.ExportTokens = f.export != "", f.exportTokens
+	op := &orchestrator.RotateCA{CA: in, Force: f.force, RotationOptions: f.rotationOptions(),
+		Export: f.export != "", ExportTokens: f.exportTokens}
 	warning := ""
 	if f.force {
 		warning = "--force loads a CA that does not chain to the current one: every secure token changes and pods must be restarted to trust the new root."
 	}
-	return a.rollout(c, opts, &f.rolloutFlags, f.export, warning)
+	return a.rollout(c, op, opts, &f.rolloutFlags, f.export, warning)
 }
 
 func (a *app) runRotateSAKey(c *cobra.Command, f rotateSAFlags) error {
 	if f.keepKeys < 0 {
 		return usageErrorf("--keep-keys must be 0 (keep all) or more")
 	}
-	opts, err := a.rolloutOptions(orchestrator.CmdRotateSAKey, f.rolloutFlags)
+	opts, err := a.rolloutOptions(f.rolloutFlags)
 	if err != nil {
 		return err
 	}
-	opts.KeepKeys = f.keepKeys
-	return a.rollout(c, opts, &f.rolloutFlags, "", "")
+	op := &orchestrator.RotateSAKey{KeepKeys: f.keepKeys, RotationOptions: f.rotationOptions()}
+	return a.rollout(c, op, opts, &f.rolloutFlags, "", "")
 }
 
 // caInput reads and checks the operator's CA files before anything
@@ -217,7 +218,12 @@ func (f rotateCAFlags) caInput() (orchestrator.CAInput, error) {
 	return orchestrator.CAInput{Root: in.Root, RootKey: in.RootKey, Intermediate: in.Intermediate, IntermediateKey: in.IntermediateKey}, nil
 }
 
-func (a *app) rolloutOptions(command string, f rolloutFlags) (*orchestrator.Options, error) {
+// rotationOptions are the flags both rotations that load material share.
+func (f *rolloutFlags) rotationOptions() orchestrator.RotationOptions {
+	return orchestrator.RotationOptions{NoSnapshot: f.noSnapshot, AllowUnlistedNodes: f.allowUnlisted}
+}
+
+func (a *app) rolloutOptions(f rolloutFlags) (*orchestrator.RunOptions, error) {
 	if f.healthTimeout.value() <= 0 {
 		return nil, usageErrorf("--health-timeout must be positive")
 	}
@@ -225,9 +231,8 @@ func (a *app) rolloutOptions(command string, f rolloutFlags) (*orchestrator.Opti
 	if err != nil {
 		return nil, err
 	}
-	return &orchestrator.Options{
-		Command: command, RunID: orchestrator.NewRunID(time.Now()), DryRun: a.g.dryRun,
-		NoSnapshot: f.noSnapshot, AllowUnlistedNodes: f.allowUnlisted, Abandon: f.abandon, ForceUnlock: f.forceUnlock,
+	return &orchestrator.RunOptions{
+		RunID: orchestrator.NewRunID(time.Now()), DryRun: a.g.dryRun, Abandon: f.abandon, ForceUnlock: f.forceUnlock,
 		HealthTimeout: f.healthTimeout.value(), AgentBatch: batch, Concurrency: a.g.concurrency,
 	}, nil
 }
@@ -254,7 +259,7 @@ func parseCountOrPercent(flag, s string) (int, error) {
 //
 // A run that changes nodes needs consent first (see consent): warning,
 // when set, is shown with the plan.
-func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFlags, exportDir, warning string) error {
+func (a *app) rollout(c *cobra.Command, op orchestrator.Operation, opts *orchestrator.RunOptions, f *rolloutFlags, exportDir, warning string) error {
 	if a.g.output != "table" && a.g.output != "json" {
 		return usageErrorf("-o/--output must be table or json, not %q", a.g.output)
 	}
@@ -262,24 +267,19 @@ func (a *app) rollout(c *cobra.Command, opts *orchestrator.Options, f *rolloutFl
 	if err != nil {
 		return err
 	}
-	ro, err := f.rollout(clusters)
+	plan, err := f.rollout(clusters)
 	if err != nil {
 		return err
 	}
 	ctx := c.Context()
-	if err := a.consent(ctx, opts, ro, warning); err != nil {
+	if err := a.consent(ctx, op, opts, plan, warning); err != nil {
 		return err
 	}
-	clusterCount, nodeCount := 0, 0
-	for _, w := range ro.Waves {
-		for _, c := range w {
-			clusterCount, nodeCount = clusterCount+1, nodeCount+len(c.Nodes)
-		}
-	}
+	clusterCount, nodeCount := plan.Clusters()
 	sink, closeView := a.progressSink(clusterCount, nodeCount)
 	opts.Sink = sink
 	a.log = a.log.With("run", opts.RunID)
-	rep := orchestrator.RunFleet(ctx, a.dialer(), opts, ro)
+	rep := orchestrator.RunFleet(ctx, a.dialer(), op, plan, opts)
 	closeView()
 	code := ExitOK
 	for _, r := range rep.Clusters {

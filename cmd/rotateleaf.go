@@ -52,10 +52,10 @@ func (a *app) runRotate(c *cobra.Command, f rotateFlags) error {
 	if f.keepBackups < 0 {
 		return usageErrorf("--keep-backups must be 0 (keep all) or more")
 	}
-	opts, err := a.rolloutOptions(orchestrator.CmdRotate, f.rolloutFlags)
+	opts, err := a.rolloutOptions(f.rolloutFlags)
 	if err != nil {
 		return err
 	}
-	opts.Leaf = orchestrator.LeafOptions{Services: services, OnlyExpiringWithin: f.onlyExpiring.value(), KeepBackups: f.keepBackups}
-	return a.rollout(c, opts, &f.rolloutFlags, "", "")
+	op := &orchestrator.RotateLeaf{Services: services, OnlyExpiringWithin: f.onlyExpiring.value(), KeepBackups: f.keepBackups}
+	return a.rollout(c, op, opts, &f.rolloutFlags, "", "")
 }

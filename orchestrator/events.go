@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"time"
 )
 
@@ -64,23 +63,4 @@ func (s LogSink) Emit(e Event) {
 		level = slog.LevelError
 	}
 	s.Log.Log(context.Background(), level, e.Msg, attrs...)
-}
-
-// Recorder keeps every event, for reports and tests.
-type Recorder struct {
-	mu     sync.Mutex
-	events []Event
-}
-
-func (r *Recorder) Emit(e Event) {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-}
-
-// Events returns a copy of what was recorded.
-func (r *Recorder) Events() []Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]Event(nil), r.events...)
 }

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/pki"
@@ -25,29 +23,11 @@ type gate struct {
 	probe Probe
 }
 
-// passGates runs gates in order under one deadline (--health-timeout) for
-// the node: a failed gate names itself and what it last saw.
-func (r *rotation) passGates(ctx context.Context, n *Node, gates []gate) error {
-	deadline := time.Now().Add(r.opts.HealthTimeout)
-	poll := r.opts.PollInterval
-	if poll == 0 {
-		poll = defaultPoll
-	}
-	for _, g := range gates {
-		left := time.Until(deadline)
-		if err := Gate(ctx, n.Name, g.name, max(left, time.Millisecond), poll, g.probe); err != nil {
-			return err
-		}
-		r.run.emit(n, EventGate, g.name)
-	}
-	return nil
-}
-
 // serverGates: the restarted server serves the new CA from its running
 // process, wrote it into server/token, its apiserver is ready, and its
 // disk holds what was loaded (k3s once ignored rotations on joined servers,
 // #11233: never trust an exit code).
-func (r *rotation) serverGates(ctx context.Context, n *Node, t0 time.Time) error {
+func (r *loadRotation) serverGates(ctx context.Context, n *Node, t0 time.Time) error {
 	gates := []gate{
 		{"restarted (server/token rewritten)", func(ctx context.Context) (bool, string, error) {
 			return rewrittenSince(ctx, n, n.Layout.ServerToken(), t0)
@@ -75,7 +55,7 @@ func (r *rotation) serverGates(ctx context.Context, n *Node, t0 time.Time) error
 // agent unit installed before 2022 is Type=exec ("active" once started),
 // and a Type=notify agent's readiness says nothing about which CA it
 // fetched, so the unit state alone proves nothing.
-func (r *rotation) agentGates(ctx context.Context, n *Node, t0 time.Time) error {
+func (r *loadRotation) agentGates(ctx context.Context, n *Node, t0 time.Time) error {
 	primary := r.run.Primary()
 	return r.passGates(ctx, n, []gate{
 		{"downloaded the new CA (agent/server-ca.crt)", func(ctx context.Context) (bool, string, error) {
@@ -133,7 +113,7 @@ func tokenMismatchSince(ctx context.Context, n *Node, t0 time.Time) string {
 }
 
 // diskMatchesStaged compares the server's CA files with the staged ones.
-func (r *rotation) diskMatchesStaged(ctx context.Context, n *Node) (bool, string, error) {
+func (r *loadRotation) diskMatchesStaged(ctx context.Context, n *Node) (bool, string, error) {
 	var paths []string
 	for _, name := range r.staged.Names() {
 		paths = append(paths, path.Join(n.Layout.ServerTLSDir(), name))
@@ -150,8 +130,9 @@ func (r *rotation) diskMatchesStaged(ctx context.Context, n *Node) (bool, string
 	return true, "", nil
 }
 
-// verify looks at the whole cluster once more after the last restart.
-func (r *rotation) verify(ctx context.Context) error {
+// verify looks at the cluster's nodes in scope once more after the last
+// restart.
+func (r *loadRotation) verify(ctx context.Context, scope nodeScope) error {
 	if err := refreshAll(ctx, r.run.Nodes); err != nil {
 		return err
 	}
@@ -160,7 +141,7 @@ func (r *rotation) verify(ctx context.Context) error {
 	ref := r.run.Primary()
 	for _, n := range r.run.Nodes {
 		f := n.Facts
-		if r.isSAKey() && n.Role == inventory.Agent {
+		if !scope.covers(n) {
 			continue
 		}
 		if f.CAHash != r.target {
@@ -202,16 +183,14 @@ func (r *rotation) verify(ctx context.Context) error {
 	if len(problems) > 0 {
 		return fmt.Errorf("verification failed:\n  - %s", strings.Join(problems, "\n  - "))
 	}
-	if r.opts.Export {
-		return r.collectExport(ctx, ref)
-	}
 	return nil
 }
 
 // collectExport gathers what --export writes for the cluster.
-func (r *rotation) collectExport(ctx context.Context, primary *Node) error {
+func (r *loadRotation) collectExport(ctx context.Context) error {
+	primary := r.run.Primary()
 	ex := &Export{ServerCA: primary.Snapshot.Files[primary.Layout.ServerCA()].Data, Hash: r.target}
-	if r.opts.ExportTokens {
+	if r.exportTokens {
 		files, err := k3s.ReadFiles(ctx, primary.Conn, []string{primary.Layout.ServerToken(), primary.Layout.AgentTokenFile()})
 		if err != nil {
 			return err
@@ -225,14 +204,10 @@ func (r *rotation) collectExport(ctx context.Context, primary *Node) error {
 
 // refreshAll gathers every node's facts again, concurrently.
 func refreshAll(ctx context.Context, nodes []*Node) error {
-	g, gctx := errgroup.WithContext(ctx)
-	for _, n := range nodes {
-		g.Go(func() error {
-			if err := n.Refresh(gctx); err != nil {
-				return fmt.Errorf("%s: %w", n.Name, err)
-			}
-			return nil
-		})
-	}
-	return g.Wait()
+	return fanOut(ctx, 0, nodes, func(ctx context.Context, n *Node) error {
+		if err := n.Refresh(ctx); err != nil {
+			return fmt.Errorf("%s: %w", n.Name, err)
+		}
+		return nil
+	})
 }

@@ -39,12 +39,7 @@ func Backup(ctx context.Context, n *Node, runID string, paths []string) error {
 	for i, p := range paths {
 		quoted[i] = remote.Quote(p)
 	}
-	script := fmt.Sprintf(backupScript, remote.Quote(n.Layout.BackupDir(runID)), strings.Join(quoted, " "))
-	res, err := n.Conn.Run(ctx, script, nil)
-	if err != nil {
-		return err
-	}
-	return res.Err()
+	return runOK(ctx, n, fmt.Sprintf(backupScript, remote.Quote(n.Layout.BackupDir(runID)), strings.Join(quoted, " ")))
 }
 
 // stageScript writes CA material into DIR/tls from stdin, one "name base64"
@@ -96,11 +91,7 @@ func LoadCA(ctx context.Context, n *Node, dir string, force bool) error {
 
 // RemoveDir removes a directory fleetcert made.
 func RemoveDir(ctx context.Context, n *Node, dir string) error {
-	res, err := n.Conn.Run(ctx, "rm -rf -- "+remote.Quote(dir), nil)
-	if err != nil {
-		return err
-	}
-	return res.Err()
+	return runOK(ctx, n, "rm -rf -- "+remote.Quote(dir))
 }
 
 // Restart restarts the node's unit without blocking and returns the node's
@@ -157,4 +148,10 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// runOK runs a script on n that has nothing to say but whether it worked.
+func runOK(ctx context.Context, n *Node, script string) error {
+	_, err := remote.Output(ctx, n.Conn, script)
+	return err
 }

@@ -27,7 +27,7 @@ func TestAbandonRefusedOnceLoaded(t *testing.T) {
 	fl, _, opts, _ := fakeRotation(t, fleettest.Spec{Clusters: 1, Servers: 1, Agents: 1}, 1)
 	writeRunState(t, fl, `{"runId":"r-old","command":"rotate-ca","mode":"cross-sign","loaded":true,"targetHash":"`+strings.Repeat("ab", 32)+`","nodes":{}}`)
 	opts.Abandon = true
-	rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
+	rep := RunFleet(context.Background(), fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
 	cr := rep.Clusters[0]
 	if cr.Outcome != OutcomeRefused || !strings.Contains(cr.Error, "already loaded new CA material") {
 		t.Fatalf("outcome %s: %s", cr.Outcome, cr.Error)
@@ -46,7 +46,7 @@ func TestAbandonDropsAnUnloadedRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts.Abandon = true
-	rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
+	rep := RunFleet(context.Background(), fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
 	if cr := rep.Clusters[0]; cr.Outcome != OutcomeAbandoned {
 		t.Fatalf("outcome %s: %s", cr.Outcome, cr.Error)
 	}

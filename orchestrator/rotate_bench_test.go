@@ -16,7 +16,7 @@ import (
 // over 1000 fake clusters of 3 nodes whose nodes answer at once
 // (orchestrator/fleettest), from connecting and gathering facts through
 // every phase and gate to cleanup. The CA material is made once
-// beforehand and handed out through Options.Material, so key generation is
+// beforehand and handed out through RotateCA.Material, so key generation is
 // not what it measures; everything else (facts parsing, token planning,
 // validation of the new material against each cluster's current one,
 // hashCA, state and lock writes) runs as in a real rotation.
@@ -72,7 +72,7 @@ func BenchmarkRotateCA1000Clusters(b *testing.B) {
 					s := startSampler()
 					cpu0 := cpuTime()
 					b.StartTimer()
-					rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
+					rep := RunFleet(context.Background(), fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
 					b.StopTimer()
 					cpu += cpuTime() - cpu0
 					h, sys, live := s.stop()

@@ -14,6 +14,7 @@ import (
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/orchestrator/fleettest"
+	"github.com/fleetcert/fleetcert/orchestrator/rollout"
 	"github.com/fleetcert/fleetcert/pki"
 )
 
@@ -30,7 +31,7 @@ var crossSigned = sync.OnceValues(func() (pki.CASet, error) {
 
 // fakeRotation sets up a fake fleet, connects to it and returns the nodes
 // and rotate-ca options that hand out the material made once.
-func fakeRotation(tb testing.TB, spec fleettest.Spec, concurrency int) (*fleettest.Fleet, []*Node, *Options, pki.CASet) {
+func fakeRotation(tb testing.TB, spec fleettest.Spec, concurrency int) (*fleettest.Fleet, []*Node, *fakeRun, pki.CASet) {
 	tb.Helper()
 	m, err := fleettest.Default()
 	if err != nil {
@@ -47,29 +48,34 @@ func fakeRotation(tb testing.TB, spec fleettest.Spec, concurrency int) (*fleette
 	return fl, nodes, opts, next
 }
 
-// fakeOptions are rotate-ca's options for a fake fleet: gates polled every
-// millisecond (they pass at once), and Options.Material handing out the
-// cross-signed set made once, which is returned too.
-func fakeOptions(tb testing.TB, concurrency int) (*Options, pki.CASet) {
+// fakeRun is a rotate-ca and the options of its run.
+type fakeRun struct {
+	*RunOptions
+	op *RotateCA
+}
+
+// fakeOptions are rotate-ca and its run's options for a fake fleet: gates
+// polled every millisecond (they pass at once), and RotateCA.Material
+// handing out the cross-signed set made once, which is returned too.
+func fakeOptions(tb testing.TB, concurrency int) (*fakeRun, pki.CASet) {
 	tb.Helper()
 	next, err := crossSigned()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &Options{
-		Command: CmdRotateCA, RunID: NewRunID(time.Now()),
-		HealthTimeout: 10 * time.Second, PollInterval: time.Millisecond, Concurrency: concurrency,
-		Material: func(mode Mode, current pki.CASet) (pki.CASet, error) {
-			if mode != ModeCrossSign {
-				return nil, fmt.Errorf("fake fleet: want mode %s, got %s", ModeCrossSign, mode)
-			}
-			return next, nil
-		},
-	}, next
+	run := &RunOptions{RunID: NewRunID(time.Now()),
+		HealthTimeout: 10 * time.Second, PollInterval: time.Millisecond, Concurrency: concurrency}
+	op := &RotateCA{Material: func(mode Mode, current pki.CASet) (pki.CASet, error) {
+		if mode != ModeCrossSign {
+			return nil, fmt.Errorf("fake fleet: want mode %s, got %s", ModeCrossSign, mode)
+		}
+		return next, nil
+	}}
+	return &fakeRun{RunOptions: run, op: op}, next
 }
 
-func oneWave(fl *fleettest.Fleet) Rollout {
-	return Rollout{Waves: [][]inventory.Cluster{fl.Inventory}}
+func oneWave(fl *fleettest.Fleet) rollout.Plan {
+	return rollout.Plan{Waves: [][]inventory.Cluster{fl.Inventory}}
 }
 
 func TestRotateCAOverFakeFleet(t *testing.T) {
@@ -88,7 +94,7 @@ func TestRotateCAOverFakeFleet(t *testing.T) {
 				t.Fatal("cross-signed material pins the old hash")
 			}
 
-			rep := RunFleet(ctx, fl.Dial, opts, oneWave(fl))
+			rep := RunFleet(ctx, fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
 
 			if u := fl.Unknown(); len(u) > 0 {
 				t.Fatalf("scripts the fake does not know: %q", u)
@@ -166,7 +172,7 @@ func TestRotateCAFileChangedBeforeWrite(t *testing.T) {
 	}
 	rec := &Recorder{}
 	opts.Sink = rec
-	rep := RunFleet(ctx, fl.Dial, opts, oneWave(fl))
+	rep := RunFleet(ctx, fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
 	if rep.Count(OutcomeDone) != 1 {
 		t.Fatalf("cluster not done: %+v", rep.Clusters[0])
 	}
@@ -260,7 +266,7 @@ func TestRotateCADryRunOverFakeFleetChangesNothing(t *testing.T) {
 		before[n.ID()] = fl.Node(n.ID()).Files()
 	}
 
-	rep := RunFleet(ctx, fl.Dial, opts, oneWave(fl))
+	rep := RunFleet(ctx, fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
 
 	if u := fl.Unknown(); len(u) > 0 {
 		t.Fatalf("scripts the fake does not know: %q", u)
@@ -384,7 +390,7 @@ func TestRotateCAClockSkew(t *testing.T) {
 			}
 			fl.Node(agent.ID()).ClockOffset = tc.offset
 			before := fl.Node(agent.ID()).Files()
-			rep := RunFleet(context.Background(), fl.Dial, opts, oneWave(fl))
+			rep := RunFleet(context.Background(), fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
 			cr := rep.Clusters[0]
 			if cr.Outcome != tc.outcome {
 				t.Fatalf("outcome %s (%s), want %s", cr.Outcome, cr.Error, tc.outcome)

@@ -1,4 +1,9 @@
-package orchestrator
+// Package rollout decides how a run moves across a fleet: which clusters
+// belong to this controller (shards), in which order and waves they start,
+// how many failures stop new starts (the budget) and when starts are
+// allowed (the maintenance window). It only plans and judges; the engine
+// that runs clusters is orchestrator.RunFleet.
+package rollout
 
 import (
 	"errors"
@@ -12,6 +17,30 @@ import (
 
 	"github.com/fleetcert/fleetcert/inventory"
 )
+
+// Plan is how a run moves across the fleet.
+type Plan struct {
+	// Waves are the clusters in rollout order (see Waves); one wave with
+	// every cluster when nil.
+	Waves [][]inventory.Cluster
+	// Budget: once exceeded, no new cluster starts.
+	Budget FailureBudget
+	// WavePause is the soak time between waves; a health pass over the
+	// finished clusters ends it.
+	WavePause time.Duration
+	// Window, when set: no cluster starts outside it.
+	Window *Window
+}
+
+// Clusters counts the clusters and nodes the plan holds.
+func (p Plan) Clusters() (clusters, nodes int) {
+	for _, w := range p.Waves {
+		for _, c := range w {
+			clusters, nodes = clusters+1, nodes+len(c.Nodes)
+		}
+	}
+	return clusters, nodes
+}
 
 // WaveStep is one entry of --waves: a count, or a percentage of all
 // selected clusters.
@@ -128,15 +157,15 @@ func ParseShard(s string) (index, count int, err error) {
 func Shard(clusters []inventory.Cluster, index, count int) []inventory.Cluster {
 	var out []inventory.Cluster
 	for _, c := range clusters {
-		if ShardOf(c.Name, count) == index {
+		if shardOf(c.Name, count) == index {
 			out = append(out, c)
 		}
 	}
 	return out
 }
 
-// ShardOf is the shard a cluster name belongs to.
-func ShardOf(name string, count int) int {
+// shardOf is the shard a cluster name belongs to.
+func shardOf(name string, count int) int {
 	h := fnv.New64a()
 	h.Write([]byte(name))
 	return int(h.Sum64() % uint64(count))

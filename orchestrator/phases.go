@@ -30,13 +30,6 @@ type Cleaner interface {
 	CleanUp(ctx context.Context, r *ClusterRun)
 }
 
-// Change is one mutation a run made, or with --dry-run would make.
-type Change struct {
-	Node  string `json:"node"`
-	Phase string `json:"phase"`
-	What  string `json:"what"`
-}
-
 // ClusterRun is one cluster going through an operation's phases.
 type ClusterRun struct {
 	Cluster inventory.Cluster
@@ -103,13 +96,6 @@ func (r *ClusterRun) record(n *Node, what string) {
 	r.mu.Unlock()
 }
 
-// PhaseSpan is when one phase of a cluster's run started and ended.
-type PhaseSpan struct {
-	Phase    string    `json:"phase"`
-	Started  time.Time `json:"started"`
-	Finished time.Time `json:"finished"`
-}
-
 // Phases lists the phases run so far, with their times.
 func (r *ClusterRun) Phases() []PhaseSpan {
 	r.mu.Lock()
@@ -151,11 +137,11 @@ func (r *ClusterRun) now() time.Time {
 	return time.Now()
 }
 
-// RunPhases drives r through phases in order. On the first failure every
+// runPhases drives r through phases in order. On the first failure every
 // phase that already ran gets its CleanUp, newest first, and the error is
 // returned naming the phase. Cancellation is checked between phases, so an
 // interrupt finishes the current step and stops cleanly.
-func RunPhases(ctx context.Context, r *ClusterRun, phases []Phase) error {
+func runPhases(ctx context.Context, r *ClusterRun, phases []Phase) error {
 	var ran []Phase
 	fail := func(err error) error {
 		for i := len(ran) - 1; i >= 0; i-- {

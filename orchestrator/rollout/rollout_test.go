@@ -1,4 +1,4 @@
-package orchestrator
+package rollout
 
 import (
 	"fmt"
@@ -142,7 +142,7 @@ func TestShardsPartitionStably(t *testing.T) {
 		}
 	}
 	// A cluster's shard depends on its name only, not on the rest of the fleet.
-	alone := Shard(cs[5:6], ShardOf(cs[5].Name, 3), 3)
+	alone := Shard(cs[5:6], shardOf(cs[5].Name, 3), 3)
 	if len(alone) != 1 {
 		t.Error("shard of a cluster changed when the fleet changed")
 	}

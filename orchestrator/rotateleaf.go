@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -14,12 +13,11 @@ import (
 	"github.com/fleetcert/fleetcert/remote"
 )
 
-// CmdRotate renews leaf certificates node by node.
-const CmdRotate = "rotate"
-
-// LeafOptions configure `fleetcert rotate`.
-type LeafOptions struct {
-	// Services limits the rotation (k3s certificate rotate --service).
+// RotateLeaf is `fleetcert rotate`: leaf certificates renewed node by node
+// with k3s certificate rotate. CAs and the service-account key are never
+// touched, and tokens do not change.
+type RotateLeaf struct {
+	// Services limits the renewal (k3s certificate rotate --service).
 	Services []string
 	// OnlyExpiringWithin > 0 touches only nodes holding a leaf certificate
 	// that expires within it.
@@ -29,44 +27,55 @@ type LeafOptions struct {
 	KeepBackups int
 }
 
-// leafRotation is `fleetcert rotate` on one cluster: per node stop k3s,
-// `k3s certificate rotate`, start, gate; servers one at a time, then agents
-// in batches. It shares the lock, run state and gates with rotate-ca;
-// unreachable nodes are skipped and reported instead of refusing the
-// cluster, since renewing the others is still worth it.
+func (*RotateLeaf) Command() string { return CmdRotate }
+
+// RunCluster renews one cluster's leaf certificates:
+//
+//  1. preflight: the primary reachable (it holds the lock and run state);
+//     every other reachable node checked as rotate-ca checks it, except
+//     for the version; the nodes to renew picked (OnlyExpiringWithin).
+//     Unreachable nodes are skipped and reported, not refused: renewing
+//     the others is still worth it, and the cluster's outcome says failed
+//     so that a scheduled job alerts.
+//  2. lock: take the cluster lock and open (or resume) the run state.
+//  3. servers, one at a time (etcd members must not go down together):
+//     stop k3s, k3s certificate rotate, start; gates (the renewed
+//     certificates written again, readyz, node Ready); prune old backups.
+//  4. agents, in batches: the same, without readyz.
+//  5. cleanup: record the outcome, release the lock.
+func (op *RotateLeaf) RunCluster(ctx context.Context, c inventory.Cluster, nodes []*Node, o *RunOptions) *ClusterReport {
+	l := &leafRotation{clusterOp: newClusterOp(CmdRotate, c, nodes, o), RotateLeaf: op, selected: map[string]bool{}}
+	phases := []Phase{leafPreflight{l}, lockPhase{l.clusterOp}, leafRollPhase{l, inventory.Server},
+		leafRollPhase{l, inventory.Agent}, cleanupPhase{l.clusterOp, nil}}
+	err := runPhases(ctx, l.run, phases)
+	if err == nil && len(l.skipped) > 0 {
+		err = fmt.Errorf("%d node(s) unreachable and not renewed: %s", len(l.skipped), strings.Join(l.skipped, ", "))
+	}
+	l.finish(err)
+	return l.report
+}
+
+// leafRotation is `fleetcert rotate` on one cluster.
 type leafRotation struct {
-	*rotation
+	*clusterOp
+	*RotateLeaf
 	selected map[string]bool
 	skipped  []string // unreachable nodes
-}
-
-func newLeafRotation(c inventory.Cluster, nodes []*Node, opts *Options) *leafRotation {
-	return &leafRotation{rotation: newRotation(c, nodes, opts), selected: map[string]bool{}}
-}
-
-func (l *leafRotation) phases() []Phase {
-	return []Phase{leafPreflight{l}, lockPhase{l.rotation}, leafRollPhase{l, inventory.Server},
-		leafRollPhase{l, inventory.Agent}, leafCleanup{l}}
 }
 
 type leafPreflight struct{ l *leafRotation }
 
 func (leafPreflight) Title() string { return "preflight" }
 
-// Run checks the reachable nodes as rotate-ca does and picks the nodes to
-// rotate; the primary must be reachable, since the lock and state live there.
-func (p leafPreflight) Run(ctx context.Context, run *ClusterRun) error {
+// Run checks the reachable nodes and picks the nodes to renew.
+func (p leafPreflight) Run(_ context.Context, run *ClusterRun) error {
 	l := p.l
-	var problems []string
-	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	var found problems
 	primary := run.Primary()
 	if primary.Err != nil {
-		return &RefusedError{Cluster: run.Cluster.Name, Problems: []string{fmt.Sprintf(
-			"%s (primary, holds the cluster lock): not reachable: %v", primary.Name, primary.Err)}}
+		return l.refuse(fmt.Sprintf("%s (primary, holds the cluster lock): not reachable: %v", primary.Name, primary.Err))
 	}
-	if err := l.readRunState(primary, bad); err != nil {
-		return err
-	}
+	l.readRunState(primary, found.bad)
 	if l.abandoning() {
 		return nil // only the unfinished run's state is closed, in cleanup
 	}
@@ -78,17 +87,17 @@ func (p leafPreflight) Run(ctx context.Context, run *ClusterRun) error {
 			l.warn(n, "not reachable, skipped: %v", n.Err)
 			continue
 		}
-		if w := l.opts.Leaf.OnlyExpiringWithin; w > 0 && !expiresWithin(n, now.Add(w)) && !l.resumes(n) {
+		if w := l.OnlyExpiringWithin; w > 0 && !expiresWithin(n, now.Add(w)) && !l.resumes(n) {
 			continue
 		}
-		l.checkNode(n, bad)
+		l.checkNode(n, nodeCheck{}, found.bad)
 		l.selected[n.Name] = true
 	}
-	if len(problems) > 0 {
-		return &RefusedError{Cluster: run.Cluster.Name, Problems: problems}
+	if len(found) > 0 {
+		return l.refuse(found...)
 	}
 	if len(l.selected) == 0 {
-		run.Info(nil, "no node holds a leaf certificate expiring within %s", l.opts.Leaf.OnlyExpiringWithin)
+		run.Info(nil, "no node holds a leaf certificate expiring within %s", l.OnlyExpiringWithin)
 	}
 	return nil
 }
@@ -112,110 +121,58 @@ type leafRollPhase struct {
 func (p leafRollPhase) Title() string { return string(p.role) + "s" }
 
 func (p leafRollPhase) ShouldRun(run *ClusterRun) bool {
-	if p.l.abandoning() {
-		return false
-	}
-	for _, n := range run.Nodes {
-		if n.Role == p.role && p.l.selected[n.Name] {
-			return true
-		}
-	}
-	return false
+	return !p.l.abandoning() && len(p.nodes(run)) > 0
 }
 
-// Run renews servers one at a time (etcd members must not go down
-// together) and agents in batches.
-func (p leafRollPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p leafRollPhase) nodes(run *ClusterRun) []*Node {
 	var nodes []*Node
 	for _, n := range run.Nodes {
 		if n.Role == p.role && p.l.selected[n.Name] {
 			nodes = append(nodes, n)
 		}
 	}
-	batch := 1
-	if p.role == inventory.Agent {
-		batch = batchSize(p.l.opts.AgentBatch, len(nodes))
-	}
-	for i := 0; i < len(nodes); i += batch {
-		if err := errors.Join(ctx.Err(), p.l.lockLost()); err != nil {
-			return err
-		}
-		if err := p.l.renewBatch(ctx, nodes[i:min(i+batch, len(nodes))]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return nodes
 }
 
-// renewBatch renews a batch together, then waits for all of it.
-func (l *leafRotation) renewBatch(ctx context.Context, nodes []*Node) error {
-	type started struct {
-		n         *Node
-		t0, begin time.Time
-		leafs     []string
-		backup    string
+// Run renews servers one at a time (etcd members must not go down
+// together) and agents in batches.
+func (p leafRollPhase) Run(ctx context.Context, run *ClusterRun) error {
+	nodes := p.nodes(run)
+	batch := 1
+	if p.role == inventory.Agent {
+		batch = agentBatch(p.l.opts.AgentBatch, len(nodes))
 	}
-	var waiting []started
-	for _, n := range nodes {
-		begin := time.Now()
-		if l.state != nil && l.state.Nodes[n.Name] == StepDone {
-			l.nodeRep[n.Name].Outcome = "already-done"
-			continue
-		}
-		services, dropped := n.Layout.ServicesFor(l.opts.Leaf.Services, n.Snapshot)
-		if len(dropped) > 0 {
-			l.warn(n, "services not on this node, left out: %s", strings.Join(dropped, ", "))
-		}
-		if len(l.opts.Leaf.Services) > 0 && len(services) == 0 {
-			continue
-		}
-		if len(l.opts.Leaf.Services) == 0 {
-			services = nil // let k3s pick the node's own set
-		}
-		t0, backup, err := l.renewNode(ctx, n, services)
-		if err != nil {
-			return l.nodeFailed(n, err)
-		}
-		if l.opts.DryRun {
-			l.nodeRep[n.Name].Outcome, l.nodeRep[n.Name].Duration = "would-restart", time.Since(begin)
-			continue
-		}
-		waiting = append(waiting, started{n, t0, begin, n.Layout.RenewedLeafs(services, n.Snapshot), backup})
+	return p.l.inBatches(ctx, nodes, batch, p.l.renewStep())
+}
+
+// renewStep renews a node's certificates and restarts it; its gates wait
+// for the renewed files.
+func (l *leafRotation) renewStep() restartStep {
+	leafs := map[*Node][]string{}
+	return restartStep{
+		begin: func(ctx context.Context, n *Node) (time.Time, bool, error) {
+			services, dropped := n.Layout.ServicesFor(l.Services, n.Snapshot)
+			if len(dropped) > 0 {
+				l.warn(n, "services not on this node, left out: %s", strings.Join(dropped, ", "))
+			}
+			if len(l.Services) > 0 && len(services) == 0 {
+				return time.Time{}, true, nil
+			}
+			if len(l.Services) == 0 {
+				services = nil // let k3s pick the node's own set
+			}
+			t0, backup, err := l.renewNode(ctx, n, services)
+			if backup != "" {
+				l.nodeRep[n.Name].Files = []string{backup}
+			}
+			leafs[n] = n.Layout.RenewedLeafs(services, n.Snapshot)
+			return t0, false, err
+		},
+		gates: func(ctx context.Context, n *Node, t0 time.Time) error {
+			return l.leafGates(ctx, n, t0, leafs[n])
+		},
+		after: l.pruneBackups,
 	}
-	errs := make([]error, len(waiting))
-	done := make(chan struct{})
-	for i, w := range waiting {
-		go func() {
-			errs[i] = l.leafGates(ctx, w.n, w.t0, w.leafs)
-			done <- struct{}{}
-		}()
-	}
-	for range waiting {
-		<-done
-	}
-	var failed []error
-	for i, w := range waiting {
-		l.nodeRep[w.n.Name].Duration = time.Since(w.begin) // the batch's gates end together
-		if errs[i] != nil {
-			failed = append(failed, l.nodeFailed(w.n, errs[i]))
-			continue
-		}
-		l.nodeRep[w.n.Name].Outcome = "restarted"
-		if w.backup != "" {
-			l.nodeRep[w.n.Name].Files = []string{w.backup}
-		}
-		if err := l.pruneBackups(ctx, w.n); err != nil {
-			failed = append(failed, err)
-			continue
-		}
-		if err := l.setStep(ctx, w.n, StepDone); err != nil {
-			return err
-		}
-	}
-	if len(failed) > 0 {
-		return failed[0]
-	}
-	return nil
 }
 
 // renewDeadline bounds one node's stop, certificate rotate and start.
@@ -237,11 +194,8 @@ func (l *leafRotation) renewNode(ctx context.Context, n *Node, services []string
 	var t0 time.Time
 	var backup string
 	err := l.run.Wet(n, what, func() error {
-		if l.state != nil {
-			l.state.Nodes[n.Name] = StepRestarted
-			if err := l.saveState(ctx); err != nil {
-				return err
-			}
+		if err := l.setStep(ctx, n, StepRestarted); err != nil {
+			return err
 		}
 		script := lay.StopCmd() + " && " + lay.CertificateRotateCmd(services) + " 2>&1; rc=$?; date +%s; " +
 			lay.StartCmd() + "; exit $rc"
@@ -300,57 +254,14 @@ const pruneBackupsScript = `cd %s || exit 0
 ls -d tls-[0-9]* 2>/dev/null | sort -t- -k2 -n | head -n -%d | while read -r d; do rm -rf -- "$d"; done`
 
 func (l *leafRotation) pruneBackups(ctx context.Context, n *Node) error {
-	keep := l.opts.Leaf.KeepBackups
+	keep := l.KeepBackups
 	if keep <= 0 {
 		return nil
 	}
 	dir := n.Layout.LeafBackupsDir()
 	return l.run.Wet(n, fmt.Sprintf("prune %s/tls-* to the newest %d", dir, keep), func() error {
-		res, err := n.Conn.Run(ctx, fmt.Sprintf(pruneBackupsScript, remote.Quote(dir), keep), nil)
-		if err != nil {
-			return err
-		}
-		return res.Err()
+		return runOK(ctx, n, fmt.Sprintf(pruneBackupsScript, remote.Quote(dir), keep))
 	})
-}
-
-type leafCleanup struct{ l *leafRotation }
-
-func (leafCleanup) Title() string { return "cleanup" }
-
-// Run finishes the run state and releases the lock.
-func (p leafCleanup) Run(ctx context.Context, run *ClusterRun) error {
-	l := p.l
-	primary := run.Primary()
-	if l.abandoning() {
-		if err := l.abandonPrior(ctx); err != nil {
-			return err
-		}
-	} else if l.state != nil && !l.opts.DryRun {
-		l.state.Outcome, l.state.Error = OutcomeDone, ""
-		if err := finishState(ctx, primary.Conn, primary.Layout, l.state, l.opts.now()); err != nil {
-			return err
-		}
-	}
-	if l.lock != nil {
-		err := l.lock.Release(ctx)
-		l.lock = nil
-		if err != nil {
-			return fmt.Errorf("release cluster lock: %w", err)
-		}
-	}
-	return nil
-}
-
-// run drives the phases; nodes skipped as unreachable make the cluster's
-// outcome a failure, so that a scheduled job alerts, though the others
-// were renewed.
-func (l *leafRotation) runPhases(ctx context.Context) error {
-	err := RunPhases(ctx, l.run, l.phases())
-	if err == nil && len(l.skipped) > 0 {
-		err = fmt.Errorf("%d node(s) unreachable and not renewed: %s", len(l.skipped), strings.Join(l.skipped, ", "))
-	}
-	return err
 }
 
 // nodeReady reports whether n is Ready as the cluster (asked through
