@@ -138,7 +138,7 @@ func Check(ctx context.Context, nodes []*Node, opts CheckOptions) []*ClusterChec
 		}
 	}
 
-	// Probe every reachable server and classify every node at once: the
+	// probeFunc every reachable server and classify every node at once: the
 	// probes wait on the network, the classification on the CPU.
 	served := make(map[*Node]ServedBy, len(servers))
 	var mu sync.Mutex
@@ -219,11 +219,11 @@ func crossCheck(ctx context.Context, cn *CheckedNode, now time.Time) *CrossCheck
 // probeServed asks a server's supervisor for /cacerts through the node's
 // SSH connection. When forwarding is refused or the server does not
 // answer, the hash in server/token from the facts stands in (what the
-// running server pinned at its start: ServedHash's own fallback, here
+// running server pinned at its start: servedHash's own fallback, here
 // without another round trip), then the hash of server-ca.crt.
 func probeServed(ctx context.Context, n *Node) ServedBy {
 	s := ServedBy{Node: n.Name}
-	ca, err := ServedCA(ctx, n.Conn)
+	ca, err := fetchCACerts(ctx, n.Conn)
 	if err == nil {
 		s.Hash, s.Via = pki.HashCA(ca), "/cacerts"
 		return s

@@ -18,13 +18,13 @@ import (
 type clusterOp struct {
 	command string
 	opts    *RunOptions
-	run     *ClusterRun
+	run     *clusterRun
 	report  *ClusterReport
 	nodeRep map[string]*NodeReport
 
 	prior    *RunState // an unfinished run found on the primary
 	lockFile []byte    // the lock file as preflight read it
-	lock     *ClusterLock
+	lock     *clusterLock
 	lost     error // set once the lock was taken over by another run
 	state    *RunState
 	// initState fills a new (or not yet loaded) run state's own fields,
@@ -37,7 +37,7 @@ func newClusterOp(command string, c inventory.Cluster, nodes []*Node, o *RunOpti
 	op := &clusterOp{
 		command: command,
 		opts:    o,
-		run: &ClusterRun{Cluster: c, Nodes: ordered, RunID: o.RunID, DryRun: o.DryRun,
+		run: &clusterRun{Cluster: c, Nodes: ordered, RunID: o.RunID, DryRun: o.DryRun,
 			Sink: o.Sink, Now: o.Now},
 		report:  &ClusterReport{Cluster: c.Name, RunID: o.RunID, Started: o.now()},
 		nodeRep: map[string]*NodeReport{},
@@ -70,7 +70,7 @@ func orderNodes(nodes []*Node) []*Node {
 }
 
 // drive runs the phases and fills in the report.
-func (op *clusterOp) drive(ctx context.Context, phases []Phase) *ClusterReport {
+func (op *clusterOp) drive(ctx context.Context, phases []phase) *ClusterReport {
 	op.finish(runPhases(ctx, op.run, phases))
 	return op.report
 }
@@ -94,9 +94,9 @@ func (op *clusterOp) finish(err error) {
 	op.run.emit(nil, EventCluster, rep.Outcome)
 }
 
-// refuse is a RefusedError for this cluster.
+// refuse is a refusedError for this cluster.
 func (op *clusterOp) refuse(problems ...string) error {
-	return &RefusedError{Cluster: op.run.Cluster.Name, Problems: problems}
+	return &refusedError{Cluster: op.run.Cluster.Name, Problems: problems}
 }
 
 func (op *clusterOp) warn(n *Node, format string, args ...any) {
@@ -162,7 +162,7 @@ func (op *clusterOp) takeLock(ctx context.Context) error {
 	dir := primary.Layout.FleetcertDir()
 	if op.opts.ForceUnlock && op.lockFile != nil {
 		err := run.Wet(primary, "remove the cluster lock (--force-unlock)", func() error {
-			return ForceUnlock(ctx, primary.Conn, dir)
+			return forceUnlock(ctx, primary.Conn, dir)
 		})
 		if err != nil {
 			return err
@@ -177,14 +177,14 @@ func (op *clusterOp) takeLock(ctx context.Context) error {
 		return run.Wet(primary, what, func() error { return nil })
 	}
 	info := LockInfo{Owner: controllerName(), PID: os.Getpid(), RunID: run.RunID, Command: op.command}
-	var lock *ClusterLock
+	var lock *clusterLock
 	err := run.Wet(primary, what, func() error {
 		var err error
-		lock, err = AcquireLock(ctx, primary.Conn, run.Cluster.Name, dir, op.lockFile, info, op.opts.now())
+		lock, err = acquireLock(ctx, primary.Conn, run.Cluster.Name, dir, op.lockFile, info, op.opts.now())
 		return err
 	})
 	if err != nil {
-		var held *LockHeldError
+		var held *lockHeldError
 		if errors.As(err, &held) {
 			return held
 		}
@@ -274,7 +274,7 @@ func (op *clusterOp) releaseLock(ctx context.Context) error {
 func (op *clusterOp) abandonPrior(ctx context.Context) error {
 	primary := op.run.Primary()
 	if dir := op.prior.StageDir; dir != "" {
-		if err := op.run.Wet(primary, "remove staging directory "+dir, func() error { return RemoveDir(ctx, primary, dir) }); err != nil {
+		if err := op.run.Wet(primary, "remove staging directory "+dir, func() error { return removeDir(ctx, primary, dir) }); err != nil {
 			return err
 		}
 	}
@@ -291,11 +291,11 @@ func (op *clusterOp) abandonPrior(ctx context.Context) error {
 type lockPhase struct{ op *clusterOp }
 
 func (lockPhase) Title() string                                  { return "lock" }
-func (p lockPhase) Run(ctx context.Context, _ *ClusterRun) error { return p.op.takeLock(ctx) }
+func (p lockPhase) Run(ctx context.Context, _ *clusterRun) error { return p.op.takeLock(ctx) }
 
 // CleanUp on a failed run records where it stopped, so a rerun resumes,
 // and releases the lock.
-func (p lockPhase) CleanUp(ctx context.Context, _ *ClusterRun) {
+func (p lockPhase) CleanUp(ctx context.Context, _ *clusterRun) {
 	op := p.op
 	if op.state != nil && !op.opts.DryRun {
 		op.state.Error = "run stopped before finishing; rerun the same command to resume"
@@ -318,7 +318,7 @@ type cleanupPhase struct {
 }
 
 func (cleanupPhase) Title() string { return "cleanup" }
-func (p cleanupPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p cleanupPhase) Run(ctx context.Context, run *clusterRun) error {
 	op := p.op
 	primary := run.Primary()
 	switch {
@@ -440,7 +440,7 @@ func (op *clusterOp) passGates(ctx context.Context, n *Node, gates []gate) error
 	}
 	for _, g := range gates {
 		left := time.Until(deadline)
-		if err := Gate(ctx, n.Name, g.name, max(left, time.Millisecond), poll, g.probe); err != nil {
+		if err := pollGate(ctx, n.Name, g.name, max(left, time.Millisecond), poll, g.probe); err != nil {
 			return err
 		}
 		op.run.emit(n, EventGate, g.name)

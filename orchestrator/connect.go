@@ -1,7 +1,3 @@
-// Package orchestrator runs fleetcert's operations over a fleet: it connects
-// to nodes, gathers their facts, and drives each cluster through an ordered
-// list of phases with gates, a lock, resumable run state and dry-run, then
-// reports what happened.
 package orchestrator
 
 import (
@@ -76,8 +72,8 @@ type Node struct {
 	more *k3s.Snapshot
 }
 
-// LayoutOf is where an inventory node keeps its k3s files.
-func LayoutOf(n inventory.Node) k3s.Layout {
+// layoutOf is where an inventory node keeps its k3s files.
+func layoutOf(n inventory.Node) k3s.Layout {
 	role := k3s.RoleServer
 	if n.Role == inventory.Agent {
 		role = k3s.RoleAgent
@@ -94,7 +90,7 @@ func Connect(ctx context.Context, nodes []inventory.Node, dial Dialer, limit int
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(limit)
 	for i, n := range nodes {
-		rn := &Node{Node: n, Layout: LayoutOf(n)}
+		rn := &Node{Node: n, Layout: layoutOf(n)}
 		out[i] = rn
 		g.Go(func() error {
 			rn.connect(gctx, dial)
@@ -112,11 +108,11 @@ func (n *Node) connect(ctx context.Context, dial Dialer) {
 		return
 	}
 	n.Conn = h
-	n.Err = n.Refresh(ctx)
+	n.Err = n.refresh(ctx)
 }
 
-// Refresh gathers the node's facts again, e.g. after a restart.
-func (n *Node) Refresh(ctx context.Context) error {
+// refresh gathers the node's facts again, e.g. after a restart.
+func (n *Node) refresh(ctx context.Context) error {
 	sent := time.Now()
 	snap, err := k3s.TakeSnapshot(ctx, n.Conn, n.Layout)
 	if err != nil {

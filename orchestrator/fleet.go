@@ -180,7 +180,7 @@ func (f *fleetRun) soak(nextWave int) {
 			continue
 		}
 		nodes := f.connect(f.byName[cr.Cluster])
-		err := HealthPass(f.ctx, nodes)
+		err := healthPass(f.ctx, nodes)
 		_ = CloseAll(nodes)
 		if err != nil {
 			f.mu.Lock()
@@ -197,11 +197,11 @@ func (f *fleetRun) connect(c inventory.Cluster) []*Node {
 	return Connect(f.ctx, c.Nodes, f.dial, max(1, len(c.Nodes)))
 }
 
-// HealthPass looks at a finished cluster again, as `fleetcert check`
+// healthPass looks at a finished cluster again, as `fleetcert check`
 // does, from freshly connected nodes: every node reachable and read, every
 // secure token pinning the CA the servers serve, every node Ready.
 // Certificates merely nearing expiry are not a regression of the rollout.
-func HealthPass(ctx context.Context, nodes []*Node) error {
+func healthPass(ctx context.Context, nodes []*Node) error {
 	for _, n := range nodes {
 		if n.Err != nil {
 			return fmt.Errorf("%s: %v", n.Name, n.Err)
@@ -225,7 +225,7 @@ func HealthPass(ctx context.Context, nodes []*Node) error {
 	if server == nil {
 		return nil
 	}
-	listed, err := ClusterNodes(ctx, server)
+	listed, err := clusterNodes(ctx, server)
 	if err != nil {
 		return err
 	}

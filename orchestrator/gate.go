@@ -7,13 +7,13 @@ import (
 	"time"
 )
 
-// Probe looks once at a node. ok means the gate may pass; saw describes what
+// probeFunc looks once at a node. ok means the gate may pass; saw describes what
 // was observed either way, for the report when the gate times out.
-type Probe func(ctx context.Context) (ok bool, saw string, err error)
+type probeFunc func(ctx context.Context) (ok bool, saw string, err error)
 
-// GateError is a gate that did not pass by its deadline. It names the node,
+// gateError is a gate that did not pass by its deadline. It names the node,
 // the gate and the last thing the probe saw.
-type GateError struct {
+type gateError struct {
 	Node    string
 	Gate    string
 	Waited  time.Duration
@@ -21,7 +21,7 @@ type GateError struct {
 	LastErr error
 }
 
-func (e *GateError) Error() string {
+func (e *gateError) Error() string {
 	msg := fmt.Sprintf("%s: gate %q did not pass within %s", e.Node, e.Gate, e.Waited.Round(time.Second))
 	if e.LastSaw != "" {
 		msg += "; last saw: " + e.LastSaw
@@ -32,18 +32,18 @@ func (e *GateError) Error() string {
 	return msg
 }
 
-func (e *GateError) Unwrap() error { return e.LastErr }
+func (e *gateError) Unwrap() error { return e.LastErr }
 
-// Gate polls probe every interval until it passes, the deadline passes, or
+// pollGate polls probe every interval until it passes, the deadline passes, or
 // ctx is done. It is the one retry loop fleetcert has: every wait on a node
 // goes through it, so every wait has a deadline and a report of what it saw.
 // A probe error counts as "not yet" (a restarting node refuses connections)
 // and is kept for the report.
-func Gate(ctx context.Context, node, gate string, deadline, interval time.Duration, probe Probe) error {
+func pollGate(ctx context.Context, node, gate string, deadline, interval time.Duration, probe probeFunc) error {
 	start := time.Now()
 	gctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
-	ge := &GateError{Node: node, Gate: gate}
+	ge := &gateError{Node: node, Gate: gate}
 	for {
 		ok, saw, err := probe(gctx)
 		if ok && err == nil {
@@ -78,5 +78,5 @@ type fatalProbe struct{ err error }
 
 func (f *fatalProbe) Error() string { return f.err.Error() }
 
-// Fatal wraps err so that Gate stops waiting.
-func Fatal(err error) error { return &fatalProbe{err} }
+// stopWaiting wraps err so that Gate stops waiting.
+func stopWaiting(err error) error { return &fatalProbe{err} }

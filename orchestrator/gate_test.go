@@ -10,7 +10,7 @@ import (
 
 func TestGatePassesWhenProbeTurnsOK(t *testing.T) {
 	n := 0
-	err := Gate(context.Background(), "c/s1", "ready", time.Second, time.Millisecond, func(context.Context) (bool, string, error) {
+	err := pollGate(context.Background(), "c/s1", "ready", time.Second, time.Millisecond, func(context.Context) (bool, string, error) {
 		n++
 		if n < 3 {
 			return false, "", errors.New("connection refused")
@@ -23,12 +23,12 @@ func TestGatePassesWhenProbeTurnsOK(t *testing.T) {
 }
 
 func TestGateReportsWhatItSawAtDeadline(t *testing.T) {
-	err := Gate(context.Background(), "c/s1", "serves new CA", 30*time.Millisecond, 5*time.Millisecond, func(context.Context) (bool, string, error) {
+	err := pollGate(context.Background(), "c/s1", "serves new CA", 30*time.Millisecond, 5*time.Millisecond, func(context.Context) (bool, string, error) {
 		return false, "hash abc", nil
 	})
-	var ge *GateError
+	var ge *gateError
 	if !errors.As(err, &ge) {
-		t.Fatalf("want GateError, got %v", err)
+		t.Fatalf("want gateError, got %v", err)
 	}
 	for _, want := range []string{"c/s1", "serves new CA", "hash abc"} {
 		if !strings.Contains(err.Error(), want) {
@@ -40,7 +40,7 @@ func TestGateReportsWhatItSawAtDeadline(t *testing.T) {
 func TestGateStopsWhenCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := Gate(ctx, "n", "g", time.Hour, time.Millisecond, func(context.Context) (bool, string, error) { return false, "", nil })
+	err := pollGate(ctx, "n", "g", time.Hour, time.Millisecond, func(context.Context) (bool, string, error) { return false, "", nil })
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v", err)
 	}

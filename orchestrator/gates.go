@@ -20,7 +20,7 @@ const defaultPoll = 2 * time.Second
 // gate is one named condition a node must reach after its restart.
 type gate struct {
 	name  string
-	probe Probe
+	probe probeFunc
 }
 
 // serverGates: the restarted server serves the new CA from its running
@@ -33,14 +33,14 @@ func (r *loadRotation) serverGates(ctx context.Context, n *Node, t0 time.Time) e
 			return rewrittenSince(ctx, n, n.Layout.ServerToken(), t0)
 		}},
 		{"serves the new CA", func(ctx context.Context) (bool, string, error) {
-			h, via, err := ServedHash(ctx, n)
+			h, via, err := servedHash(ctx, n)
 			return h == r.target, fmt.Sprintf("%s hash %s", via, short(h)), err
 		}},
 		{"server/token pins the new CA", func(ctx context.Context) (bool, string, error) {
-			h, err := ServerTokenHash(ctx, n)
+			h, err := serverTokenHash(ctx, n)
 			return h == r.target, "server/token hash " + short(h), err
 		}},
-		{"apiserver ready", func(ctx context.Context) (bool, string, error) { return Readyz(ctx, n) }},
+		{"apiserver ready", func(ctx context.Context) (bool, string, error) { return readyz(ctx, n) }},
 	}
 	if len(r.staged) > 0 {
 		gates = append(gates, gate{"CA files on disk match the loaded material", func(ctx context.Context) (bool, string, error) {
@@ -67,7 +67,7 @@ func (r *loadRotation) agentGates(ctx context.Context, n *Node, t0 time.Time) er
 				return h == r.target, "agent/server-ca.crt hash " + short(h), nil
 			}
 			if mismatch := tokenMismatchSince(ctx, n, t0); mismatch != "" {
-				return false, mismatch, Fatal(errors.New("the agent's token does not match the CA its server serves"))
+				return false, mismatch, stopWaiting(errors.New("the agent's token does not match the CA its server serves"))
 			}
 			return ok, saw, err
 		}},
@@ -167,7 +167,7 @@ func (r *loadRotation) verify(ctx context.Context, scope nodeScope) error {
 			}
 		}
 	}
-	nodes, err := ClusterNodes(ctx, ref)
+	nodes, err := clusterNodes(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -205,7 +205,7 @@ func (r *loadRotation) collectExport(ctx context.Context) error {
 // refreshAll gathers every node's facts again, concurrently.
 func refreshAll(ctx context.Context, nodes []*Node) error {
 	return fanOut(ctx, 0, nodes, func(ctx context.Context, n *Node) error {
-		if err := n.Refresh(ctx); err != nil {
+		if err := n.refresh(ctx); err != nil {
 			return fmt.Errorf("%s: %w", n.Name, err)
 		}
 		return nil

@@ -18,8 +18,8 @@ import (
 // Lock lease timings: renewed every 30 s while a run lives, taken over by
 // anyone once 2 minutes pass without renewal.
 const (
-	LockLease   = 2 * time.Minute
-	LockRenewal = 30 * time.Second
+	lockLease   = 2 * time.Minute
+	lockRenewal = 30 * time.Second
 )
 
 // LockInfo is the content of a cluster lock file on the primary server.
@@ -35,9 +35,9 @@ type LockInfo struct {
 // Stale reports whether the lease ran out at time now.
 func (l LockInfo) Stale(now time.Time) bool { return now.After(l.Expires) }
 
-// ErrLockChanged means the lock file is not what the caller last saw:
+// errLockChanged means the lock file is not what the caller last saw:
 // someone else took, renewed or released it in between.
-var ErrLockChanged = errors.New("cluster lock changed underneath us")
+var errLockChanged = errors.New("cluster lock changed underneath us")
 
 // errLockBusy means another controller was swapping the lock at the same
 // moment: nothing is known yet, try again.
@@ -82,7 +82,7 @@ func swapLock(ctx context.Context, h remote.Host, dir string, prev, next []byte)
 	case 0:
 		return nil
 	case 73:
-		return ErrLockChanged
+		return errLockChanged
 	case 75:
 		return errLockBusy
 	default:
@@ -108,7 +108,7 @@ func lockBlocks(cluster string, current []byte, runID string, now time.Time) err
 	// Only a holder on this controller can be asked; one elsewhere keeps
 	// its lease until it expires (or --force-unlock).
 	if held.RunID != runID || !holderDead(held) {
-		return &LockHeldError{Cluster: cluster, Holder: held}
+		return &lockHeldError{Cluster: cluster, Holder: held}
 	}
 	return nil
 }
@@ -130,8 +130,8 @@ func holderDead(l LockInfo) bool {
 	return err != nil && !errors.Is(err, syscall.EPERM)
 }
 
-// ClusterLock is a held lock, renewed in the background until Release.
-type ClusterLock struct {
+// clusterLock is a held lock, renewed in the background until Release.
+type clusterLock struct {
 	h       remote.Host
 	dir     string
 	content []byte
@@ -141,60 +141,60 @@ type ClusterLock struct {
 	lost    chan error
 }
 
-// LockHeldError is a lock another live run holds.
-type LockHeldError struct {
+// lockHeldError is a lock another live run holds.
+type lockHeldError struct {
 	Cluster string
 	Holder  LockInfo
 }
 
-func (e *LockHeldError) Error() string {
+func (e *lockHeldError) Error() string {
 	return fmt.Sprintf("cluster %s is locked by run %s (%s on %s, pid %d) until %s; wait for it, or use --force-unlock if that run is dead",
 		e.Cluster, e.Holder.RunID, e.Holder.Command, e.Holder.Owner, e.Holder.PID, e.Holder.Expires.Format(time.RFC3339))
 }
 
-// AcquireLock takes the cluster lock in dir on h. current is the lock file as
+// acquireLock takes the cluster lock in dir on h. current is the lock file as
 // last read (nil when absent). A live lease is refused (see lockBlocks); a
-// stale one is taken over. --force-unlock removes a lock with ForceUnlock
+// stale one is taken over. --force-unlock removes a lock with forceUnlock
 // before this is called.
-func AcquireLock(ctx context.Context, h remote.Host, cluster, dir string, current []byte, info LockInfo, now time.Time) (*ClusterLock, error) {
+func acquireLock(ctx context.Context, h remote.Host, cluster, dir string, current []byte, info LockInfo, now time.Time) (*clusterLock, error) {
 	if err := lockBlocks(cluster, current, info.RunID, now); err != nil {
 		return nil, err
 	}
-	info.Created, info.Expires = now, now.Add(LockLease)
+	info.Created, info.Expires = now, now.Add(lockLease)
 	content, err := json.Marshal(info)
 	if err != nil {
 		return nil, err
 	}
 	if err := swapLock(ctx, h, dir, current, content); err != nil {
-		if errors.Is(err, ErrLockChanged) || errors.Is(err, errLockBusy) {
+		if errors.Is(err, errLockChanged) || errors.Is(err, errLockBusy) {
 			return nil, fmt.Errorf("cluster %s: another controller took the lock at the same moment; rerun later", cluster)
 		}
 		return nil, err
 	}
-	l := &ClusterLock{h: h, dir: dir, content: content, info: info,
+	l := &clusterLock{h: h, dir: dir, content: content, info: info,
 		stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan error, 1)}
 	go l.renew()
 	return l, nil
 }
 
-// renew extends the lease every LockRenewal. A renewal that finds the lock
+// renew extends the lease every lockRenewal. A renewal that finds the lock
 // changed reports it on Lost: the run must stop touching the cluster.
-func (l *ClusterLock) renew() {
+func (l *clusterLock) renew() {
 	defer close(l.done)
-	t := time.NewTicker(LockRenewal)
+	t := time.NewTicker(lockRenewal)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.stop:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), LockRenewal)
+			ctx, cancel := context.WithTimeout(context.Background(), lockRenewal)
 			info := l.info
-			info.Expires = time.Now().Add(LockLease)
+			info.Expires = time.Now().Add(lockLease)
 			next, _ := json.Marshal(info)
 			err := swapLock(ctx, l.h, l.dir, l.content, next)
 			cancel()
-			if errors.Is(err, ErrLockChanged) {
+			if errors.Is(err, errLockChanged) {
 				l.lost <- fmt.Errorf("cluster lock was taken over by another run")
 				return
 			}
@@ -204,7 +204,7 @@ func (l *ClusterLock) renew() {
 			}
 			// Busy or unreachable: retry at the next tick, unless the lease
 			// runs out before then and another run may take the cluster.
-			if time.Now().Add(LockRenewal).After(l.info.Expires) {
+			if time.Now().Add(lockRenewal).After(l.info.Expires) {
 				l.lost <- fmt.Errorf("could not renew the cluster lock before its lease ran out: %w", err)
 				return
 			}
@@ -213,18 +213,18 @@ func (l *ClusterLock) renew() {
 }
 
 // Lost delivers an error if the lock was taken away during the run.
-func (l *ClusterLock) Lost() <-chan error { return l.lost }
+func (l *clusterLock) Lost() <-chan error { return l.lost }
 
 // Release stops renewal and removes the lock, if it still is ours.
-func (l *ClusterLock) Release(ctx context.Context) error {
+func (l *clusterLock) Release(ctx context.Context) error {
 	close(l.stop)
 	<-l.done
 	return swapLock(ctx, l.h, l.dir, l.content, nil)
 }
 
-// ForceUnlock removes a lock whatever it holds: the operator's decision
+// forceUnlock removes a lock whatever it holds: the operator's decision
 // that its run is dead.
-func ForceUnlock(ctx context.Context, h remote.Host, dir string) error {
+func forceUnlock(ctx context.Context, h remote.Host, dir string) error {
 	res, err := h.Run(ctx, "rm -f -- "+remote.Quote(path.Join(dir, "lock")), nil)
 	if err != nil {
 		return err

@@ -19,7 +19,7 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "fleetcert")
 	now := time.Now()
 
-	first, err := AcquireLock(ctx, h, "c1", dir, nil, LockInfo{RunID: "run-a", Owner: controllerName(), PID: deadPID(t)}, now)
+	first, err := acquireLock(ctx, h, "c1", dir, nil, LockInfo{RunID: "run-a", Owner: controllerName(), PID: deadPID(t)}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,15 +28,15 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 		t.Errorf("lock dir mode %v", st.Mode().Perm())
 	}
 
-	_, err = AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-b"}, now)
-	var lhe *LockHeldError
+	_, err = acquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-b"}, now)
+	var lhe *lockHeldError
 	if !errors.As(err, &lhe) || lhe.Holder.RunID != "run-a" {
-		t.Fatalf("second run: want LockHeldError naming run-a, got %v", err)
+		t.Fatalf("second run: want lockHeldError naming run-a, got %v", err)
 	}
 
 	// A resumed run with the same id may take back the lock of its dead
 	// predecessor on this controller.
-	if _, err := AcquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-a"}, now); err != nil {
+	if _, err := acquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-a"}, now); err != nil {
 		t.Fatalf("same run id: %v", err)
 	}
 	first.Release(ctx) // no longer ours: must leave the new holder's lock alone
@@ -45,8 +45,8 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 	}
 
 	cur, _ := os.ReadFile(filepath.Join(dir, "lock"))
-	later := now.Add(LockLease + time.Second)
-	l, err := AcquireLock(ctx, h, "c1", dir, cur, LockInfo{RunID: "run-c"}, later)
+	later := now.Add(lockLease + time.Second)
+	l, err := acquireLock(ctx, h, "c1", dir, cur, LockInfo{RunID: "run-c"}, later)
 	if err != nil {
 		t.Fatalf("stale lock not taken over: %v", err)
 	}
@@ -66,10 +66,10 @@ func TestLockSwapDetectsConcurrentChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Someone who saw no lock must not overwrite the one now there.
-	if err := swapLock(ctx, h, dir, nil, []byte(`{"runId":"y"}`)); !errors.Is(err, ErrLockChanged) {
+	if err := swapLock(ctx, h, dir, nil, []byte(`{"runId":"y"}`)); !errors.Is(err, errLockChanged) {
 		t.Fatalf("got %v", err)
 	}
-	if err := swapLock(ctx, h, dir, []byte(`{"runId":"stale view"}`), nil); !errors.Is(err, ErrLockChanged) {
+	if err := swapLock(ctx, h, dir, []byte(`{"runId":"stale view"}`), nil); !errors.Is(err, errLockChanged) {
 		t.Fatalf("release with a stale view: %v", err)
 	}
 }
@@ -80,11 +80,11 @@ func TestLockSwapDetectsConcurrentChange(t *testing.T) {
 // lock; once that process is gone, the resuming run takes it over.
 func TestLockSameRunLiveHolderOnThisController(t *testing.T) {
 	now := time.Now()
-	live := LockInfo{RunID: "run-a", Owner: controllerName(), PID: os.Getppid(), Expires: now.Add(LockLease)}
+	live := LockInfo{RunID: "run-a", Owner: controllerName(), PID: os.Getppid(), Expires: now.Add(lockLease)}
 	data, _ := json.Marshal(live)
-	var lhe *LockHeldError
+	var lhe *lockHeldError
 	if err := lockBlocks("c1", data, "run-a", now); !errors.As(err, &lhe) {
-		t.Fatalf("live holder on this controller, same run id: want LockHeldError, got %v", err)
+		t.Fatalf("live holder on this controller, same run id: want lockHeldError, got %v", err)
 	}
 
 	dead := live
@@ -99,9 +99,9 @@ func TestLockSameRunLiveHolderOnThisController(t *testing.T) {
 	other.Owner = "another-controller"
 	data, _ = json.Marshal(other)
 	if err := lockBlocks("c1", data, "run-a", now); !errors.As(err, &lhe) {
-		t.Fatalf("holder on another controller, same run id, live lease: want LockHeldError, got %v", err)
+		t.Fatalf("holder on another controller, same run id, live lease: want lockHeldError, got %v", err)
 	}
-	if err := lockBlocks("c1", data, "run-a", now.Add(LockLease+time.Second)); err != nil {
+	if err := lockBlocks("c1", data, "run-a", now.Add(lockLease+time.Second)); err != nil {
 		t.Fatalf("expired lease: want takeover, got %v", err)
 	}
 }

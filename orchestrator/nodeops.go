@@ -15,7 +15,7 @@ import (
 )
 
 // Operations on one node. Each is a single round trip where it can be and
-// is called through ClusterRun.Wet by the phases.
+// is called through clusterRun.Wet by the phases.
 
 // backupScript copies files and directories into a run's backup directory,
 // keeping their absolute paths below it, modes and owners. A backup that
@@ -33,8 +33,8 @@ done
 mv "$b.tmp" "$b"
 `
 
-// Backup copies paths on n into its backup directory for runID.
-func Backup(ctx context.Context, n *Node, runID string, paths []string) error {
+// backupPaths copies paths on n into its backup directory for runID.
+func backupPaths(ctx context.Context, n *Node, runID string, paths []string) error {
 	quoted := make([]string, len(paths))
 	for i, p := range paths {
 		quoted[i] = remote.Quote(p)
@@ -57,8 +57,8 @@ done
 find "$d" -type f -exec touch {} +
 `
 
-// Stage writes set into dir/tls on the primary, as rotate-ca --path reads it.
-func Stage(ctx context.Context, n *Node, dir string, set pki.CASet) error {
+// stageFiles writes set into dir/tls on the primary, as rotate-ca --path reads it.
+func stageFiles(ctx context.Context, n *Node, dir string, set pki.CASet) error {
 	var in strings.Builder
 	for _, name := range set.Names() {
 		fmt.Fprintf(&in, "%s %s\n", name, base64.StdEncoding.EncodeToString(set[name]))
@@ -70,9 +70,9 @@ func Stage(ctx context.Context, n *Node, dir string, set pki.CASet) error {
 	return res.Err()
 }
 
-// LoadCA runs rotate-ca on the primary with the staged dir, touching the
+// loadCA runs rotate-ca on the primary with the staged dir, touching the
 // files first for the 3-second rule.
-func LoadCA(ctx context.Context, n *Node, dir string, force bool) error {
+func loadCA(ctx context.Context, n *Node, dir string, force bool) error {
 	script := remote.Quotef("find %s -type f -exec touch {} + && ", dir) + n.Layout.RotateCACmd(dir, force)
 	res, err := n.Conn.Run(ctx, script, nil)
 	if err != nil {
@@ -89,14 +89,14 @@ func LoadCA(ctx context.Context, n *Node, dir string, force bool) error {
 	return nil
 }
 
-// RemoveDir removes a directory fleetcert made.
-func RemoveDir(ctx context.Context, n *Node, dir string) error {
+// removeDir removes a directory fleetcert made.
+func removeDir(ctx context.Context, n *Node, dir string) error {
 	return runOK(ctx, n, "rm -rf -- "+remote.Quote(dir))
 }
 
-// Restart restarts the node's unit without blocking and returns the node's
+// restartUnit restarts the node's unit without blocking and returns the node's
 // clock at that moment, to judge later which files k3s rewrote since.
-func Restart(ctx context.Context, n *Node) (time.Time, error) {
+func restartUnit(ctx context.Context, n *Node) (time.Time, error) {
 	res, err := n.Conn.Run(ctx, "date +%s && "+n.Layout.RestartCmd(), nil)
 	if err != nil {
 		return time.Time{}, err
@@ -107,9 +107,9 @@ func Restart(ctx context.Context, n *Node) (time.Time, error) {
 	return parseUnix(firstLine(string(res.Stdout)))
 }
 
-// TokenFiles is every file of n that defines or holds a token, with its
+// tokenFiles is every file of n that defines or holds a token, with its
 // contents as last read, and systemd's view: the input of a token rewrite.
-func TokenFiles(n *Node) k3s.NodeFiles { return n.Snapshot.NodeFiles(n.more) }
+func tokenFiles(n *Node) k3s.NodeFiles { return n.Snapshot.NodeFiles(n.more) }
 
 // fileMode is the mode of a file as last read from n.
 func fileMode(n *Node, p string) uint32 {
@@ -122,10 +122,10 @@ func fileMode(n *Node, p string) uint32 {
 	return 0
 }
 
-// PlanTokens plans rewriting every secure token of n to pin target, for
+// planTokens plans rewriting every secure token of n to pin target, for
 // tokens currently pinning one of old.
-func PlanTokens(n *Node, target string, old []string) ([]k3s.FileRewrite, error) {
-	plan, err := k3s.PlanTokenRewrites(n.Layout, TokenFiles(n), k3s.RewriteOptions{NewHash: target, OldHashes: old})
+func planTokens(n *Node, target string, old []string) ([]k3s.FileRewrite, error) {
+	plan, err := k3s.PlanTokenRewrites(n.Layout, tokenFiles(n), k3s.RewriteOptions{NewHash: target, OldHashes: old})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", n.Name, err)
 	}

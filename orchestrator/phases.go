@@ -9,29 +9,29 @@ import (
 	"github.com/fleetcert/fleetcert/inventory"
 )
 
-// Phase is one step of an operation on a cluster. Run must look at the
+// phase is one step of an operation on a cluster. Run must look at the
 // actual state before acting, so that a rerun after a failure or an
 // interruption continues where the last one stopped. Phases change nodes
-// only through ClusterRun.Wet, which is what makes --dry-run safe.
-type Phase interface {
+// only through clusterRun.Wet, which is what makes --dry-run safe.
+type phase interface {
 	Title() string
-	Run(ctx context.Context, r *ClusterRun) error
+	Run(ctx context.Context, r *clusterRun) error
 }
 
-// Skipper is a phase that may decide, from what earlier phases found, that
+// skipper is a phase that may decide, from what earlier phases found, that
 // it has nothing to do.
-type Skipper interface {
-	ShouldRun(r *ClusterRun) bool
+type skipper interface {
+	ShouldRun(r *clusterRun) bool
 }
 
-// Cleaner is a phase that must undo or release something when a later
+// cleaner is a phase that must undo or release something when a later
 // phase fails (e.g. the lock).
-type Cleaner interface {
-	CleanUp(ctx context.Context, r *ClusterRun)
+type cleaner interface {
+	CleanUp(ctx context.Context, r *clusterRun)
 }
 
-// ClusterRun is one cluster going through an operation's phases.
-type ClusterRun struct {
+// clusterRun is one cluster going through an operation's phases.
+type clusterRun struct {
 	Cluster inventory.Cluster
 	Nodes   []*Node // servers first (primary first), then agents
 	RunID   string
@@ -46,7 +46,7 @@ type ClusterRun struct {
 }
 
 // Primary is the server that loads new material and keeps the run state.
-func (r *ClusterRun) Primary() *Node {
+func (r *clusterRun) Primary() *Node {
 	for _, n := range r.Nodes {
 		if n.Primary {
 			return n
@@ -56,10 +56,10 @@ func (r *ClusterRun) Primary() *Node {
 }
 
 // Servers and Agents return the cluster's nodes by role, primary first.
-func (r *ClusterRun) Servers() []*Node { return r.byRole(inventory.Server) }
-func (r *ClusterRun) Agents() []*Node  { return r.byRole(inventory.Agent) }
+func (r *clusterRun) Servers() []*Node { return r.byRole(inventory.Server) }
+func (r *clusterRun) Agents() []*Node  { return r.byRole(inventory.Agent) }
 
-func (r *ClusterRun) byRole(role inventory.Role) []*Node {
+func (r *clusterRun) byRole(role inventory.Role) []*Node {
 	var out []*Node
 	if role == inventory.Server {
 		out = append(out, r.Primary())
@@ -75,7 +75,7 @@ func (r *ClusterRun) byRole(role inventory.Role) []*Node {
 // Wet makes one change to a node, or with dry-run only records that it
 // would. Every mutation fleetcert makes passes through here, so a dry-run
 // plan lists exactly what a real run does.
-func (r *ClusterRun) Wet(n *Node, what string, fn func() error) error {
+func (r *clusterRun) Wet(n *Node, what string, fn func() error) error {
 	if r.DryRun {
 		r.record(n, what)
 		r.emit(n, EventChange, "would "+what)
@@ -90,36 +90,36 @@ func (r *ClusterRun) Wet(n *Node, what string, fn func() error) error {
 }
 
 // record lists a change made (or, with dry-run, planned).
-func (r *ClusterRun) record(n *Node, what string) {
+func (r *clusterRun) record(n *Node, what string) {
 	r.mu.Lock()
 	r.changes = append(r.changes, Change{Node: n.Name, Phase: r.phase, What: what})
 	r.mu.Unlock()
 }
 
 // Phases lists the phases run so far, with their times.
-func (r *ClusterRun) Phases() []PhaseSpan {
+func (r *clusterRun) Phases() []PhaseSpan {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]PhaseSpan(nil), r.spans...)
 }
 
 // Changes lists the changes made (or planned, with dry-run) so far.
-func (r *ClusterRun) Changes() []Change {
+func (r *clusterRun) Changes() []Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]Change(nil), r.changes...)
 }
 
 // Info, Warn: progress an operator should see.
-func (r *ClusterRun) Info(n *Node, format string, args ...any) {
+func (r *clusterRun) Info(n *Node, format string, args ...any) {
 	r.emit(n, EventInfo, fmt.Sprintf(format, args...))
 }
 
-func (r *ClusterRun) Warn(n *Node, format string, args ...any) {
+func (r *clusterRun) Warn(n *Node, format string, args ...any) {
 	r.emit(n, EventWarn, fmt.Sprintf(format, args...))
 }
 
-func (r *ClusterRun) emit(n *Node, kind EventKind, msg string) {
+func (r *clusterRun) emit(n *Node, kind EventKind, msg string) {
 	if r.Sink == nil {
 		return
 	}
@@ -130,7 +130,7 @@ func (r *ClusterRun) emit(n *Node, kind EventKind, msg string) {
 	r.Sink.Emit(e)
 }
 
-func (r *ClusterRun) now() time.Time {
+func (r *clusterRun) now() time.Time {
 	if r.Now != nil {
 		return r.Now()
 	}
@@ -141,11 +141,11 @@ func (r *ClusterRun) now() time.Time {
 // phase that already ran gets its CleanUp, newest first, and the error is
 // returned naming the phase. Cancellation is checked between phases, so an
 // interrupt finishes the current step and stops cleanly.
-func runPhases(ctx context.Context, r *ClusterRun, phases []Phase) error {
-	var ran []Phase
+func runPhases(ctx context.Context, r *clusterRun, phases []phase) error {
+	var ran []phase
 	fail := func(err error) error {
 		for i := len(ran) - 1; i >= 0; i-- {
-			if c, ok := ran[i].(Cleaner); ok {
+			if c, ok := ran[i].(cleaner); ok {
 				c.CleanUp(context.WithoutCancel(ctx), r)
 			}
 		}
@@ -155,7 +155,7 @@ func runPhases(ctx context.Context, r *ClusterRun, phases []Phase) error {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
 		}
-		if s, ok := p.(Skipper); ok && !s.ShouldRun(r) {
+		if s, ok := p.(skipper); ok && !s.ShouldRun(r) {
 			continue
 		}
 		r.phase = p.Title()

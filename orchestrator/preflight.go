@@ -102,7 +102,7 @@ func roleWord(r k3s.Role) string {
 // already serve its target.
 func (op *clusterOp) servedCA(ctx context.Context, bad func(string, ...any)) string {
 	primary := op.run.Primary()
-	served, via, err := ServedHash(ctx, primary)
+	served, via, err := servedHash(ctx, primary)
 	if err != nil {
 		bad("%s: cannot read the CA it serves: %v", primary.Name, err)
 		return ""
@@ -158,7 +158,7 @@ func (op *clusterOp) checkTokens(allowed []string, bad func(string, ...any)) {
 // checkUnlisted refuses a cluster with nodes the inventory does not know:
 // they would keep the old token and fail at their next restart.
 func (op *clusterOp) checkUnlisted(ctx context.Context, bad func(string, ...any)) {
-	listed, err := ClusterNodes(ctx, op.run.Primary())
+	listed, err := clusterNodes(ctx, op.run.Primary())
 	if err != nil {
 		bad("%v", err)
 		return

@@ -30,11 +30,11 @@ const supervisorAddr = "127.0.0.1:6443"
 // to reading files.
 var errNoTunnel = errors.New("ssh forwarding unavailable")
 
-// ServedCA fetches /cacerts from the server's own supervisor. /cacerts is
+// fetchCACerts fetches /cacerts from the server's own supervisor. /cacerts is
 // cached per k3s process, so it shows which bundle the running process
 // loaded: after a restart, proof that the restart took effect. TLS is not
 // verified here on purpose: the bundle is judged by its hash.
-func ServedCA(ctx context.Context, h remote.Host) ([]byte, error) {
+func fetchCACerts(ctx context.Context, h remote.Host) ([]byte, error) {
 	t, ok := h.(tunneler)
 	if !ok {
 		return nil, errNoTunnel
@@ -68,23 +68,23 @@ func ServedCA(ctx context.Context, h remote.Host) ([]byte, error) {
 	return body, nil
 }
 
-// ServedHash is hashCA of what the server serves. Without forwarding it
+// servedHash is hashCA of what the server serves. Without forwarding it
 // falls back to the hash in server/token, which k3s rewrites at every
 // start from the CA it loaded: the same proof, one file read away.
-func ServedHash(ctx context.Context, n *Node) (hash, via string, err error) {
-	ca, err := ServedCA(ctx, n.Conn)
+func servedHash(ctx context.Context, n *Node) (hash, via string, err error) {
+	ca, err := fetchCACerts(ctx, n.Conn)
 	if err == nil {
 		return pki.HashCA(ca), "/cacerts", nil
 	}
 	if !errors.Is(err, errNoTunnel) {
 		return "", "", err
 	}
-	h, err := ServerTokenHash(ctx, n)
+	h, err := serverTokenHash(ctx, n)
 	return h, "server/token", err
 }
 
-// ServerTokenHash reads the CA hash from the server's server/token.
-func ServerTokenHash(ctx context.Context, n *Node) (string, error) {
+// serverTokenHash reads the CA hash from the server's server/token.
+func serverTokenHash(ctx context.Context, n *Node) (string, error) {
 	data, err := n.Conn.ReadFile(ctx, n.Layout.ServerToken())
 	if err != nil {
 		return "", err
@@ -96,8 +96,8 @@ func ServerTokenHash(ctx context.Context, n *Node) (string, error) {
 	return t.CAHash, nil
 }
 
-// Readyz asks the server's apiserver whether it is ready.
-func Readyz(ctx context.Context, n *Node) (bool, string, error) {
+// readyz asks the server's apiserver whether it is ready.
+func readyz(ctx context.Context, n *Node) (bool, string, error) {
 	res, err := n.Conn.Run(ctx, k3s.ReadyzCmd, nil)
 	if err != nil {
 		return false, "", err
@@ -106,14 +106,14 @@ func Readyz(ctx context.Context, n *Node) (bool, string, error) {
 	return res.ExitCode == 0 && strings.TrimSpace(string(res.Stdout)) == "ok", "readyz: " + firstLine(out), nil
 }
 
-// ClusterNode is a node as the cluster's apiserver lists it.
-type ClusterNode struct {
+// clusterNode is a node as the cluster's apiserver lists it.
+type clusterNode struct {
 	Name  string
 	Ready bool
 }
 
-// ClusterNodes lists the nodes the cluster knows, asked through a server.
-func ClusterNodes(ctx context.Context, n *Node) ([]ClusterNode, error) {
+// clusterNodes lists the nodes the cluster knows, asked through a server.
+func clusterNodes(ctx context.Context, n *Node) ([]clusterNode, error) {
 	out, err := remote.Output(ctx, n.Conn, k3s.NodesCmd)
 	if err != nil {
 		return nil, fmt.Errorf("list cluster nodes on %s: %w", n.Name, err)
@@ -134,9 +134,9 @@ func ClusterNodes(ctx context.Context, n *Node) ([]ClusterNode, error) {
 	if err := json.Unmarshal(out, &list); err != nil {
 		return nil, fmt.Errorf("list cluster nodes on %s: %w", n.Name, err)
 	}
-	nodes := make([]ClusterNode, 0, len(list.Items))
+	nodes := make([]clusterNode, 0, len(list.Items))
 	for _, it := range list.Items {
-		cn := ClusterNode{Name: it.Metadata.Name}
+		cn := clusterNode{Name: it.Metadata.Name}
 		for _, c := range it.Status.Conditions {
 			if c.Type == "Ready" && c.Status == "True" {
 				cn.Ready = true

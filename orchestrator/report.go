@@ -130,21 +130,21 @@ type Export struct {
 	AgentToken string
 }
 
-// RefusedError is a safety check that stopped a cluster before anything on
+// refusedError is a safety check that stopped a cluster before anything on
 // it changed (exit 3).
-type RefusedError struct {
+type refusedError struct {
 	Cluster  string
 	Problems []string
 }
 
-func (e *RefusedError) Error() string {
+func (e *refusedError) Error() string {
 	return fmt.Sprintf("cluster %s refused, nothing changed:\n  - %s", e.Cluster, strings.Join(e.Problems, "\n  - "))
 }
 
 // outcomeOf classifies a run's error for the report.
 func outcomeOf(err error, dryRun bool) string {
-	var refused *RefusedError
-	var held *LockHeldError
+	var refused *refusedError
+	var held *lockHeldError
 	switch {
 	case err == nil && dryRun:
 		return OutcomePlanned

@@ -323,14 +323,14 @@ func TestFakeNodeRefusesTokenMismatch(t *testing.T) {
 	// Load and restart the server the way a rotation does, then restart
 	// the agent without rewriting its token.
 	dir := server.Layout.StageDir(opts.RunID)
-	if err := Stage(ctx, server, dir, next); err != nil {
+	if err := stageFiles(ctx, server, dir, next); err != nil {
 		t.Fatal(err)
 	}
-	if err := LoadCA(ctx, server, dir, false); err != nil {
+	if err := loadCA(ctx, server, dir, false); err != nil {
 		t.Fatal(err)
 	}
 	target := pki.HashCA(next["server-ca.crt"])
-	files, err := PlanTokens(server, target, []string{fl.Material.Hash})
+	files, err := planTokens(server, target, []string{fl.Material.Hash})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,13 +341,13 @@ func TestFakeNodeRefusesTokenMismatch(t *testing.T) {
 			}
 		}
 	}
-	if _, err := Restart(ctx, server); err != nil {
+	if _, err := restartUnit(ctx, server); err != nil {
 		t.Fatal(err)
 	}
-	if h, err := ServerTokenHash(ctx, server); err != nil || h != target {
+	if h, err := serverTokenHash(ctx, server); err != nil || h != target {
 		t.Fatalf("server/token after restart: %s %v", short(h), err)
 	}
-	t0, err := Restart(ctx, agent)
+	t0, err := restartUnit(ctx, agent)
 	if err != nil {
 		t.Fatal(err)
 	}

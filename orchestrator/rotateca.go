@@ -109,7 +109,7 @@ func (op *RotateCA) RunCluster(ctx context.Context, c inventory.Cluster, nodes [
 	r := newLoadRotation(CmdRotateCA, c, nodes, o, op.RotationOptions)
 	r.makeSet = op.makeSet
 	r.export, r.exportTokens = op.Export, op.ExportTokens
-	return r.drive(ctx, []Phase{
+	return r.drive(ctx, []phase{
 		loadPreflight{r}, materialPhase{r}, lockPhase{r.clusterOp}, backupPhase{r, everyNode},
 		snapshotPhase{r}, loadPhase{r}, serversPhase{r}, agentsPhase{r}, verifyPhase{r, everyNode},
 		cleanupPhase{r.clusterOp, r.unstage},
@@ -134,7 +134,7 @@ func (op *RotateSAKey) RunCluster(ctx context.Context, c inventory.Cluster, node
 		sk, err := op.PKI.RotateServiceKey(current[pki.ServiceKeyFile], op.KeepKeys)
 		return ModeServiceKey, pki.CASet{pki.ServiceKeyFile: sk}, err
 	}
-	return r.drive(ctx, []Phase{
+	return r.drive(ctx, []phase{
 		loadPreflight{r}, materialPhase{r}, lockPhase{r.clusterOp}, backupPhase{r, serversOnly},
 		snapshotPhase{r}, loadPhase{r}, serversPhase{r}, verifyPhase{r, serversOnly},
 		cleanupPhase{r.clusterOp, r.unstage},
@@ -166,7 +166,7 @@ func newLoadRotation(command string, c inventory.Cluster, nodes []*Node, o *RunO
 }
 
 // drive runs the phases and adds what the rotation decided to the report.
-func (r *loadRotation) drive(ctx context.Context, phases []Phase) *ClusterReport {
+func (r *loadRotation) drive(ctx context.Context, phases []phase) *ClusterReport {
 	rep := r.clusterOp.drive(ctx, phases)
 	rep.Mode, rep.OldHash, rep.TargetHash = r.mode, r.served, r.target
 	rep.Staged = r.staged.Names()
@@ -202,7 +202,7 @@ func (s nodeScope) covers(n *Node) bool { return bool(s) || n.Role == inventory.
 type loadPreflight struct{ r *loadRotation }
 
 func (loadPreflight) Title() string { return "preflight" }
-func (p loadPreflight) Run(ctx context.Context, _ *ClusterRun) error {
+func (p loadPreflight) Run(ctx context.Context, _ *clusterRun) error {
 	r := p.r
 	var found problems
 	primary := r.run.Primary()
@@ -233,8 +233,8 @@ func (p loadPreflight) Run(ctx context.Context, _ *ClusterRun) error {
 type materialPhase struct{ r *loadRotation }
 
 func (materialPhase) Title() string                { return "material" }
-func (p materialPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() }
-func (p materialPhase) Run(ctx context.Context, _ *ClusterRun) error {
+func (p materialPhase) ShouldRun(*clusterRun) bool { return !p.r.abandoning() }
+func (p materialPhase) Run(ctx context.Context, _ *clusterRun) error {
 	return p.r.material(ctx)
 }
 
@@ -244,8 +244,8 @@ type backupPhase struct {
 }
 
 func (backupPhase) Title() string                { return "backup" }
-func (p backupPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() }
-func (p backupPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p backupPhase) ShouldRun(*clusterRun) bool { return !p.r.abandoning() }
+func (p backupPhase) Run(ctx context.Context, run *clusterRun) error {
 	for _, n := range run.Nodes {
 		if !p.scope.covers(n) {
 			continue
@@ -258,7 +258,7 @@ func (p backupPhase) Run(ctx context.Context, run *ClusterRun) error {
 			continue
 		}
 		err := run.Wet(n, fmt.Sprintf("back up %d paths to %s", len(paths), n.Layout.BackupDir(run.RunID)), func() error {
-			return Backup(ctx, n, run.RunID, paths)
+			return backupPaths(ctx, n, run.RunID, paths)
 		})
 		if err != nil {
 			return err
@@ -273,13 +273,13 @@ func (snapshotPhase) Title() string { return "etcd-snapshot" }
 
 // ShouldRun: only embedded etcd has snapshots, and a loaded run took its
 // snapshot already.
-func (p snapshotPhase) ShouldRun(run *ClusterRun) bool {
+func (p snapshotPhase) ShouldRun(run *clusterRun) bool {
 	r := p.r
 	return !r.abandoning() && !r.NoSnapshot && run.Primary().Facts.EmbeddedEtcd &&
 		!(r.state != nil && (r.state.Loaded || r.state.Snapshot != ""))
 }
 
-func (p snapshotPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p snapshotPhase) Run(ctx context.Context, run *clusterRun) error {
 	r := p.r
 	primary := run.Primary()
 	name := "fleetcert-" + run.RunID
@@ -302,11 +302,11 @@ func (p snapshotPhase) Run(ctx context.Context, run *ClusterRun) error {
 type loadPhase struct{ r *loadRotation }
 
 func (loadPhase) Title() string { return "stage+load" }
-func (p loadPhase) ShouldRun(*ClusterRun) bool {
+func (p loadPhase) ShouldRun(*clusterRun) bool {
 	return !p.r.abandoning() && !(p.r.state != nil && p.r.state.Loaded)
 }
 
-func (p loadPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p loadPhase) Run(ctx context.Context, run *clusterRun) error {
 	r := p.r
 	primary := run.Primary()
 	dir := primary.Layout.StageDir(run.RunID)
@@ -317,7 +317,7 @@ func (p loadPhase) Run(ctx context.Context, run *ClusterRun) error {
 		}
 	}
 	err := run.Wet(primary, fmt.Sprintf("stage %d files in %s/tls", len(r.staged), dir), func() error {
-		return Stage(ctx, primary, dir, r.staged)
+		return stageFiles(ctx, primary, dir, r.staged)
 	})
 	if err != nil {
 		return err
@@ -327,7 +327,7 @@ func (p loadPhase) Run(ctx context.Context, run *ClusterRun) error {
 	if force {
 		what += " --force"
 	}
-	if err := run.Wet(primary, what, func() error { return LoadCA(ctx, primary, dir, force) }); err != nil {
+	if err := run.Wet(primary, what, func() error { return loadCA(ctx, primary, dir, force) }); err != nil {
 		return err
 	}
 	if r.state != nil {
@@ -341,30 +341,30 @@ func (p loadPhase) Run(ctx context.Context, run *ClusterRun) error {
 func (r *loadRotation) unstage(ctx context.Context) error {
 	primary := r.run.Primary()
 	dir := primary.Layout.StageDir(r.run.RunID)
-	return r.run.Wet(primary, "remove staging directory "+dir, func() error { return RemoveDir(ctx, primary, dir) })
+	return r.run.Wet(primary, "remove staging directory "+dir, func() error { return removeDir(ctx, primary, dir) })
 }
 
 type serversPhase struct{ r *loadRotation }
 
 func (serversPhase) Title() string                { return "servers" }
-func (p serversPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() }
+func (p serversPhase) ShouldRun(*clusterRun) bool { return !p.r.abandoning() }
 
 // Run restarts servers one at a time, each behind its gates: restarting
 // servers within seconds of each other has broken etcd (rke2 #7629).
-func (p serversPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p serversPhase) Run(ctx context.Context, run *clusterRun) error {
 	return p.r.inBatches(ctx, run.Servers(), 1, p.r.restartStep(p.r.serverGates))
 }
 
 type agentsPhase struct{ r *loadRotation }
 
 func (agentsPhase) Title() string { return "agents" }
-func (p agentsPhase) ShouldRun(run *ClusterRun) bool {
+func (p agentsPhase) ShouldRun(run *clusterRun) bool {
 	return !p.r.abandoning() && len(run.Agents()) > 0
 }
 
 // Run restarts agents in batches after every server serves the new CA;
 // agents download the CA bundle and get new leaf certs at every start.
-func (p agentsPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p agentsPhase) Run(ctx context.Context, run *clusterRun) error {
 	agents := run.Agents()
 	return p.r.inBatches(ctx, agents, agentBatch(p.r.opts.AgentBatch, len(agents)), p.r.restartStep(p.r.agentGates))
 }
@@ -375,8 +375,8 @@ type verifyPhase struct {
 }
 
 func (verifyPhase) Title() string                { return "verify" }
-func (p verifyPhase) ShouldRun(*ClusterRun) bool { return !p.r.abandoning() && !p.r.opts.DryRun }
-func (p verifyPhase) Run(ctx context.Context, _ *ClusterRun) error {
+func (p verifyPhase) ShouldRun(*clusterRun) bool { return !p.r.abandoning() && !p.r.opts.DryRun }
+func (p verifyPhase) Run(ctx context.Context, _ *clusterRun) error {
 	if err := p.r.verify(ctx, p.scope); err != nil {
 		return err
 	}
@@ -418,7 +418,7 @@ func (r *loadRotation) rewriteTokens(ctx context.Context, n *Node) ([]string, er
 	// operator): never overwrite it blind. Read the node again and plan
 	// anew, once; tokens already rewritten are skipped as pinning the target.
 	r.run.Warn(n, "%v; reading the node again", err)
-	if err := n.Refresh(ctx); err != nil {
+	if err := n.refresh(ctx); err != nil {
 		return files, err
 	}
 	more, err := r.rewriteTokensOnce(ctx, n)
@@ -426,7 +426,7 @@ func (r *loadRotation) rewriteTokens(ctx context.Context, n *Node) ([]string, er
 }
 
 func (r *loadRotation) rewriteTokensOnce(ctx context.Context, n *Node) ([]string, error) {
-	plan, err := PlanTokens(n, r.target, r.tokenHashes())
+	plan, err := planTokens(n, r.target, r.tokenHashes())
 	if err != nil {
 		return nil, err
 	}
@@ -473,7 +473,7 @@ func (r *loadRotation) restart(ctx context.Context, n *Node) (time.Time, error) 
 	var t0 time.Time
 	err := r.run.Wet(n, "restart "+n.Layout.UnitName()+".service", func() error {
 		var err error
-		t0, err = Restart(ctx, n)
+		t0, err = restartUnit(ctx, n)
 		return err
 	})
 	if err == nil && !r.opts.DryRun {

@@ -29,7 +29,7 @@ func (r *loadRotation) material(ctx context.Context) error {
 		return nil
 	}
 	mode, staged, err := r.makeSet(current)
-	var refused *RefusedError
+	var refused *refusedError
 	if errors.As(err, &refused) {
 		return r.refuse(refused.Problems...)
 	}
@@ -57,7 +57,7 @@ func (r *loadRotation) material(ctx context.Context) error {
 func (op *RotateCA) makeSet(current pki.CASet) (Mode, pki.CASet, error) {
 	mode, problem := op.mode(current)
 	if problem != "" {
-		return "", nil, &RefusedError{Problems: []string{problem}}
+		return "", nil, &refusedError{Problems: []string{problem}}
 	}
 	if op.Material != nil {
 		set, err := op.Material(mode, current)

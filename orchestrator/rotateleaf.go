@@ -45,7 +45,7 @@ func (*RotateLeaf) Command() string { return CmdRotate }
 //  5. cleanup: record the outcome, release the lock.
 func (op *RotateLeaf) RunCluster(ctx context.Context, c inventory.Cluster, nodes []*Node, o *RunOptions) *ClusterReport {
 	l := &leafRotation{clusterOp: newClusterOp(CmdRotate, c, nodes, o), RotateLeaf: op, selected: map[string]bool{}}
-	phases := []Phase{leafPreflight{l}, lockPhase{l.clusterOp}, leafRollPhase{l, inventory.Server},
+	phases := []phase{leafPreflight{l}, lockPhase{l.clusterOp}, leafRollPhase{l, inventory.Server},
 		leafRollPhase{l, inventory.Agent}, cleanupPhase{l.clusterOp, nil}}
 	err := runPhases(ctx, l.run, phases)
 	if err == nil && len(l.skipped) > 0 {
@@ -68,7 +68,7 @@ type leafPreflight struct{ l *leafRotation }
 func (leafPreflight) Title() string { return "preflight" }
 
 // Run checks the reachable nodes and picks the nodes to renew.
-func (p leafPreflight) Run(_ context.Context, run *ClusterRun) error {
+func (p leafPreflight) Run(_ context.Context, run *clusterRun) error {
 	l := p.l
 	var found problems
 	primary := run.Primary()
@@ -120,11 +120,11 @@ type leafRollPhase struct {
 
 func (p leafRollPhase) Title() string { return string(p.role) + "s" }
 
-func (p leafRollPhase) ShouldRun(run *ClusterRun) bool {
+func (p leafRollPhase) ShouldRun(run *clusterRun) bool {
 	return !p.l.abandoning() && len(p.nodes(run)) > 0
 }
 
-func (p leafRollPhase) nodes(run *ClusterRun) []*Node {
+func (p leafRollPhase) nodes(run *clusterRun) []*Node {
 	var nodes []*Node
 	for _, n := range run.Nodes {
 		if n.Role == p.role && p.l.selected[n.Name] {
@@ -136,7 +136,7 @@ func (p leafRollPhase) nodes(run *ClusterRun) []*Node {
 
 // Run renews servers one at a time (etcd members must not go down
 // together) and agents in batches.
-func (p leafRollPhase) Run(ctx context.Context, run *ClusterRun) error {
+func (p leafRollPhase) Run(ctx context.Context, run *clusterRun) error {
 	nodes := p.nodes(run)
 	batch := 1
 	if p.role == inventory.Agent {
@@ -241,7 +241,7 @@ func (l *leafRotation) leafGates(ctx context.Context, n *Node, t0 time.Time, lea
 		return true, "", nil
 	}}}
 	if n.Role == inventory.Server {
-		gates = append(gates, gate{"apiserver ready", func(ctx context.Context) (bool, string, error) { return Readyz(ctx, n) }})
+		gates = append(gates, gate{"apiserver ready", func(ctx context.Context) (bool, string, error) { return readyz(ctx, n) }})
 	}
 	gates = append(gates, gate{"node Ready", func(ctx context.Context) (bool, string, error) {
 		return nodeReady(ctx, l.run.Primary(), n)
@@ -267,7 +267,7 @@ func (l *leafRotation) pruneBackups(ctx context.Context, n *Node) error {
 // nodeReady reports whether n is Ready as the cluster (asked through
 // server) sees it.
 func nodeReady(ctx context.Context, server, n *Node) (bool, string, error) {
-	nodes, err := ClusterNodes(ctx, server)
+	nodes, err := clusterNodes(ctx, server)
 	if err != nil {
 		return false, "", err
 	}

@@ -24,7 +24,6 @@ const (
 type NodeStep string
 
 const (
-	StepPending   NodeStep = ""
 	StepRewritten NodeStep = "tokens-rewritten"
 	StepRestarted NodeStep = "restarted"
 	StepDone      NodeStep = "done"
