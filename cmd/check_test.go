@@ -115,7 +115,7 @@ func (d k3sNodeDir) write(t testing.TB, rel string, data []byte, mode os.FileMod
 	}
 }
 
-// writeK3sNode lays out a node as k3s leaves it (docs/k3s.md#layout): on a server
+// writeK3sNode lays out a node as k3s leaves it (docs/k3s-behaviour.md#layout): on a server
 // the CAs and their keys, the nochain copies, every leaf with its key,
 // etcd's, dynamic-cert.json and server/token; on every node the agent's
 // CA copies and leafs; config.yaml with a secure token pinning tokenHash.

@@ -197,7 +197,7 @@ func (s nodeScope) covers(n *Node) bool { return bool(s) || n.Role == inventory.
 // ---- phases -------------------------------------------------------------
 
 // loadPreflight checks everything that can be known before touching the
-// cluster (docs/design.md#preflight): every node, then the served CA, the
+// cluster (docs/architecture.md#preflight): every node, then the served CA, the
 // tokens and unlisted nodes.
 type loadPreflight struct{ r *loadRotation }
 
