@@ -156,6 +156,9 @@ func gatesOf(command string) string {
 	case orchestrator.CmdRotateCA:
 		return "servers: restarted, serve the new CA, server/token pins it, apiserver ready, CA files on disk as loaded; " +
 			"agents: downloaded the new CA, node Ready"
+	case orchestrator.CmdCompleteCA:
+		return "servers: serve the completed CA, no retired root in the :6443 chain, apiserver ready, CA files on disk as loaded; " +
+			"agents: downloaded the completed CA, node Ready"
 	case orchestrator.CmdRotateSAKey:
 		return "servers: restarted, serve the CA, server/token pins it, apiserver ready, service.key on disk as loaded"
 	case orchestrator.CmdRotate:

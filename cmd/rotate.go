@@ -105,7 +105,9 @@ func (f *rolloutFlags) rollout(clusters []inventory.Cluster) (rollout.Plan, erro
 type rotateCAFlags struct {
 	rolloutFlags
 	issuerFlags
-	force bool
+	force    bool
+	complete bool
+	minSoak  duration
 }
 
 func (a *app) newRotateCACmd() *cobra.Command {
@@ -127,10 +129,18 @@ The mode follows the CA files on the primary server:
                                           the etcd CAs are left as they are)
 
 A rerun of an interrupted run resumes it with the same target. --dry-run
-gathers facts, makes and validates the material, and lists every change.`,
+gathers facts, makes and validates the material, and lists every change.
+
+After a cross-signed rotation every bundle still ends in the old root, which
+stays trusted until it expires. Once clients have moved to the new root,
+--complete retires it: it loads bundles of intermediate + new root only, then
+renews every node's leaf certificates (stop, k3s certificate rotate, start) so
+that nothing served still chains to the old root. Tokens do not change.
+--min-soak (default 24h) refuses clusters rotated more recently than that.`,
 		Example: `  fleetcert rotate-ca -i hosts.yaml --dry-run
   fleetcert rotate-ca -i hosts.yaml --cluster edge-berlin-01
-  fleetcert rotate-ca -i hosts.yaml --root-ca root.pem --root-key root.key`,
+  fleetcert rotate-ca -i hosts.yaml --root-ca root.pem --root-key root.key
+  fleetcert rotate-ca -i hosts.yaml --complete`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error { return a.runRotateCA(c, f) },
 	}
@@ -141,6 +151,9 @@ gathers facts, makes and validates the material, and lists every change.`,
 	fs.BoolVar(&f.noSnapshot, "no-snapshot", false, "skip the etcd snapshot before loading new material")
 	fs.StringVar(&f.export, "export", "", "write each cluster's new server CA bundle and hash under DIR/<cluster>/")
 	fs.BoolVar(&f.exportTokens, "export-tokens", false, "with --export, also write the new tokens (mode 0600)")
+	fs.BoolVar(&f.complete, "complete", false, "retire the old roots after a cross-signed rotation: bundles of intermediate + new root only, leaf certificates renewed")
+	f.minSoak = duration(24 * time.Hour)
+	fs.Var(&f.minSoak, "min-soak", "with --complete: refuse clusters whose cross-signed rotation finished less than this long ago (0: no wait)")
 	return c
 }
 
@@ -170,6 +183,12 @@ N, never the current signing key.`,
 }
 
 func (a *app) runRotateCA(c *cobra.Command, f rotateCAFlags) error {
+	if f.complete {
+		return a.runCompleteCA(c, f)
+	}
+	if c.Flags().Changed("min-soak") {
+		return usageErrorf("--min-soak applies to --complete only")
+	}
 	in, err := f.caInput()
 	if err != nil {
 		return err
@@ -187,6 +206,28 @@ func (a *app) runRotateCA(c *cobra.Command, f rotateCAFlags) error {
 	if f.force {
 		warning = "--force loads a CA that does not chain to the current one: every secure token changes and pods must be restarted to trust the new root."
 	}
+	return a.rollout(c, op, opts, &f.rolloutFlags, f.export, warning)
+}
+
+// runCompleteCA is rotate-ca --complete. It makes no new CA, so the CA
+// flags do not apply.
+func (a *app) runCompleteCA(c *cobra.Command, f rotateCAFlags) error {
+	if f.force || f.given() {
+		return usageErrorf("--complete retires the old roots of a cross-signed rotation; it takes no --force or CA files")
+	}
+	if f.minSoak.value() < 0 {
+		return usageErrorf("--min-soak must be 0 or more")
+	}
+	if f.exportTokens && f.export == "" {
+		return usageErrorf("--export-tokens needs --export DIR")
+	}
+	opts, err := a.rolloutOptions(f.rolloutFlags)
+	if err != nil {
+		return err
+	}
+	op := &orchestrator.CompleteCA{MinSoak: f.minSoak.value(), RotationOptions: f.rotationOptions(),
+		Export: f.export != "", ExportTokens: f.exportTokens}
+	warning := "--complete stops trusting the old roots: kubeconfigs, CI and pods that still trust only the old root lose access; refresh them first (--export of the cross-signed rotation)."
 	return a.rollout(c, op, opts, &f.rolloutFlags, f.export, warning)
 }
 

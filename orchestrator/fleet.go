@@ -15,10 +15,11 @@ const (
 	CmdRotateCA    = "rotate-ca"
 	CmdRotateSAKey = "rotate-sa-key"
 	CmdRotate      = "rotate"
+	CmdCompleteCA  = "rotate-ca --complete"
 )
 
-// Operation is one command's work on a cluster: RotateCA, RotateSAKey or
-// RotateLeaf. RunFleet applies it cluster by cluster.
+// Operation is one command's work on a cluster: RotateCA, CompleteCA,
+// RotateSAKey or RotateLeaf. RunFleet applies it cluster by cluster.
 type Operation interface {
 	// Command names the operation in reports, run state and locks.
 	Command() string

@@ -39,10 +39,13 @@ type clusterRun struct {
 	Sink    Sink
 	Now     func() time.Time
 
-	phase   string
-	mu      sync.Mutex
-	changes []Change
-	spans   []PhaseSpan
+	phase string
+	// finished is set by a phase that found the cluster already as the
+	// operation would leave it: the phases after it do not run.
+	finished bool
+	mu       sync.Mutex
+	changes  []Change
+	spans    []PhaseSpan
 }
 
 // Primary is the server that loads new material and keeps the run state.
@@ -171,7 +174,17 @@ func runPhases(ctx context.Context, r *clusterRun, phases []phase) error {
 			r.emit(nil, EventFail, err.Error())
 			return fail(fmt.Errorf("%s: %w", p.Title(), err))
 		}
+		if r.finished {
+			break
+		}
 	}
 	r.phase = ""
 	return nil
+}
+
+// nothingToDo ends the run after the current phase: the cluster already is
+// as the operation would leave it.
+func (r *clusterRun) nothingToDo(why string) {
+	r.Info(nil, "%s", why)
+	r.finished = true
 }

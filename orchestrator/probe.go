@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,6 +67,26 @@ func fetchCACerts(ctx context.Context, h remote.Host) ([]byte, error) {
 		return nil, fmt.Errorf("GET /cacerts: %s", resp.Status)
 	}
 	return body, nil
+}
+
+// servingChain is the certificate chain the server presents on :6443, in a
+// live TLS handshake from the node itself (through the SSH connection).
+// Nothing is verified here: the caller judges the chain.
+func servingChain(ctx context.Context, h remote.Host) ([]*x509.Certificate, error) {
+	t, ok := h.(tunneler)
+	if !ok {
+		return nil, errNoTunnel
+	}
+	raw, err := t.DialContext(ctx, "tcp", supervisorAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer raw.Close()
+	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // the chain is what is judged
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake with %s: %w", supervisorAddr, err)
+	}
+	return conn.ConnectionState().PeerCertificates, nil
 }
 
 // servedHash is hashCA of what the server serves. Without forwarding it

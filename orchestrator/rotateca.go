@@ -103,8 +103,9 @@ func (*RotateSAKey) Command() string { return CmdRotateSAKey }
 //  8. agents, in batches: rewrite tokens, restart, gates (downloaded the
 //     new CA, node Ready).
 //  9. verify: every node read again; collect the export.
-//  10. cleanup: remove the staging directory, record the outcome, release
-//     the lock.
+//  10. cleanup: remove the staging directory, record the rotation (its
+//     finish time is what rotate-ca --complete's soak is measured from)
+//     and the outcome, release the lock.
 func (op *RotateCA) RunCluster(ctx context.Context, c inventory.Cluster, nodes []*Node, o *RunOptions) *ClusterReport {
 	r := newLoadRotation(CmdRotateCA, c, nodes, o, op.RotationOptions)
 	r.makeSet = op.makeSet
@@ -112,7 +113,7 @@ func (op *RotateCA) RunCluster(ctx context.Context, c inventory.Cluster, nodes [
 	return r.drive(ctx, []phase{
 		loadPreflight{r}, materialPhase{r}, lockPhase{r.clusterOp}, backupPhase{r, everyNode},
 		snapshotPhase{r}, loadPhase{r}, serversPhase{r}, agentsPhase{r}, verifyPhase{r, everyNode},
-		cleanupPhase{r.clusterOp, r.unstage},
+		cleanupPhase{r.clusterOp, r.unstageAndRecord},
 	})
 }
 
@@ -342,6 +343,16 @@ func (r *loadRotation) unstage(ctx context.Context) error {
 	primary := r.run.Primary()
 	dir := primary.Layout.StageDir(r.run.RunID)
 	return r.run.Wet(primary, "remove staging directory "+dir, func() error { return removeDir(ctx, primary, dir) })
+}
+
+// unstageAndRecord removes the staging directory and records the CA
+// rotation in its own record on the primary.
+func (r *loadRotation) unstageAndRecord(ctx context.Context) error {
+	if err := r.unstage(ctx); err != nil || r.opts.DryRun {
+		return err
+	}
+	p := r.run.Primary()
+	return saveCARecord(ctx, p.Conn, p.Layout, &CARecord{RunID: r.run.RunID, Mode: r.mode, TargetHash: r.target, Finished: r.opts.now()})
 }
 
 type serversPhase struct{ r *loadRotation }

@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -173,54 +172,6 @@ func (l *leafRotation) renewStep() restartStep {
 		},
 		after: l.pruneBackups,
 	}
-}
-
-// renewDeadline bounds one node's stop, certificate rotate and start.
-const renewDeadline = 10 * time.Minute
-
-// backupLine is how k3s reports the copy `certificate rotate` made.
-var backupLine = regexp.MustCompile(`backed up certificates to (\S+)`)
-
-// renewNode stops k3s (certificate rotate needs it down), renews, and
-// starts it without waiting. Returns the node's clock before the start
-// and the backup k3s made.
-func (l *leafRotation) renewNode(ctx context.Context, n *Node, services []string) (time.Time, string, error) {
-	lay := n.Layout
-	what := "stop " + lay.UnitName() + ", k3s certificate rotate"
-	if len(services) > 0 {
-		what += " --service " + strings.Join(services, ",")
-	}
-	what += ", start"
-	var t0 time.Time
-	var backup string
-	err := l.run.Wet(n, what, func() error {
-		if err := l.setStep(ctx, n, StepRestarted); err != nil {
-			return err
-		}
-		script := lay.StopCmd() + " && " + lay.CertificateRotateCmd(services) + " 2>&1; rc=$?; date +%s; " +
-			lay.StartCmd() + "; exit $rc"
-		// Stop, rotate and start must not be cut in half: an interrupt
-		// between stop and start would leave k3s down. The sequence gets
-		// its own deadline instead of the run's context.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), renewDeadline)
-		defer cancel()
-		res, err := n.Conn.Run(sctx, script, nil)
-		if err != nil {
-			return err
-		}
-		out := string(res.Stdout)
-		if res.ExitCode != 0 {
-			return fmt.Errorf("k3s certificate rotate failed (k3s restarted with its old certificates): %s", lastLines(out, 3))
-		}
-		if m := backupLine.FindStringSubmatch(out); m != nil {
-			backup = strings.TrimSuffix(m[1], ",")
-		}
-		lines := strings.Split(strings.TrimSpace(out), "\n")
-		sec, perr := parseUnix(lines[len(lines)-1])
-		t0 = sec
-		return perr
-	})
-	return t0, backup, err
 }
 
 // leafGates: k3s came back (files it writes at every start rewritten),

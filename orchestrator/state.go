@@ -33,19 +33,22 @@ const (
 // its last finished) run: enough to resume with the same target instead of
 // making new material.
 type RunState struct {
-	RunID      string              `json:"runId"`
-	Command    string              `json:"command"`
-	Mode       string              `json:"mode"`
-	Started    time.Time           `json:"started"`
-	Updated    time.Time           `json:"updated"`
-	OldHash    string              `json:"oldHash"`
-	TargetHash string              `json:"targetHash"`
-	StageDir   string              `json:"stageDir,omitempty"`
-	Loaded     bool                `json:"loaded"` // new material saved to the datastore
-	Snapshot   string              `json:"snapshot,omitempty"`
-	Nodes      map[string]NodeStep `json:"nodes"`
-	Outcome    string              `json:"outcome,omitempty"` // done, failed, abandoned; empty while unfinished
-	Error      string              `json:"error,omitempty"`
+	RunID      string    `json:"runId"`
+	Command    string    `json:"command"`
+	Mode       string    `json:"mode"`
+	Started    time.Time `json:"started"`
+	Updated    time.Time `json:"updated"`
+	OldHash    string    `json:"oldHash"`
+	TargetHash string    `json:"targetHash"`
+	StageDir   string    `json:"stageDir,omitempty"`
+	Loaded     bool      `json:"loaded"` // new material saved to the datastore
+	Snapshot   string    `json:"snapshot,omitempty"`
+	// Retired are the SHA-256 fingerprints of the roots a completing run
+	// (rotate-ca --complete) retires: nothing served may chain to them.
+	Retired []string            `json:"retired,omitempty"`
+	Nodes   map[string]NodeStep `json:"nodes"`
+	Outcome string              `json:"outcome,omitempty"` // done, failed, abandoned; empty while unfinished
+	Error   string              `json:"error,omitempty"`
 }
 
 // Finished reports whether the run reached an outcome.
@@ -102,4 +105,46 @@ func finishState(ctx context.Context, h remote.Host, l k3s.Layout, s *RunState, 
 		return err
 	}
 	return res.Err()
+}
+
+// caRecordFile is the cluster's record of its last CA rotation. It is kept
+// apart from the run state, which every later run (rotate, rotate-sa-key)
+// replaces: rotate-ca --complete measures its soak time from it.
+const caRecordFile = "ca-rotation.json"
+
+// CARecord is a cluster's last CA rotation, as its primary records it.
+type CARecord struct {
+	RunID      string    `json:"runId"`
+	Mode       Mode      `json:"mode"`
+	TargetHash string    `json:"targetHash"`
+	Finished   time.Time `json:"finished"`
+	// Completed is when rotate-ca --complete retired the old roots.
+	Completed time.Time `json:"completed,omitzero"`
+}
+
+// readCARecord reads the record from a primary's facts snapshot; nil when
+// there is none.
+func readCARecord(l k3s.Layout, snap *k3s.Snapshot) (*CARecord, error) {
+	p := path.Join(l.FleetcertDir(), caRecordFile)
+	f, ok := snap.Files[p]
+	if !ok {
+		return nil, nil
+	}
+	var rec CARecord
+	if err := json.Unmarshal(f.Data, &rec); err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return &rec, nil
+}
+
+// saveCARecord writes the record to the primary, atomically.
+func saveCARecord(ctx context.Context, h remote.Host, l k3s.Layout, rec *CARecord) error {
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := h.WriteFile(ctx, path.Join(l.FleetcertDir(), caRecordFile), append(data, '\n'), stateFileMode); err != nil {
+		return fmt.Errorf("save CA rotation record: %w", err)
+	}
+	return nil
 }

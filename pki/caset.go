@@ -27,7 +27,7 @@ type CAType struct {
 	// (CN <DefaultCN>@<unix>).
 	DefaultCN string
 	// Etcd marks the two etcd CAs, which a forced rotation to an unrelated
-	// root leaves alone unless asked (docs/k3s.md#restarts).
+	// root leaves alone unless asked (docs/k3s-behaviour.md#restarts).
 	Etcd bool
 }
 

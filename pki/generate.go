@@ -19,7 +19,7 @@ import (
 	"time"
 )
 
-// Validity periods, in days, of the contrib scripts (docs/k3s.md#ca-formats): custom root
+// Validity periods, in days, of the contrib scripts (docs/k3s-behaviour.md#ca-formats): custom root
 // 20 years, intermediate and cluster CAs ~10 years; everything a
 // cross-signed rotation makes 20 years.
 const (

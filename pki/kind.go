@@ -3,7 +3,7 @@ package pki
 import "fmt"
 
 // Kind is what a server's CA material is, which decides how it can be
-// rotated (docs/k3s.md#kinds).
+// rotated (docs/k3s-behaviour.md#kinds).
 type Kind string
 
 const (
