@@ -36,11 +36,11 @@ import (
 )
 
 // Helpers of the rotate-ca / rotate-sa-key suite (rotate_test.go). The test
-// judges fleetcert from outside: its own hashCA below (docs/k3s.md#hashca, written
+// judges fleetcert from outside: its own hashCA below (docs/k3s-behaviour.md#hashca, written
 // independently of fleetcert's pki package), files read through docker,
 // /cacerts fetched through an SSH tunnel of the test's own.
 
-// hashCA is k3s's CA hash of a bundle (docs/k3s.md#hashca): one cert → sha256 of the
+// hashCA is k3s's CA hash of a bundle (docs/k3s-behaviour.md#hashca): one cert → sha256 of the
 // raw bytes; several → verify certs[0] with the self-signed (or AKI-less)
 // certs of the rest as roots and the others as intermediates, and hash the
 // DER of the last cert of the first chain; on any failure, sha256 of the

@@ -208,7 +208,7 @@ func TestDemoClustersComeUp(t *testing.T) {
 
 // TestCustomCAInstall: CA files placed in server/tls before the first start
 // are the cluster's CAs, and the secure token pins the custom root: hashCA of
-// a bundle is sha256 of its root's DER (docs/k3s.md#hashca).
+// a bundle is sha256 of its root's DER (docs/k3s-behaviour.md#hashca).
 func TestCustomCAInstall(t *testing.T) {
 	f := smokeFleet(t)
 	ctx := ctxFor(t, time.Minute)
@@ -241,7 +241,7 @@ func TestCustomCAInstall(t *testing.T) {
 }
 
 // TestWrongHashAgentNeverJoins: an agent whose token pins another CA logs
-// k3s's mismatch error, retries, and never becomes Ready (docs/k3s.md#tokens).
+// k3s's mismatch error, retries, and never becomes Ready (docs/k3s-behaviour.md#tokens).
 func TestWrongHashAgentNeverJoins(t *testing.T) {
 	f := smokeFleet(t)
 	ctx := ctxFor(t, 2*time.Minute)
@@ -287,7 +287,7 @@ func TestWrongHashAgentNeverJoins(t *testing.T) {
 
 // TestRotateCAStagedOutsideTLSChangesNothing: k3s's rotate-ca reads only
 // DIR/tls/; CA files put directly in DIR are ignored, even with --force, and
-// after a restart the server's CA material is what it was (docs/k3s.md#rotate-ca-inputs).
+// after a restart the server's CA material is what it was (docs/k3s-behaviour.md#rotate-ca-inputs).
 func TestRotateCAStagedOutsideTLSChangesNothing(t *testing.T) {
 	f := smokeFleet(t)
 	ctx := ctxFor(t, 3*time.Minute)

@@ -8,7 +8,7 @@ import (
 )
 
 // CheckEntry is one certificate as `k3s certificate check -o json` reports
-// it (docs/k3s.md#certificate-check). For a NOT YET VALID certificate k3s puts its NotBefore
+// it (docs/k3s-behaviour.md#certificate-check). For a NOT YET VALID certificate k3s puts its NotBefore
 // in ExpiryTime.
 type CheckEntry struct {
 	Filename     string        `json:"Filename"`

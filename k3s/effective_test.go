@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// TestEffectiveTokenPrecedence is the precedence matrix of docs/k3s.md#precedence:
+// TestEffectiveTokenPrecedence is the precedence matrix of docs/k3s-behaviour.md#precedence:
 // token-file > ExecStart > config.yaml.d (later wins) > config.yaml >
 // environment (EnvironmentFile= in load order > Environment=).
 func TestEffectiveTokenPrecedence(t *testing.T) {

@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// Services `k3s certificate rotate --service` knows (docs/k3s.md#certificate-rotate). Each
+// Services `k3s certificate rotate --service` knows (docs/k3s-behaviour.md#certificate-rotate). Each
 // renews the leaf certificates of one component.
 var (
 	ServerServices = []string{"admin", "api-server", "auth-proxy", "cloud-controller", "controller-manager",
@@ -75,7 +75,7 @@ func (l Layout) LeafBackupsDir() string {
 }
 
 // serviceLeafs are the leaf certificates each service's rotation renews,
-// relative to server/tls (server) or agent/ (agent) (docs/k3s.md#certificate-rotate).
+// relative to server/tls (server) or agent/ (agent) (docs/k3s-behaviour.md#certificate-rotate).
 // k3s-server renews the :6443 serving cert through a trigger file instead.
 var serviceLeafs = map[string]struct{ server, agent []string }{
 	"admin":              {server: []string{"client-admin.crt"}},

@@ -14,7 +14,7 @@ import (
 // SourceKind says what kind of place defines a token on a node.
 type SourceKind string
 
-// The places a node may define its join token (docs/k3s.md#token-places).
+// The places a node may define its join token (docs/k3s-behaviour.md#token-places).
 const (
 	// KindEnvFile is install.sh's <unit>.service.env, or any other file an
 	// EnvironmentFile= line of the unit names.
@@ -45,7 +45,7 @@ const (
 
 // The four settings k3s reads a token from, by their config.yaml names.
 // token/token-file on both roles, agent-token(-file) on servers
-// (docs/k3s.md#tokens).
+// (docs/k3s-behaviour.md#tokens).
 const (
 	settingToken          = "token"
 	settingTokenFile      = "token-file"
@@ -258,7 +258,7 @@ func CandidateFiles(l Layout) []string {
 // CandidateDirs are the drop-in directories whose matching entries (regular
 // files only) must be read too: the unit's <unit>.service.d/*.conf and k3s's
 // config.yaml.d/*.yaml|*.yml (k3s: suffix matched case-insensitively,
-// docs/k3s.md#config-file).
+// docs/k3s-behaviour.md#config-file).
 func CandidateDirs(l Layout) []DropInDir {
 	return []DropInDir{
 		{Path: l.UnitDropInDir(), Suffixes: []string{".conf"}},
@@ -313,7 +313,7 @@ func tokenFileTargets(srcs []TokenSource, files map[string][]byte) (targets []To
 	return targets, pending
 }
 
-// Precedence classes, lowest first (docs/k3s.md#precedence): config
+// Precedence classes, lowest first (docs/k3s-behaviour.md#precedence): config
 // values are inserted as flags before the real CLI args (later wins), and
 // environment variables are only flag defaults. systemd.exec: variables
 // from EnvironmentFile= override Environment=.

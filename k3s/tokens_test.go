@@ -34,7 +34,7 @@ func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []strin
 
 func hexSum(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
-// installUnit is the unit install.sh writes (docs/k3s.md#install-sh), with the given
+// installUnit is the unit install.sh writes (docs/k3s-behaviour.md#install-sh), with the given
 // argument lines (each already quoted and TAB-indented by the caller).
 func installUnit(argLines ...string) string {
 	return `[Unit]

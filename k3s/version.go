@@ -140,12 +140,12 @@ func (g gate) has(v Version) bool {
 }
 
 // rotate-ca and custom CAs arrived in the Feb 2023 releases
-// (docs/k3s.md#versions).
+// (docs/k3s-behaviour.md#versions).
 var rotateCAGate = gate{"v1.26.2+k3s1", "v1.25.7+k3s1", "v1.24.11+k3s1", "v1.23.17+k3s1"}
 
 // SupportsRotateCA reports whether `k3s certificate rotate-ca` exists:
 // v1.26.2+k3s1, v1.25.7+k3s1, v1.24.11+k3s1, v1.23.17+k3s1 and later in
-// each line, every release from 1.27 on (docs/k3s.md#versions).
+// each line, every release from 1.27 on (docs/k3s-behaviour.md#versions).
 func SupportsRotateCA(v Version) bool { return rotateCAGate.has(v) }
 
 // rotationBug is a known rotate-ca bug and the releases that fixed it.
@@ -156,7 +156,7 @@ type rotationBug struct {
 	since gate // releases that introduced it; nil: present since rotate-ca
 }
 
-// rotationBugs are listed in docs/k3s.md#versions; the fixed versions are
+// rotationBugs are listed in docs/k3s-behaviour.md#versions; the fixed versions are
 // inferred from the Kubernetes patch releases of each fix's month, so they
 // warn, never refuse.
 var rotationBugs = []rotationBug{
@@ -176,7 +176,7 @@ var rotationBugs = []rotationBug{
 }
 
 // KnownRotationBugs lists warnings for the rotate-ca bugs a version is
-// known or inferred to have (#10689, #11014, #11233; docs/k3s.md#versions). Whatever
+// known or inferred to have (#10689, #11014, #11233; docs/k3s-behaviour.md#versions). Whatever
 // the version, the outcome must be verified on every node.
 func KnownRotationBugs(v Version) []string {
 	var out []string
@@ -199,7 +199,7 @@ var certificateCheckGate = gate{"v1.30.0+k3s1", "v1.29.4+k3s1", "v1.28.9+k3s1", 
 func SupportsCertificateCheck(v Version) bool { return certificateCheckGate.has(v) }
 
 // `certificate check --output` since v1.32.0/v1.31.5/v1.30.9
-// (docs/k3s.md#versions).
+// (docs/k3s-behaviour.md#versions).
 var checkOutputGate = gate{"v1.32.0+k3s1", "v1.31.5+k3s1", "v1.30.9+k3s1"}
 
 // CheckHasOutputFlag reports whether `k3s certificate check` takes
@@ -209,7 +209,7 @@ func CheckHasOutputFlag(v Version) bool {
 }
 
 // The May 2025 releases moved renewal from 90 to 120 days
-// (docs/k3s.md#renewal).
+// (docs/k3s-behaviour.md#renewal).
 var renewal120Gate = gate{"v1.33.1+k3s1", "v1.32.5+k3s1", "v1.31.9+k3s1", "v1.30.13+k3s1"}
 
 // RenewalThresholdDays is how close to expiry a leaf certificate must be

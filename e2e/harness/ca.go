@@ -21,7 +21,7 @@ import (
 // The harness makes its own custom CA material with Go's crypto, on purpose
 // independent of fleetcert's pki package: a mistake shared by the product and
 // its test fleet would hide. The topology and attributes are those of k3s's
-// contrib/util/generate-custom-ca-certs.sh (docs/k3s.md#custom-cas).
+// contrib/util/generate-custom-ca-certs.sh (docs/k3s-behaviour.md#custom-cas).
 
 // CustomCA is the operator side of a custom CA install: the root and
 // intermediate that never go to a node, as files in the fleet's Dir.

@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-// This file renders the files install.sh leaves on a k3s node (docs/k3s.md#install-sh),
+// This file renders the files install.sh leaves on a k3s node (docs/k3s-behaviour.md#install-sh),
 // byte for byte where fleetcert parses or rewrites them. It is pure: the
 // harness copies the result into the containers.
 
@@ -207,7 +207,7 @@ func yamlString(s string) string {
 
 // installFor computes the installation of one node.
 //
-// Token placement follows the ways operators install k3s (docs/k3s.md#token-places):
+// Token placement follows the ways operators install k3s (docs/k3s-behaviour.md#token-places):
 // K3S_TOKEN in the env file, --token/-t/--token= in ExecStart, token: in
 // config.yaml or a drop-in, or --token-file / token-file: naming a 0600 file.
 // Every place asked for gets the same token, so a node may define it in

@@ -159,7 +159,7 @@ const (
 	// ShortToken: the bare password, no CA pin.
 	ShortToken
 	// WrongHashToken: a secure token whose hash pins another CA; an agent
-	// with it must never join (docs/k3s.md#tokens).
+	// with it must never join (docs/k3s-behaviour.md#tokens).
 	WrongHashToken
 	// NoToken: no token anywhere.
 	NoToken

@@ -53,7 +53,7 @@ func poolFromPEM(b []byte) *x509.CertPool {
 }
 
 // validateServer returns the cluster CA bundle of serverURL, checked the
-// way k3s checks a join token (docs/k3s.md#tokens): trusted by the host -> no hash
+// way k3s checks a join token (docs/k3s-behaviour.md#tokens): trusted by the host -> no hash
 // check; else fetch /cacerts insecurely, re-fetch trusting that bundle,
 // compare hashCA with the token's hash (a short token only warns).
 func validateServer(serverURL string, tok joinToken, log *Logger) ([]byte, error) {

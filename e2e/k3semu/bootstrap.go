@@ -51,7 +51,7 @@ var defaultCAs = []struct{ Stem, CNPrefix string }{
 const systemTimeSkew = 3 // seconds
 
 // reconcileBootstrap brings server/ files in line with the datastore
-// (docs/k3s.md#datastore): equal content -> nothing; differing and disk less than 3 s
+// (docs/k3s-behaviour.md#datastore): equal content -> nothing; differing and disk less than 3 s
 // newer -> rewritten from the datastore with its timestamp; differing and
 // disk >= 3 s newer -> fatal.
 func reconcileBootstrap(serverDir string, data bootstrapData, log *Logger) error {

@@ -18,7 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// serviceFiles are the leaf files of one service (docs/k3s.md#certificate-rotate):
+// serviceFiles are the leaf files of one service (docs/k3s-behaviour.md#certificate-rotate):
 // Server relative to server/tls, Agent relative to agent/.
 type serviceFiles struct {
 	Server []string

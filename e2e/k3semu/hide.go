@@ -1,6 +1,6 @@
 package main
 
-// Process-title hiding (docs/k3s.md#process-title). k3s calls gspt.SetProcTitle(os.Args[0]
+// Process-title hiding (docs/k3s-behaviour.md#process-title). k3s calls gspt.SetProcTitle(os.Args[0]
 // + " server") (or " agent") at start "to hide process arguments from ps":
 // gspt zeroes the argv area (and the start of the environment block) and
 // writes the title there, so /proc/<pid>/cmdline is that one string, no

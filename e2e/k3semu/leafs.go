@@ -96,7 +96,7 @@ func localIPs() []net.IP {
 	return ips
 }
 
-// ensureServerLeafs issues/renews every server leaf (docs/k3s.md#layout), writes
+// ensureServerLeafs issues/renews every server leaf (docs/k3s-behaviour.md#layout), writes
 // the nochain copies and service.current.key. Returns the regenerated names.
 func ensureServerLeafs(tlsDir, version, nodeName string, now time.Time, log *Logger) ([]string, error) {
 	days := renewDays(version)

@@ -1,5 +1,5 @@
 // Command k3semu is a k3s emulator for fleetcert's e2e tests: installed as
-// /usr/local/bin/k3s in the node image, it follows docs/k3s.md
+// /usr/local/bin/k3s in the node image, it follows docs/k3s-behaviour.md
 // closely enough that what a real k3s punishes is punished here too. It
 // deliberately shares no code with fleetcert.
 package main

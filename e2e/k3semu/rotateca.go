@@ -76,7 +76,7 @@ func (s *server) caCertReplace(payload bootstrapData, force bool) error {
 	return nil
 }
 
-// validateBootstrap applies k3s's rotate-ca checks (docs/k3s.md#rotate-ca-validation) to every
+// validateBootstrap applies k3s's rotate-ca checks (docs/k3s-behaviour.md#rotate-ca-validation) to every
 // rotatable field, in k3s's field order. current holds the files on disk,
 // supplied only the non-empty files sent. checkUntouched emulates releases
 // before the fix for #10689, which also validated CA fields not supplied.

@@ -432,7 +432,7 @@ func (s *server) routes() http.Handler {
 }
 
 // handleCACerts serves server-ca.crt as read at the first request, cached
-// for the life of the process (docs/k3s.md#datastore).
+// for the life of the process (docs/k3s-behaviour.md#datastore).
 func (s *server) handleCACerts(w http.ResponseWriter, r *http.Request) {
 	s.cacertsOnce.Do(func() {
 		s.cacerts, s.cacertsErr = os.ReadFile(filepath.Join(s.tlsDir, "server-ca.crt"))

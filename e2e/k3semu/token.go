@@ -10,7 +10,7 @@ import (
 	"strings"
 )
 
-// Token formats (docs/k3s.md#tokens).
+// Token formats (docs/k3s-behaviour.md#tokens).
 const (
 	tokenPrefix  = "K10"
 	caHashLength = sha256.Size * 2
@@ -80,7 +80,7 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// hashCA computes the CA hash pinned by tokens (docs/k3s.md#hashca): one cert ->
+// hashCA computes the CA hash pinned by tokens (docs/k3s-behaviour.md#hashca): one cert ->
 // sha256 of the raw bytes; several -> sha256 of the DER of the root the
 // first verified chain ends at; verification failure -> raw bytes again.
 func hashCA(b []byte) string {

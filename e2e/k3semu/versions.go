@@ -7,7 +7,7 @@ import (
 
 // Behaviour that depends on the k3s version (/etc/k3semu/version), so that
 // fleetcert's version gates meet the behaviour they guard against
-// (docs/k3s.md#versions). Each table maps a minor line to the first patch release
+// (docs/k3s-behaviour.md#versions). Each table maps a minor line to the first patch release
 // with the feature or fix; later minor lines have it, earlier ones do not.
 
 // parseVersion returns minor and patch of v1.<minor>.<patch>+k3sN.
