@@ -20,7 +20,10 @@ const k3sBin = "PATH=/usr/local/bin:$PATH k3s"
 // datastore. -d is always passed: rotate-ca reads its credentials from
 // <data-dir>/server/token, not from config.yaml.
 func (l Layout) RotateCACmd(stageDir string, force bool) string {
-	cmd := remote.Quotef(k3sBin+" certificate rotate-ca -d %s --path=%s", l.dataDir(), stageDir)
+	// The server is named, not left to the default: rotate-ca reads
+	// K3S_URL from the environment, and the SSH session may carry one
+	// (/etc/environment) that names another server.
+	cmd := remote.Quotef(k3sBin+" certificate rotate-ca -s https://127.0.0.1:6443 -d %s --path=%s", l.dataDir(), stageDir)
 	if force {
 		cmd += " --force"
 	}
