@@ -18,6 +18,7 @@ import (
 
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/orchestrator"
+	"github.com/fleetcert/fleetcert/remote"
 )
 
 type checkFlags struct {
@@ -99,7 +100,11 @@ func (a *app) runCheck(c *cobra.Command, f *checkFlags) error {
 		return withCode(interruptCode(c.Context()), c.Context().Err())
 	}
 	report := newCheckReport(checked, now, f.within.value())
-	for _, cc := range report.Clusters {
+	for i, cc := range report.Clusters {
+		if e := cc.Expired; e != nil {
+			e.Fix = remote.Quotef("fleetcert rotate -i %s --cluster %s", a.g.inventory, cc.Name)
+			report.Clusters[i].Expired = e
+		}
 		for _, u := range cc.Unreachable {
 			a.log.Warn("node not reached", "cluster", cc.Name, "node", u.Node, "err", u.Error)
 		}
@@ -176,6 +181,9 @@ type clusterCheckReport struct {
 	NodesChecked int        `json:"nodesChecked"`
 	Earliest     *expiryRef `json:"earliestExpiry,omitempty"`
 	CAExpiry     *expiryRef `json:"caExpiry,omitempty"`
+	// Expired is set when servers' leaf certificates have expired: the
+	// cluster's API is down until they are renewed.
+	Expired *expiredReport `json:"expired,omitempty"`
 	// CAHash is hashCA of what the servers serve; TokenCAMatch whether
 	// every node's secure tokens pin it (null: nothing to judge).
 	CAHash       string                  `json:"caHash,omitempty"`
@@ -185,6 +193,11 @@ type clusterCheckReport struct {
 	Findings     []k3s.Finding           `json:"findings"`
 	Unreachable  []unreachableReport     `json:"unreachable"`
 	Nodes        []nodeCheckReport       `json:"nodes"`
+}
+
+type expiredReport struct {
+	Servers []string `json:"servers"`
+	Fix     string   `json:"fix"` // the command that renews them
 }
 
 type expiryRef struct {
@@ -254,6 +267,9 @@ func newCheckReport(clusters []*orchestrator.ClusterCheck, now time.Time, within
 		}
 		if cr.Findings == nil {
 			cr.Findings = []k3s.Finding{}
+		}
+		if servers := cc.ExpiredServers(); len(servers) > 0 {
+			cr.Expired = &expiredReport{Servers: servers, Fix: "fleetcert rotate --cluster " + cc.Name}
 		}
 		if first, ca, ok, okCA := cc.Earliest(); ok {
 			cr.Earliest = newExpiryRef(first)
@@ -358,6 +374,9 @@ func writeFleetSummary(w io.Writer, r checkReport) {
 // unreachable node, tokens that do not match or a cross-check to show.
 func needsAttention(cr clusterCheckReport) bool {
 	c := cr.Counts
+	if cr.Expired != nil {
+		return true
+	}
 	if c.Warning+c.Expired+c.NotYetValid > 0 || len(cr.Findings) > 0 || len(cr.Unreachable) > 0 ||
 		(cr.TokenCAMatch != nil && !*cr.TokenCAMatch) {
 		return true
@@ -403,6 +422,10 @@ func writeClusterCerts(w io.Writer, cr clusterCheckReport, all bool) {
 // writeClusterNotes prints the cluster's findings, unreachable nodes and
 // cross-check results.
 func writeClusterNotes(w io.Writer, cr clusterCheckReport) {
+	if e := cr.Expired; e != nil {
+		fmt.Fprintf(w, "  EXPIRED: the certificates of server(s) %s have expired: the cluster's API is down until they are renewed; run: %s\n",
+			strings.Join(e.Servers, ", "), e.Fix)
+	}
 	for _, f := range cr.Findings {
 		where := f.Node
 		if f.File != "" {

@@ -48,11 +48,16 @@ func (op *clusterOp) checkNode(n *Node, want nodeCheck, bad func(string, ...any)
 		bad("%s: the inventory lists it as %s but the node is %s (data dir %s)", n.Name, role, roleWord(f.Role), f.DataDir)
 	}
 	if f.UnitState != "active" {
-		if op.resumes(n) {
+		switch {
+		case op.resumes(n):
 			// This run restarted (or stopped) it and was interrupted or
 			// failed its gate: resuming restarts it again behind the gates.
 			op.warn(n, "%s.service is %q; the unfinished run %s restarts it again", f.Unit, f.UnitState, op.prior.RunID)
-		} else {
+		case !want.rotateCA && len(expiredLeafs(n, op.opts.now())) > 0:
+			// Expired certificates are why it is down; renewing them is
+			// the fix.
+			op.warn(n, "%s.service is %q and its certificates have expired; renewing them starts it again", f.Unit, f.UnitState)
+		default:
 			bad("%s: %s.service is %q, not active; fix the node first", n.Name, f.Unit, f.UnitState)
 		}
 	}

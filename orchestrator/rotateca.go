@@ -217,6 +217,9 @@ func (p loadPreflight) Run(ctx context.Context, _ *clusterRun) error {
 		}
 		r.checkNode(n, nodeCheck{rotateCA: true}, found.bad)
 	}
+	if expired := expiredServers(r.run.Nodes, r.opts.now()); len(expired) > 0 {
+		found.bad("%s", expiredRefusal(expired))
+	}
 	if len(found) > 0 {
 		return r.refuse(found...)
 	}

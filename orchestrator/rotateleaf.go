@@ -40,6 +40,9 @@ func (*RotateLeaf) Command() string { return CmdRotate }
 //  3. servers, one at a time (etcd members must not go down together):
 //     stop k3s, k3s certificate rotate, start; gates (the renewed
 //     certificates written again, readyz, node Ready); prune old backups.
+//     When the servers' certificates have expired already, the cluster is
+//     down anyway and no server reaches etcd quorum alone: every server is
+//     stopped, renewed and started, then all are waited for together.
 //  4. agents, in batches: the same, without readyz.
 //  5. cleanup: record the outcome, release the lock.
 func (op *RotateLeaf) RunCluster(ctx context.Context, c inventory.Cluster, nodes []*Node, o *RunOptions) *ClusterReport {
@@ -60,6 +63,9 @@ type leafRotation struct {
 	*RotateLeaf
 	selected map[string]bool
 	skipped  []string // unreachable nodes
+	// together: the servers' certificates have expired, so they are
+	// renewed and started together, then waited for together.
+	together bool
 }
 
 type leafPreflight struct{ l *leafRotation }
@@ -98,6 +104,12 @@ func (p leafPreflight) Run(_ context.Context, run *clusterRun) error {
 	if len(l.selected) == 0 {
 		run.Info(nil, "no node holds a leaf certificate expiring within %s", l.OnlyExpiringWithin)
 	}
+	if expired := expiredServers(run.Nodes, now); len(expired) > 0 {
+		l.together = true
+		l.warn(nil, "the servers' certificates have expired (%s): every selected server is stopped, renewed and started "+
+			"before any is waited for, since with expired etcd peer certificates no server reaches quorum alone; agents follow",
+			strings.Join(expired, "; "))
+	}
 	return nil
 }
 
@@ -134,12 +146,17 @@ func (p leafRollPhase) nodes(run *clusterRun) []*Node {
 }
 
 // Run renews servers one at a time (etcd members must not go down
-// together) and agents in batches.
+// together) and agents in batches. Servers whose certificates have expired
+// are down already: they are renewed together, then waited for together,
+// which is k3s's own runbook for an expired cluster.
 func (p leafRollPhase) Run(ctx context.Context, run *clusterRun) error {
 	nodes := p.nodes(run)
 	batch := 1
-	if p.role == inventory.Agent {
+	switch {
+	case p.role == inventory.Agent:
 		batch = agentBatch(p.l.opts.AgentBatch, len(nodes))
+	case p.l.together:
+		batch = len(nodes)
 	}
 	return p.l.inBatches(ctx, nodes, batch, p.l.renewStep())
 }
