@@ -71,10 +71,22 @@ func sameFiles(a, b map[string]map[string]string) bool {
 // runFake runs fleetcert in-process against the fake fleet, with a
 // terminal (tty) or without, and stdin as the operator's answer.
 func runFake(fl *fleettest.Fleet, tty bool, stdin string, args ...string) (code int, stdout, stderr string) {
-	var out, errb bytes.Buffer
-	a := &app{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errb, dial: fl.Dial, terminal: func() bool { return tty }}
-	code = a.run(args)
-	return code, out.String(), errb.String()
+	return runIn(fakeSystem(fl, tty, stdin), args...)
+}
+
+// fakeSystem is the system of a run against the fake fleet: buffers for
+// stdout and stderr, stdin holding the operator's answer, and a person at
+// a terminal or not (tty). Tests that interrupt the run set its signals.
+func fakeSystem(fl *fleettest.Fleet, tty bool, stdin string) system {
+	return system{stdin: strings.NewReader(stdin), stdout: new(bytes.Buffer), stderr: new(bytes.Buffer),
+		stdinTTY: tty, stderrTTY: tty, dial: fl.Dial}
+}
+
+// runIn runs one command line in s (made by fakeSystem) and returns its
+// exit code and what it wrote.
+func runIn(s system, args ...string) (code int, stdout, stderr string) {
+	code = (&app{system: s}).run(args)
+	return code, s.stdout.(*bytes.Buffer).String(), s.stderr.(*bytes.Buffer).String()
 }
 
 // envelope checks a JSON document's schemaVersion and returns its field
