@@ -1,8 +1,18 @@
 package cmd
 
 import (
+	"encoding/pem"
+	"errors"
+	"path"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/fleetcert/fleetcert/inventory"
+	"github.com/fleetcert/fleetcert/orchestrator"
+	"github.com/fleetcert/fleetcert/orchestrator/fleettest"
+	"github.com/fleetcert/fleetcert/pki"
 )
 
 // TestRolloutTableShapedPerCommand: leaf renewal changes no CA, so its
@@ -16,5 +26,146 @@ func TestRolloutTableShapedPerCommand(t *testing.T) {
 	_, ca, _ := runFake(fl, false, "", "rotate-ca", "-i", inv, "--dry-run")
 	if !strings.Contains(ca, "OLD HASH") || !strings.Contains(ca, "MODE") {
 		t.Errorf("rotate-ca summary:\n%s", ca)
+	}
+}
+
+// TestRotateCA: rotate-ca --yes rotates every cluster (exit 0): every
+// token on every node pins the new CA. The table, and on a second fleet
+// the JSON report, are compared with golden files.
+func TestRotateCA(t *testing.T) {
+	fl, inv := fakeFleet(t)
+	code, out, stderr, rep := runRollout(t, fakeSystem(fl, false, ""), "rotate-ca", "-i", inv, "--yes")
+	if code != ExitOK || rep == nil {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if u := fl.Unknown(); len(u) > 0 {
+		t.Fatalf("scripts the fake does not know: %q", u)
+	}
+	if got := outcomes(rep); got != "c0001=done c0002=done" {
+		t.Fatalf("outcomes %s", got)
+	}
+	for _, c := range rep.Clusters {
+		if c.TargetHash == fl.Material.Hash || c.Mode != orchestrator.ModeCrossSign {
+			t.Errorf("%s: mode %s, target %s", c.Cluster, c.Mode, c.TargetHash)
+		}
+		for id, files := range clusterFiles(fl, c.Cluster) {
+			for p, data := range files {
+				if strings.Contains(data, "K10") && !strings.Contains(data, "K10"+c.TargetHash+"::") && !strings.Contains(p, "/fleetcert/backup-") {
+					t.Errorf("%s:%s does not pin the new CA", id, p)
+				}
+			}
+		}
+	}
+	golden(t, "rotate-ca.table.golden", scrub(out, fl, rep))
+
+	fl2, inv2 := fakeFleet(t)
+	code, out, stderr = runFake(fl2, false, "", "rotate-ca", "-i", inv2, "--yes", "-o", "json")
+	if code != ExitOK {
+		t.Fatalf("-o json: exit %d\n%s", code, stderr)
+	}
+	golden(t, "rotate-ca.json.golden", scrub(out, fl2, rolloutReport(t, out)))
+}
+
+// TestRotateSAKey: rotate-sa-key puts a new key first in every server's
+// service.key and keeps --keep-keys of the current ones after it; servers
+// restart, agents and tokens stay as they are (exit 0).
+func TestRotateSAKey(t *testing.T) {
+	fl, inv := fakeFleet(t)
+	_, l := primary(fl, "c0001")
+	key := path.Join(l.ServerTLSDir(), pki.ServiceKeyFile)
+	keys := func(id string) []string {
+		f, _ := fl.Node(id).File(key)
+		var out []string
+		for b, rest := pem.Decode(f.Data); b != nil; b, rest = pem.Decode(rest) {
+			out = append(out, string(b.Bytes))
+		}
+		return out
+	}
+	before := fleetFiles(fl)
+	original := keys("c0001/c0001-s1")
+	var reps []*orchestrator.FleetReport
+	var out string
+	for range 2 {
+		code, stdout, stderr, rep := runRollout(t, fakeSystem(fl, false, ""), "rotate-sa-key", "-i", inv, "--yes", "--keep-keys", "1")
+		if code != ExitOK || rep == nil || outcomes(rep) != "c0001=done c0002=done" {
+			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+		}
+		reps, out = append(reps, rep), stdout
+	}
+	after := fleetFiles(fl)
+	for _, n := range fl.Nodes() {
+		if n.Role == inventory.Agent {
+			if !sameFiles(map[string]map[string]string{"": before[n.ID()]}, map[string]map[string]string{"": after[n.ID()]}) {
+				t.Errorf("%s: an agent changed", n.ID())
+			}
+			continue
+		}
+		// Two runs with --keep-keys 1: the second's key, then the first's.
+		if k := keys(n.ID()); len(k) != 2 || slices.Contains(k, original[0]) {
+			t.Errorf("%s: service.key holds %d keys (the original among them: %v); want 2 new ones", n.ID(), len(k), slices.Contains(k, original[0]))
+		}
+		if after[n.ID()][l.EnvFile()] != before[n.ID()][l.EnvFile()] {
+			t.Errorf("%s: the token changed", n.ID())
+		}
+	}
+	for _, c := range reps[1].Clusters {
+		if c.Mode != orchestrator.ModeServiceKey || c.OldHash != fl.Material.Hash || c.TargetHash != c.OldHash {
+			t.Errorf("%s: %s, hash %s -> %s, want unchanged", c.Cluster, c.Mode, c.OldHash, c.TargetHash)
+		}
+	}
+	golden(t, "rotate-sa-key.table.golden", scrub(out, fl, reps...))
+}
+
+var errNoRoute = errors.New("dial tcp: no route to host")
+
+// TestRotateExitCodes: a cluster refused by a safety check exits 3 and
+// is left as it was; one that fails after changes began exits 1 with its
+// run state saved for a rerun; the other cluster is rotated either way.
+func TestRotateExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		command string
+		fault   func(fl *fleettest.Fleet)
+		code    int
+		outcome string
+		saved   bool   // run state left on c0001 for a rerun
+		why     string // in c0001's error
+	}{
+		{"clock behind", "rotate-ca", func(fl *fleettest.Fleet) { fl.Node("c0001/c0001-a1").ClockOffset = -2 * time.Hour }, ExitRefused, "refused", false,
+			"behind the controller's, more than the 1h0m0s new certificates are backdated"},
+		{"agent unreachable", "rotate-ca", func(fl *fleettest.Fleet) { fl.Node("c0001/c0001-a1").DialErr = errNoRoute }, ExitRefused, "refused", false,
+			"c0001-a1: not reachable: connect: dial tcp: no route to host (rotation needs every node of the cluster)"},
+		{"agent unreachable", "rotate-sa-key", func(fl *fleettest.Fleet) { fl.Node("c0001/c0001-a1").DialErr = errNoRoute }, ExitRefused, "refused", false,
+			"c0001-a1: not reachable"},
+		{"load fails", "rotate-ca", func(fl *fleettest.Fleet) {
+			failAt(fl.Node("c0001/c0001-s1"), " certificate rotate-ca ", "level=fatal msg=\"etcd unavailable\"")
+		},
+			ExitFailed, "failed", true, "etcd unavailable"},
+		{"load fails", "rotate-sa-key", func(fl *fleettest.Fleet) {
+			failAt(fl.Node("c0001/c0001-s1"), " certificate rotate-ca ", "level=fatal msg=\"etcd unavailable\"")
+		},
+			ExitFailed, "failed", true, "etcd unavailable"},
+	} {
+		t.Run(tc.command+" "+tc.name, func(t *testing.T) {
+			fl, inv := fakeFleet(t)
+			tc.fault(fl)
+			before := clusterFiles(fl, "c0001")
+			code, out, stderr, rep := runRollout(t, fakeSystem(fl, false, ""), tc.command, "-i", inv, "--yes")
+			if code != tc.code || rep == nil {
+				t.Fatalf("exit %d, want %d\n%s\n%s", code, tc.code, out, stderr)
+			}
+			if got, want := outcomes(rep), "c0001="+tc.outcome+" c0002=done"; got != want {
+				t.Errorf("outcomes %s, want %s", got, want)
+			}
+			if !strings.Contains(rep.Clusters[0].Error, tc.why) || !strings.Contains(out, "c0001: ") {
+				t.Errorf("c0001's error %q lacks %q (table:\n%s)", rep.Clusters[0].Error, tc.why, out)
+			}
+			if tc.outcome == "refused" && !sameFiles(before, clusterFiles(fl, "c0001")) {
+				t.Error("a refused cluster was changed")
+			}
+			if st := runState(t, fl, "c0001", false); (st != nil) != tc.saved || (st != nil && st.RunID != rep.RunID) {
+				t.Errorf("run state on c0001: %+v, want saved: %v", st, tc.saved)
+			}
+		})
 	}
 }
