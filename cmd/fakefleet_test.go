@@ -304,22 +304,23 @@ func scrub(s string, fl *fleettest.Fleet, reps ...*orchestrator.FleetReport) str
 	return retable(s, "DURATION", "<took>")
 }
 
-// retable replaces the cells of a column in every table of s (a header
-// line naming column, then rows with cells two or more blanks apart) and
-// aligns the table again.
+// retable aligns every table of s again (a header line starting with
+// CLUSTER, then rows with cells two or more blanks apart), after scrub
+// changed the widths of its cells, and replaces the cells of column with
+// with.
 func retable(s, column, with string) string {
 	lines := strings.Split(s, "\n")
 	for i := 0; i < len(lines); i++ {
-		col := slices.Index(cellGap.Split(lines[i], -1), column)
-		if col < 0 {
+		if !strings.HasPrefix(lines[i], "CLUSTER  ") {
 			continue
 		}
+		col := slices.Index(cellGap.Split(lines[i], -1), column)
 		var b strings.Builder
 		w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		j := i
 		for ; j < len(lines) && strings.Contains(lines[j], "  "); j++ {
 			cells := cellGap.Split(lines[j], -1)
-			if j > i && col < len(cells) {
+			if j > i && col >= 0 && col < len(cells) {
 				cells[col] = with
 			}
 			fmt.Fprintln(w, strings.Join(cells, "\t"))

@@ -6,6 +6,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -118,6 +119,12 @@ func TestRotateSAKey(t *testing.T) {
 
 var errNoRoute = errors.New("dial tcp: no route to host")
 
+// loadFails makes k3s certificate rotate-ca fail on c0001's primary: the
+// run has begun changing the cluster (backups, staged material).
+func loadFails(fl *fleettest.Fleet) {
+	failAt(fl.Node("c0001/c0001-s1"), " certificate rotate-ca ", `level=fatal msg="etcd unavailable"`)
+}
+
 // TestRotateExitCodes: a cluster refused by a safety check exits 3 and
 // is left as it was; one that fails after changes began exits 1 with its
 // run state saved for a rerun; the other cluster is rotated either way.
@@ -137,14 +144,8 @@ func TestRotateExitCodes(t *testing.T) {
 			"c0001-a1: not reachable: connect: dial tcp: no route to host (rotation needs every node of the cluster)"},
 		{"agent unreachable", "rotate-sa-key", func(fl *fleettest.Fleet) { fl.Node("c0001/c0001-a1").DialErr = errNoRoute }, ExitRefused, "refused", false,
 			"c0001-a1: not reachable"},
-		{"load fails", "rotate-ca", func(fl *fleettest.Fleet) {
-			failAt(fl.Node("c0001/c0001-s1"), " certificate rotate-ca ", "level=fatal msg=\"etcd unavailable\"")
-		},
-			ExitFailed, "failed", true, "etcd unavailable"},
-		{"load fails", "rotate-sa-key", func(fl *fleettest.Fleet) {
-			failAt(fl.Node("c0001/c0001-s1"), " certificate rotate-ca ", "level=fatal msg=\"etcd unavailable\"")
-		},
-			ExitFailed, "failed", true, "etcd unavailable"},
+		{"load fails", "rotate-ca", loadFails, ExitFailed, "failed", true, "etcd unavailable"},
+		{"load fails", "rotate-sa-key", loadFails, ExitFailed, "failed", true, "etcd unavailable"},
 	} {
 		t.Run(tc.command+" "+tc.name, func(t *testing.T) {
 			fl, inv := fakeFleet(t)
@@ -167,5 +168,57 @@ func TestRotateExitCodes(t *testing.T) {
 				t.Errorf("run state on c0001: %+v, want saved: %v", st, tc.saved)
 			}
 		})
+	}
+}
+
+// TestRotateCAInterrupted: SIGTERM while c0001's server restarts: the
+// cluster finishes its current step, saves its run state and releases its
+// lock, is reported interrupted, no further cluster starts, and the exit
+// code is 143. status then shows the unfinished run (exit 1), and the same
+// command again resumes it under its run id and finishes it (exit 0).
+func TestRotateCAInterrupted(t *testing.T) {
+	fl, inv := fakeFleet(t)
+	untouched := clusterFiles(fl, "c0002")
+	s := fakeSystem(fl, false, "")
+	interruptAt(t, &s, fl.Node("c0001/c0001-s1"), "systemctl --no-block restart", syscall.SIGTERM)
+	code, out, stderr, rep := runRollout(t, s, "rotate-ca", "-i", inv, "--yes", "--concurrency", "1")
+	if code != ExitSIGTERM || rep == nil {
+		t.Fatalf("exit %d, want %d\n%s\n%s", code, ExitSIGTERM, out, stderr)
+	}
+	if !strings.Contains(stderr, "terminated: finishing the current step and saving state") {
+		t.Errorf("the interrupt was not acknowledged:\n%s", stderr)
+	}
+	if got := outcomes(rep); got != "c0001=interrupted c0002=not-started" || rep.Stopped != "interrupted" {
+		t.Fatalf("outcomes %s, stopped %q", got, rep.Stopped)
+	}
+	if !sameFiles(untouched, clusterFiles(fl, "c0002")) {
+		t.Error("c0002 changed after the interrupt")
+	}
+	st := runState(t, fl, "c0001", false)
+	if st == nil || st.RunID != rep.RunID || !st.Loaded || st.TargetHash != rep.Clusters[0].TargetHash || st.Error == "" {
+		t.Fatalf("run state saved on c0001: %+v", st)
+	}
+	n, l := primary(fl, "c0001")
+	if _, locked := n.File(path.Join(l.FleetcertDir(), "lock")); locked {
+		t.Error("the cluster lock was not released")
+	}
+
+	code, table, _ := runFake(fl, false, "", "status", "-i", inv)
+	if code != ExitFailed {
+		t.Errorf("status after the interrupt: exit %d, want %d", code, ExitFailed)
+	}
+	golden(t, "status-interrupted.table.golden", scrub(table, fl, rep))
+	_, js, _ := runFake(fl, false, "", "status", "-i", inv, "-o", "json")
+	golden(t, "status-interrupted.json.golden", scrub(js, fl, rep))
+
+	code, out, stderr, again := runRollout(t, fakeSystem(fl, false, ""), "rotate-ca", "-i", inv, "--yes")
+	if code != ExitOK || again == nil || outcomes(again) != "c0001=done c0002=done" {
+		t.Fatalf("rerun: exit %d\n%s\n%s", code, out, stderr)
+	}
+	if c := again.Clusters[0]; !c.Resumed || c.RunID != rep.RunID || c.TargetHash != st.TargetHash {
+		t.Errorf("c0001 was not resumed: resumed %v, run %s (want %s), target %s (want %s)", c.Resumed, c.RunID, rep.RunID, c.TargetHash, st.TargetHash)
+	}
+	if code, out, _ := runFake(fl, false, "", "status", "-i", inv); code != ExitOK {
+		t.Errorf("status after the resumed run: exit %d\n%s", code, out)
 	}
 }
