@@ -3,7 +3,10 @@ package cmd
 import (
 	"encoding/pem"
 	"errors"
+	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -220,5 +223,157 @@ func TestRotateCAInterrupted(t *testing.T) {
 	}
 	if code, out, _ := runFake(fl, false, "", "status", "-i", inv); code != ExitOK {
 		t.Errorf("status after the resumed run: exit %d\n%s", code, out)
+	}
+}
+
+// TestRotateCAExport: --export writes each cluster's new server CA bundle
+// and its hash under DIR/<cluster>/ (the directory 0700); the tokens only
+// with --export-tokens, 0600, as the servers now hold them.
+func TestRotateCAExport(t *testing.T) {
+	for _, tokens := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tokens=%v", tokens), func(t *testing.T) {
+			fl, inv := fakeFleet(t)
+			dir := filepath.Join(t.TempDir(), "export")
+			args := []string{"rotate-ca", "-i", inv, "--yes", "--export", dir}
+			if tokens {
+				args = append(args, "--export-tokens")
+			}
+			code, out, stderr, rep := runRollout(t, fakeSystem(fl, false, ""), args...)
+			if code != ExitOK || rep == nil {
+				t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+			}
+			for _, c := range rep.Clusters {
+				d := filepath.Join(dir, c.Cluster)
+				n, l := primary(fl, c.Cluster)
+				served, _ := n.File(l.AgentServerCA())
+				token, _ := n.File(l.ServerToken())
+				want := map[string]string{"server-ca.crt": string(served.Data), "ca-hash": c.TargetHash + "\n"}
+				if tokens {
+					want["token"], want["agent-token"] = string(token.Data), string(token.Data)
+				}
+				entries, _ := os.ReadDir(d)
+				if len(entries) != len(want) {
+					t.Errorf("%s holds %d files, want %d", d, len(entries), len(want))
+				}
+				for name, data := range want {
+					got, err := os.ReadFile(filepath.Join(d, name))
+					if err != nil || string(got) != data {
+						t.Errorf("%s/%s: %v; content as on the server: %v", c.Cluster, name, err, string(got) == data)
+					}
+					st, _ := os.Stat(filepath.Join(d, name))
+					if secret := strings.Contains(name, "token"); st != nil && secret && st.Mode().Perm() != 0o600 {
+						t.Errorf("%s/%s: mode %v", c.Cluster, name, st.Mode().Perm())
+					}
+				}
+				if st, err := os.Stat(d); err != nil || st.Mode().Perm() != 0o700 {
+					t.Errorf("%s: %v, mode %v", d, err, st.Mode().Perm())
+				}
+			}
+		})
+	}
+}
+
+// TestRolloutUsageErrors: a flag out of range is bad usage (exit 2),
+// found before anything connects: no node changes.
+func TestRolloutUsageErrors(t *testing.T) {
+	fl, inv := fakeFleet(t)
+	before := fleetFiles(fl)
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"rotate-ca", "--waves", "0"}, "--waves"},
+		{[]string{"rotate-ca", "--order", "size"}, "--order must be inventory, name or label:KEY"},
+		{[]string{"rotate-ca", "--shard", "2/2"}, "--shard must be I/N"},
+		{[]string{"rotate-ca", "--max-failures", "some"}, "--max-failures"},
+		{[]string{"rotate-ca", "--maintenance-window", "Funday 02:00-04:00"}, "--maintenance-window"},
+		{[]string{"rotate-ca", "--canary-selector", "=x"}, "--canary-selector"},
+		{[]string{"rotate-ca", "--report", "/nonexistent/dir/report.json"}, "--report /nonexistent/dir/report.json: its directory does not exist"},
+		{[]string{"rotate-ca", "--agent-batch", "0"}, "--agent-batch"},
+		{[]string{"rotate-ca", "--agent-batch", "150%"}, "--agent-batch"},
+		{[]string{"rotate-ca", "--health-timeout", "0s"}, "--health-timeout must be positive"},
+		{[]string{"rotate-ca", "-o", "yaml"}, "-o/--output must be table or json"},
+		{[]string{"rotate-ca", "--export-tokens"}, "--export-tokens needs --export DIR"},
+		{[]string{"rotate-ca", "--root-ca", "/nonexistent/root.pem"}, "root"},
+		{[]string{"rotate-sa-key", "--keep-keys", "-1"}, "--keep-keys must be 0"},
+		{[]string{"rotate", "--keep-backups", "-1"}, "--keep-backups must be 0"},
+		{[]string{"rotate", "--service", "kubelet,etcd-proxy"}, "--service"},
+		{[]string{"rotate", "--agent-batch", "x"}, "--agent-batch"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, out, stderr := runFake(fl, false, "", append(tc.args, "-i", inv, "--yes")...)
+			if code != ExitUsage || !strings.Contains(stderr, tc.says) {
+				t.Errorf("exit %d, want %d and an error naming %q\n%s%s", code, ExitUsage, tc.says, out, stderr)
+			}
+		})
+	}
+	if !sameFiles(before, fleetFiles(fl)) {
+		t.Error("bad usage changed nodes")
+	}
+}
+
+// TestRolloutDryRun: --dry-run of every rollout command plans every
+// cluster (exit 0), prints the plan and its table, and changes nothing on
+// any node; --export writes nothing in a dry run.
+func TestRolloutDryRun(t *testing.T) {
+	for _, command := range []string{"rotate-ca", "rotate-sa-key", "rotate"} {
+		t.Run(command, func(t *testing.T) {
+			fl, inv := fakeFleet(t)
+			before := fleetFiles(fl)
+			args := []string{command, "-i", inv, "--dry-run"}
+			export := filepath.Join(t.TempDir(), "export")
+			if command == "rotate-ca" {
+				args = append(args, "--export", export)
+			}
+			code, out, stderr, rep := runRollout(t, fakeSystem(fl, false, ""), args...)
+			if code != ExitOK || rep == nil || !rep.DryRun || outcomes(rep) != "c0001=planned c0002=planned" {
+				t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+			}
+			if !strings.Contains(out, "Plan: "+command+" on 2 cluster(s), 4 node(s)") || !strings.Contains(out, "c0001    planned") {
+				t.Errorf("no plan and table:\n%s", out)
+			}
+			if !sameFiles(before, fleetFiles(fl)) {
+				t.Error("--dry-run changed nodes")
+			}
+			if _, err := os.Stat(export); !os.IsNotExist(err) {
+				t.Errorf("--dry-run exported: %v", err)
+			}
+		})
+	}
+}
+
+// TestRolloutConsent: rotate-sa-key and rotate ask as rotate-ca does
+// (TestConsent): no terminal and no --yes is refused (exit 3) with nothing
+// changed; on a terminal the plan is shown and only y goes on.
+func TestRolloutConsent(t *testing.T) {
+	for _, command := range []string{"rotate-sa-key", "rotate"} {
+		for _, tc := range []struct {
+			tty    bool
+			answer string
+			code   int
+		}{
+			{false, "y\n", ExitRefused},
+			{true, "n\n", ExitRefused},
+			{true, "y\n", ExitOK},
+		} {
+			t.Run(fmt.Sprintf("%s tty=%v %q", command, tc.tty, tc.answer), func(t *testing.T) {
+				fl, inv := fakeFleet(t)
+				before := fleetFiles(fl)
+				code, out, stderr := runFake(fl, tc.tty, tc.answer, command, "-i", inv)
+				if code != tc.code {
+					t.Fatalf("exit %d, want %d\n%s\n%s", code, tc.code, out, stderr)
+				}
+				if changed := !sameFiles(before, fleetFiles(fl)); changed != (code == ExitOK) {
+					t.Errorf("nodes changed: %v", changed)
+				}
+				asked := strings.Contains(stderr, "Plan: "+command+" on 2 cluster(s), 4 node(s)") && strings.Contains(stderr, "Proceed? [y/N] ")
+				if asked != tc.tty {
+					t.Errorf("plan shown and asked: %v\n%s", asked, stderr)
+				}
+				if !tc.tty && !strings.Contains(stderr, command+" changes nodes and there is no terminal to ask on") {
+					t.Errorf("the refusal does not say why:\n%s", stderr)
+				}
+			})
+		}
 	}
 }
