@@ -377,3 +377,39 @@ func TestRolloutConsent(t *testing.T) {
 		}
 	}
 }
+
+// TestRotateCACustomRoot: the operator's root and intermediate (made here
+// with ca generate) are checked on the controller before anything
+// connects (a key that is not the intermediate's is exit 2); a cluster
+// running k3s's own CAs refuses them without --force (exit 3), and with
+// --force the plan carries a warning before the operator is asked. (The
+// intermediate is given, so no RSA key is made for it.)
+func TestRotateCACustomRoot(t *testing.T) {
+	fl, inv := fakeFleet(t)
+	before := fleetFiles(fl)
+	dir := t.TempDir()
+	issuers := filepath.Join(dir, "issuers")
+	if code, out, stderr := runFake(fl, false, "", "ca", "generate", "--out", filepath.Join(dir, "out"), "--issuers-out", issuers, "--key-type", "ecdsa-p256"); code != ExitOK {
+		t.Fatalf("ca generate: exit %d\n%s\n%s", code, out, stderr)
+	}
+	file := func(name string) string { return filepath.Join(issuers, name) }
+	custom := []string{"--root-ca", file("root-ca.pem"), "--intermediate-ca", file("intermediate-ca.pem"), "--intermediate-key", file("intermediate-ca.key")}
+
+	code, _, stderr := runFake(fl, false, "", "rotate-ca", "-i", inv, "--yes", "--root-ca", file("root-ca.pem"),
+		"--intermediate-ca", file("intermediate-ca.pem"), "--intermediate-key", file("root-ca.key"))
+	if code != ExitUsage || !strings.Contains(stderr, "CA files:") {
+		t.Errorf("a key that is not the intermediate's: exit %d, want %d\n%s", code, ExitUsage, stderr)
+	}
+	code, out, stderr, rep := runRollout(t, fakeSystem(fl, false, ""), append([]string{"rotate-ca", "-i", inv, "--yes"}, custom...)...)
+	if code != ExitRefused || rep == nil || outcomes(rep) != "c0001=refused c0002=refused" || !strings.Contains(out, "does not chain to them: use --force") {
+		t.Errorf("without --force: exit %d, want %d\n%s\n%s", code, ExitRefused, out, stderr)
+	}
+	code, _, stderr = runFake(fl, true, "n\n", append([]string{"rotate-ca", "-i", inv, "--force"}, custom...)...)
+	warning := "warning: --force loads a CA that does not chain to the current one: every secure token changes and pods must be restarted to trust the new root."
+	if code != ExitRefused || !strings.Contains(stderr, "c0001: new-root") || !strings.Contains(stderr, warning+"\nProceed? [y/N]") {
+		t.Errorf("--force on a terminal: exit %d, want the plan, the warning, then the question\n%s", code, stderr)
+	}
+	if !sameFiles(before, fleetFiles(fl)) {
+		t.Error("nodes changed")
+	}
+}
