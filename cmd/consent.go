@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
 	"github.com/fleetcert/fleetcert/orchestrator"
 	"github.com/fleetcert/fleetcert/orchestrator/rollout"
-	"golang.org/x/term"
 )
 
 // Consent before a fleet-wide change: every mutating command first works
@@ -29,12 +27,7 @@ func errNoConsent(command string) error {
 // are terminals (the plan and the question go to stderr, so stdout can
 // carry a JSON report).
 func (a *app) interactive() bool {
-	if a.terminal != nil {
-		return a.terminal()
-	}
-	in, ok := a.stdin.(*os.File)
-	errOut, ok2 := a.stderr.(*os.File)
-	return ok && ok2 && term.IsTerminal(int(in.Fd())) && term.IsTerminal(int(errOut.Fd()))
+	return a.stdinTTY && a.stderrTTY
 }
 
 // consent runs the operation as a dry run, prints its plan to stderr and

@@ -4,13 +4,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sort"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/term"
 
 	"github.com/fleetcert/fleetcert/orchestrator"
 )
@@ -124,8 +121,7 @@ type liveView struct {
 // at every wave and at most every 30 s, the counts.
 func (a *app) progressSink(clusters, nodes int) (orchestrator.Sink, func()) {
 	t := newTally(clusters, nodes, time.Now())
-	f, ok := a.stderr.(*os.File)
-	if a.g.logFormat != "text" || !ok || !term.IsTerminal(int(f.Fd())) {
+	if a.g.logFormat != "text" || !a.stderrTTY {
 		return &progressLog{log: a.log, t: t, now: time.Now}, func() {}
 	}
 	v := &liveView{out: a.stderr, t: t, now: time.Now, stop: make(chan struct{}), done: make(chan struct{})}

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	"golang.org/x/term"
 
 	"github.com/fleetcert/fleetcert/orchestrator"
 )
@@ -38,19 +39,46 @@ type globals struct {
 	hostKeyPolicy string
 }
 
-// app is one invocation of fleetcert: its flags, streams and logger.
-type app struct {
-	g      globals
+// system is what one invocation of fleetcert takes from outside the
+// program, in one place, as the GitHub CLI's factory and IOStreams hold
+// it: the standard streams and whether a person is at them, how nodes are
+// reached, and where interrupts come from. Execute fills it from the
+// process; tests fill it with buffers, the fake fleet of
+// orchestrator/fleettest and a channel they deliver signals on, and so
+// run every command in-process.
+type system struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
-	log    *slog.Logger
-	v      *viper.Viper
-	// dial replaces SSH in tests.
+	// stdinTTY and stderrTTY say whether those streams are terminals:
+	// with both the operator can be asked (see interactive); with stderr
+	// a run's progress is a live view. osSystem detects them; tests set
+	// them.
+	stdinTTY, stderrTTY bool
+	// dial reaches nodes; nil dials SSH as the flags say (see dialer).
 	dial orchestrator.Dialer
-	// terminal, when set, says whether the operator can be asked (tests
-	// stand in for a TTY with it).
-	terminal func() bool
+	// signals delivers SIGINT and SIGTERM; nil listens for the process's
+	// own (see interruptible).
+	signals <-chan os.Signal
+}
+
+// osSystem is the process's system: its streams, terminals detected on
+// them, SSH and the process's signals.
+func osSystem(stdin io.Reader, stdout, stderr io.Writer) system {
+	return system{stdin: stdin, stdout: stdout, stderr: stderr, stdinTTY: isTerminal(stdin), stderrTTY: isTerminal(stderr)}
+}
+
+func isTerminal(stream any) bool {
+	f, ok := stream.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// app is one invocation of fleetcert: its system, flags and logger.
+type app struct {
+	system
+	g   globals
+	log *slog.Logger
+	v   *viper.Viper
 }
 
 // Execute runs fleetcert with os.Args and returns the process exit code.
@@ -58,12 +86,12 @@ func Execute() int {
 	return run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 }
 
+// run runs one command line on the given streams, as the process would.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	return (&app{stdin: stdin, stdout: stdout, stderr: stderr}).run(args)
+	return (&app{system: osSystem(stdin, stdout, stderr)}).run(args)
 }
 
-// run executes one command line with a's streams (and, in tests, its
-// dialer and terminal).
+// run executes one command line in a's system.
 func (a *app) run(args []string) int {
 	stderr := a.stderr
 	a.v = viper.New()
@@ -73,7 +101,7 @@ func (a *app) run(args []string) int {
 	root.SetOut(a.stdout)
 	root.SetErr(stderr)
 
-	ctx, stop := interruptible(stderr)
+	ctx, stop := interruptible(stderr, a.signals)
 	defer stop()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -218,13 +246,17 @@ type interrupted struct{ sig os.Signal }
 func (i interrupted) Error() string     { return "interrupted by " + i.sig.String() }
 func (i interrupted) Signal() os.Signal { return i.sig }
 
-// interruptible returns a context cancelled by the first SIGINT or SIGTERM:
-// commands finish their current step, save state and exit 130 or 143. A
-// second signal exits at once.
-func interruptible(stderr io.Writer) (context.Context, func()) {
+// interruptible returns a context cancelled by the first SIGINT or SIGTERM
+// from sigs (nil: the process's own): commands finish their current step,
+// save state and exit 130 or 143. A second signal exits at once.
+func interruptible(stderr io.Writer, sigs <-chan os.Signal) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	unsubscribe := func() {}
+	if sigs == nil {
+		c := make(chan os.Signal, 2)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		sigs, unsubscribe = c, func() { signal.Stop(c) }
+	}
 	done := make(chan struct{})
 	go func() {
 		select {
@@ -244,5 +276,5 @@ func interruptible(stderr io.Writer) (context.Context, func()) {
 		case <-done:
 		}
 	}()
-	return ctx, func() { close(done); signal.Stop(sigs); cancel(nil) }
+	return ctx, func() { close(done); unsubscribe(); cancel(nil) }
 }

@@ -65,3 +65,34 @@ func TestStatusReportsUnfinishedRunsAndStaleLocks(t *testing.T) {
 		t.Errorf("clean cluster alone: exit %d", code)
 	}
 }
+
+// TestStatusOverFakeFleet: status exits 0 for a quiet fleet, 4 when a
+// primary cannot be reached (the rest still reported), and 1 when a
+// cluster also has an unfinished run, which outranks unreachable.
+func TestStatusOverFakeFleet(t *testing.T) {
+	fl, inv := fakeFleet(t)
+	if code, out, stderr := runFake(fl, false, "", "status", "-i", inv); code != ExitOK || !strings.Contains(out, "FLEET: 2 cluster(s), 0 unreachable, 0 locked, 0 needing attention") {
+		t.Fatalf("quiet fleet: exit %d\n%s\n%s", code, out, stderr)
+	}
+	fl.Node("c0002/c0002-s1").DialErr = errNoRoute
+	code, out, _ := runFake(fl, false, "", "status", "-i", inv)
+	if code != ExitUnreachable || !strings.Contains(out, "FLEET: 2 cluster(s), 1 unreachable") || !strings.Contains(out, "c0002    c0002-s1  UNREACHABLE") {
+		t.Errorf("primary unreachable: exit %d, want %d\n%s", code, ExitUnreachable, out)
+	}
+	loadFails(fl)
+	if code, out, stderr := runFake(fl, false, "", "rotate-ca", "-i", inv, "--yes", "--cluster", "c0001"); code != ExitFailed {
+		t.Fatalf("the failing run: exit %d\n%s\n%s", code, out, stderr)
+	}
+	code, js, _ := runFake(fl, false, "", "status", "-i", inv, "-o", "json")
+	var st []struct {
+		Cluster    string
+		Reachable  bool
+		Unfinished *struct{ RunID string }
+	}
+	if err := json.Unmarshal(envelope(t, []byte(js), "clusters"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if code != ExitFailed || len(st) != 2 || st[0].Unfinished == nil || st[1].Reachable {
+		t.Errorf("unfinished run and an unreachable primary: exit %d, want %d; %+v", code, ExitFailed, st)
+	}
+}

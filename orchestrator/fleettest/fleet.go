@@ -107,6 +107,9 @@ func (f *Fleet) Dial(_ context.Context, n inventory.Node) (remote.Host, error) {
 	if !ok {
 		return nil, fmt.Errorf("fleettest: no node %s", n.ID())
 	}
+	if fn.DialErr != nil {
+		return nil, fn.DialErr
+	}
 	return fn, nil
 }
 
@@ -210,10 +213,16 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 	}
 	l := k3s.Layout{Role: role, DataDir: in.DataDir, ConfigFile: in.ConfigFile, Unit: in.Service}
 	n := &Node{inv: in, fleet: f, cluster: c, layout: l, hostname: in.Name,
-		files: make(map[string]*File, 64), dirs: map[string]bool{}, password: password}
+		files: make(map[string]*File, 64), dirs: map[string]bool{}, password: password, leafs: map[string]File{}}
 	now := m.Made
 	put := func(p string, data []byte, mode uint32) {
 		n.files[p] = &File{Data: data, Mode: mode, MTime: now}
+	}
+	// leaf is a leaf certificate or key, which k3s issues again at a
+	// start when it is missing.
+	leaf := func(p string, data []byte, mode uint32) {
+		put(p, data, mode)
+		n.leafs[p] = File{Data: data, Mode: mode}
 	}
 	token := pki.FormatToken(m.Hash, "server", password)
 	env := "K3S_TOKEN='" + token + "'\n"
@@ -233,11 +242,11 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 	put(path.Join(agentDir, "server-ca.crt"), m.CAs["server-ca.crt"], 0o644)
 	put(path.Join(agentDir, "client-ca.crt"), m.CAs["client-ca.crt"], 0o644)
 	for name, data := range m.AgentLeafs {
-		put(path.Join(agentDir, name), data, 0o644)
-		put(path.Join(agentDir, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
+		leaf(path.Join(agentDir, name), data, 0o644)
+		leaf(path.Join(agentDir, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
 	}
 	if kubelet, err := m.KubeletCert(n.hostname); err == nil {
-		put(path.Join(agentDir, "client-kubelet.crt"), kubelet, 0o644)
+		leaf(path.Join(agentDir, "client-kubelet.crt"), kubelet, 0o644)
 	}
 	n.dirs[agentDir] = true
 	n.units = map[string]string{in.Service: "active"}
@@ -254,13 +263,13 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 		leafs := m.ServerLeafs
 		if etcd {
 			for name, data := range m.EtcdLeafs {
-				put(path.Join(tls, name), data, 0o644)
-				put(path.Join(tls, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
+				leaf(path.Join(tls, name), data, 0o644)
+				leaf(path.Join(tls, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
 			}
 		}
 		for name, data := range leafs {
-			put(path.Join(tls, name), data, 0o644)
-			put(path.Join(tls, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
+			leaf(path.Join(tls, name), data, 0o644)
+			leaf(path.Join(tls, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
 		}
 		put(l.ServerToken(), []byte(token+"\n"), 0o600)
 		put(l.AgentTokenFile(), []byte(token+"\n"), 0o600)

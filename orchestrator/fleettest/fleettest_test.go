@@ -1,11 +1,14 @@
 package fleettest
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"path"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -140,5 +143,108 @@ func TestWriteFileConditions(t *testing.T) {
 	}
 	if err := h.WriteFile(ctx, p, nil, 0o600, remote.IfUnchanged("")); err == nil || errors.Is(err, remote.ErrChanged) {
 		t.Fatalf("bad hash: err = %v", err)
+	}
+}
+
+// TestCertificateRotateIssuesLeafsAtStart: leaf renewal as fleetcert
+// scripts it. k3s copies the node's certificates to tls-<unix>, removes
+// the leaf files, and the start issues them again, written no earlier than
+// the clock the script printed; CA files stay as they were. The prune
+// script then keeps only the newest copies.
+func TestCertificateRotateIssuesLeafsAtStart(t *testing.T) {
+	ctx := context.Background()
+	m, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(m, Spec{Clusters: 1, Servers: 1, Agents: 1})
+	for _, in := range f.Nodes() {
+		n := f.Node(in.ID())
+		l := n.layout
+		leaf := path.Join(l.AgentDir(), "client-kube-proxy.crt")
+		backups := l.AgentDir()
+		if in.Role == "server" {
+			leaf, backups = path.Join(l.ServerTLSDir(), "client-admin.crt"), l.ServerDir()
+		}
+		ca, _ := n.File(l.AgentServerCA())
+		n.Put(path.Join(backups, "tls-1000", "client-admin.crt"), []byte("old"), 0o644)
+		n.Put(path.Join(backups, "tls-2000", "client-admin.crt"), []byte("older"), 0o644)
+		script := l.StopCmd() + " && " + l.CertificateRotateCmd([]string{"kube-proxy"}) + " 2>&1; rc=$?; date +%s; " + l.StartCmd() + "; exit $rc"
+		res, err := n.Run(ctx, script, nil)
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("%s: exit %d, %v: %s", in.ID(), res.ExitCode, err, res.Stdout)
+		}
+		lines := strings.Split(strings.TrimSpace(string(res.Stdout)), "\n")
+		t0, err := strconv.ParseInt(lines[len(lines)-1], 10, 64)
+		if err != nil || !strings.Contains(lines[0], "Successfully backed up certificates to "+backups+"/tls-") {
+			t.Fatalf("%s: output %q", in.ID(), res.Stdout)
+		}
+		got, ok := n.File(leaf)
+		if !ok || got.MTime.Unix() < t0 {
+			t.Errorf("%s: %s not issued again at the start (present %v, written %v, rotate at %d)", in.ID(), leaf, ok, got.MTime, t0)
+		}
+		if after, _ := n.File(l.AgentServerCA()); !bytes.Equal(after.Data, ca.Data) {
+			t.Errorf("%s: the CA bundle changed", in.ID())
+		}
+		if j := n.Journal(); len(j) == 0 || !strings.Contains(j[len(j)-1], "Rotating certificates for kube-proxy") {
+			t.Errorf("%s: journal %q", in.ID(), j)
+		}
+		backup := fmt.Sprintf("%s/tls-%d", backups, t0)
+		if _, ok := n.File(path.Join(backup, path.Base(leaf))); !ok {
+			t.Errorf("%s: no copy of %s in %s", in.ID(), path.Base(leaf), backup)
+		}
+		prune := fmt.Sprintf("cd %s || exit 0\nls -d tls-[0-9]* 2>/dev/null | sort -t- -k2 -n | head -n -%d | while read -r d; do rm -rf -- \"$d\"; done", backups, 1)
+		if res, err := n.Run(ctx, prune, nil); err != nil || res.ExitCode != 0 {
+			t.Fatalf("%s: prune: exit %d, %v", in.ID(), res.ExitCode, err)
+		}
+		n.mu.Lock()
+		kept := []string{}
+		for _, d := range []string{"tls-1000", "tls-2000", path.Base(backup)} {
+			if n.dirExists(path.Join(backups, d)) {
+				kept = append(kept, d)
+			}
+		}
+		n.mu.Unlock()
+		if len(kept) != 1 || kept[0] != path.Base(backup) {
+			t.Errorf("%s: after pruning to 1 kept %v, want the newest, %s", in.ID(), kept, path.Base(backup))
+		}
+	}
+	if u := f.Unknown(); len(u) > 0 {
+		t.Fatalf("unknown scripts: %q", u)
+	}
+}
+
+// TestFaultControls: BeforeRun answers in the node's place (or lets it
+// answer), and DialErr makes the node unreachable.
+func TestFaultControls(t *testing.T) {
+	ctx := context.Background()
+	m, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(m, Spec{Clusters: 1, Servers: 1})
+	in := f.Nodes()[0]
+	n := f.Node(in.ID())
+	var seen []string
+	n.BeforeRun = func(_ context.Context, script string) *remote.Result {
+		seen = append(seen, script)
+		if script == k3s.ReadyzCmd {
+			return &remote.Result{ExitCode: 1, Stderr: []byte("connection refused\n")}
+		}
+		return nil
+	}
+	if res, _ := n.Run(ctx, k3s.ReadyzCmd, nil); res.ExitCode != 1 {
+		t.Errorf("readyz answered by the node despite BeforeRun: %+v", res)
+	}
+	if res, _ := n.Run(ctx, k3s.NodesCmd, nil); res.ExitCode != 0 || len(res.Stdout) == 0 {
+		t.Errorf("BeforeRun returning nil kept the node from answering: %+v", res)
+	}
+	if len(seen) != 2 {
+		t.Errorf("BeforeRun saw %q", seen)
+	}
+	down := errors.New("dial tcp: connection refused")
+	n.DialErr = down
+	if _, err := f.Dial(ctx, in); !errors.Is(err, down) {
+		t.Errorf("Dial of an unreachable node: %v", err)
 	}
 }

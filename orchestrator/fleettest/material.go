@@ -1,12 +1,16 @@
 // Package fleettest is a fake k3s fleet for tests and benchmarks of the
-// orchestrator. Every node is a remote.Host that answers the scripts
-// fleetcert sends from in-memory state, at once, with enough of k3s's
-// behaviour for rotate-ca to pass every phase and gate for real: a
-// datastore per cluster that `k3s certificate rotate-ca` fills, restarts
-// that load it into server/tls and rewrite server/token (or, on agents,
-// download the served CA), tokens that must pin the CA the cluster serves
-// for a restart to come up. A script it does not know fails with exit 127
-// and is recorded (Fleet.Unknown), so a new command cannot pass unseen.
+// orchestrator and the commands. Every node is a remote.Host that answers
+// the scripts fleetcert sends from in-memory state, at once, with enough
+// of k3s's behaviour for rotate-ca, rotate-sa-key and rotate to pass every
+// phase and gate for real: a datastore per cluster that `k3s certificate
+// rotate-ca` fills, restarts that load it into server/tls and rewrite
+// server/token (or, on agents, download the served CA), tokens that must
+// pin the CA the cluster serves for a restart to come up, and `k3s
+// certificate rotate` removing leaf certificates that the next start
+// issues again. A script it does not know fails with exit 127 and is
+// recorded (Fleet.Unknown), so a new command cannot pass unseen. Tests
+// break nodes through Node's fault controls (BeforeRun, BeforeWrite,
+// DialErr, ClockOffset).
 //
 // The CA material is made once (Default): five k3s-style self-signed ECDSA
 // P-256 CAs, an RSA service.key and leaf certificates signed by them, shared

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
 	"slices"
 	"strconv"
@@ -47,12 +48,24 @@ type Node struct {
 	// ClockOffset is added to the clock the node reports (date +%s), as
 	// on a node whose time sync is off.
 	ClockOffset time.Duration
+	// BeforeRun, when set, sees every script before the node answers it,
+	// with the caller's context. A non-nil result is the node's answer
+	// instead: a command failing as k3s or systemd might. A test can also
+	// change the node there, or wait on ctx for an interrupt it delivered
+	// to reach the run.
+	BeforeRun func(ctx context.Context, script string) *remote.Result
+	// DialErr, when set, is what dialling the node fails with: a node
+	// that is down or unreachable.
+	DialErr error
 
 	mu      sync.Mutex
 	files   map[string]*File
 	dirs    map[string]bool
 	units   map[string]string
 	journal []journalLine
+	// leafs are the leaf certificates and keys k3s issues at a start when
+	// they are missing (after `k3s certificate rotate`), by path.
+	leafs map[string]File
 }
 
 type journalLine struct {
@@ -159,6 +172,11 @@ func (n *Node) WriteFile(ctx context.Context, p string, data []byte, mode fs.Fil
 // 127 and is recorded in Fleet.Unknown.
 func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Result, error) {
 	n.runs.Add(1)
+	if hook := n.BeforeRun; hook != nil {
+		if res := hook(ctx, script); res != nil {
+			return *res, nil
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return remote.Result{}, err
 	}
@@ -180,6 +198,10 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 		return n.etcdSnapshot(script), nil
 	case script == k3s.DaemonReloadCmd:
 		return remote.Result{}, nil
+	case strings.HasPrefix(script, "systemctl stop ") && strings.Contains(script, " certificate rotate -d "):
+		return n.certificateRotate(script), nil
+	case strings.HasPrefix(script, "cd ") && strings.Contains(script, "\nls -d tls-[0-9]* "):
+		return n.pruneBackups(script), nil
 	case strings.HasPrefix(script, "date +%s && systemctl --no-block restart "):
 		return n.restart(strings.TrimPrefix(script, "date +%s && systemctl --no-block restart ")), nil
 	case script == k3s.ReadyzCmd:
@@ -564,19 +586,25 @@ func (n *Node) etcdSnapshot(script string) remote.Result {
 	return remote.Result{Stdout: []byte("Snapshot " + full + " saved.\n")}
 }
 
-// restart is `date +%s && systemctl --no-block restart UNIT`. A server
-// comes up when its token pins the CA in the datastore: it writes the
-// datastore's CA files to server/tls, server/token (and agent-token) with
-// the new hash, and its agent's CA copies. An agent comes up when its
-// token pins the CA its server serves: it downloads that bundle into
-// agent/server-ca.crt. Otherwise the unit logs the mismatch and writes
-// nothing, as k3s does. The output is the node's clock.
+// restart is `date +%s && systemctl --no-block restart UNIT`: the node's
+// clock, then a start (see start).
 func (n *Node) restart(unit string) remote.Result {
 	if unquote(unit) != n.inv.Service+".service" {
 		return fail(5, "Failed to restart "+unit+": Unit "+unit+" not found.")
 	}
 	now := clock()
-	out := remote.Result{Stdout: []byte(strconv.FormatInt(now.Unix(), 10) + "\n")}
+	n.start(now)
+	return remote.Result{Stdout: []byte(strconv.FormatInt(now.Unix(), 10) + "\n")}
+}
+
+// start is k3s starting at now. A server comes up when its token pins the
+// CA in the datastore: it writes the datastore's CA files to server/tls,
+// server/token (and agent-token) with the new hash, and its agent's CA
+// copies. An agent comes up when its token pins the CA its server serves:
+// it downloads that bundle into agent/server-ca.crt. Otherwise the unit
+// logs the mismatch and writes nothing, as k3s does. A node that comes up
+// issues the leaf certificates it is missing.
+func (n *Node) start(now time.Time) {
 	c := n.cluster
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -589,7 +617,7 @@ func (n *Node) restart(unit string) remote.Result {
 		if pinned != "" && pinned != hash {
 			n.log(now, "level=fatal msg=\"starting kubernetes: preparing server: failed to normalize server token; must be in format K10<CA-HASH>::<USERNAME>:<PASSWORD> or <PASSWORD>: token CA hash does not match the Cluster CA certificate hash\"")
 			n.units[n.inv.Service] = "activating"
-			return out
+			return
 		}
 		tls := n.layout.ServerTLSDir()
 		for name, data := range c.datastore {
@@ -616,13 +644,106 @@ func (n *Node) restart(unit string) remote.Result {
 		if pinned != "" && pinned != hash {
 			n.log(now, "level=error msg=\"failed to get CA certs: "+k3s.TokenMismatchLog+"\"")
 			n.units[n.inv.Service] = "active" // Type=exec: active while it retries
-			return out
+			return
 		}
 		n.files[n.layout.AgentServerCA()] = &File{Data: c.served, Mode: 0o644, MTime: now}
 		n.files[n.layout.AgentClientCA()] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
 	}
+	for p, f := range n.leafs {
+		if _, ok := n.files[p]; !ok {
+			n.files[p] = &File{Data: f.Data, Mode: f.Mode, MTime: now}
+		}
+	}
 	n.units[n.inv.Service] = "active"
-	return out
+}
+
+// certificateRotate is leaf renewal as fleetcert runs it: `systemctl stop
+// UNIT && k3s certificate rotate -d DATA [--service S] 2>&1; rc=$?; date
+// +%s; systemctl --no-block start UNIT; exit $rc`. k3s copies the node's
+// certificates to tls-<unix> (under server/ on servers, agent/ on agents)
+// and removes the leaf files; the start issues them anew. The fake removes
+// every leaf file whatever --service names (fleetcert's gates read only
+// the named services' files) and logs the services it was asked for.
+func (n *Node) certificateRotate(script string) remote.Result {
+	stop, rotate, _ := strings.Cut(script, " && ")
+	unit := unquote(strings.TrimPrefix(stop, "systemctl stop "))
+	if unit != n.inv.Service+".service" {
+		return fail(5, "Failed to stop "+unit+": Unit "+unit+" not found.")
+	}
+	services := "every service"
+	words := shellWords(strings.TrimPrefix(rotate, k3sPathPrefix))
+	for i, w := range words {
+		if w.s == "--service" && i+1 < len(words) {
+			services = words[i+1].s
+		}
+	}
+	now := clock()
+	n.mu.Lock()
+	n.units[n.inv.Service] = "inactive"
+	n.log(now, "level=info msg=\"Rotating certificates for "+services+"\"")
+	var backup string
+	if n.layout.Role == k3s.RoleServer {
+		backup = path.Join(n.layout.ServerDir(), fmt.Sprintf("tls-%d", now.Unix()))
+		tls := n.layout.ServerTLSDir() + "/"
+		for p, f := range n.files {
+			if rel, ok := strings.CutPrefix(p, tls); ok {
+				n.files[path.Join(backup, rel)] = &File{Data: f.Data, Mode: f.Mode, MTime: now}
+			}
+		}
+	} else {
+		backup = path.Join(n.layout.AgentDir(), fmt.Sprintf("tls-%d", now.Unix()))
+		for p := range n.leafs {
+			if f, ok := n.files[p]; ok {
+				n.files[path.Join(backup, path.Base(p))] = &File{Data: f.Data, Mode: f.Mode, MTime: now}
+			}
+		}
+	}
+	n.dirs[backup] = true
+	for p := range n.leafs {
+		delete(n.files, p)
+	}
+	n.mu.Unlock()
+	out := "level=info msg=\"Successfully backed up certificates to " + backup +
+		", please restart k3s server or agent to rotate certificates\"\n" + strconv.FormatInt(now.Unix(), 10) + "\n"
+	n.start(clock())
+	return remote.Result{Stdout: []byte(out)}
+}
+
+// pruneBackups is `cd DIR || exit 0` and `ls -d tls-[0-9]* | sort -t- -k2
+// -n | head -n -N | ... rm -rf`: all but the newest N tls-<unix>
+// directories go.
+func (n *Node) pruneBackups(script string) remote.Result {
+	first, _, _ := strings.Cut(script, "\n")
+	dir := unquote(strings.TrimPrefix(first, "cd ")) + "/"
+	_, after, _ := strings.Cut(script, "head -n -")
+	keep, err := strconv.Atoi(strings.Fields(after + " x")[0])
+	if err != nil {
+		return fail(2, "fleettest: prune script without a count")
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	found := map[int64]string{}
+	look := func(p string) {
+		rel, ok := strings.CutPrefix(p, dir)
+		name, _, _ := strings.Cut(rel, "/")
+		if !ok || !strings.HasPrefix(name, "tls-") {
+			return
+		}
+		if unix, err := strconv.ParseInt(strings.TrimPrefix(name, "tls-"), 10, 64); err == nil {
+			found[unix] = dir + name
+		}
+	}
+	for p := range n.files {
+		look(p)
+	}
+	for d := range n.dirs {
+		look(d)
+	}
+	stamps := slices.Sorted(maps.Keys(found))
+	for _, s := range stamps[:max(0, len(stamps)-keep)] {
+		n.removeLocked(found[s])
+	}
+	return remote.Result{}
 }
 
 // tokenHash is the CA hash the token in the unit's env file pins, "" for
