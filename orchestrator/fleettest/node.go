@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -66,6 +67,10 @@ type Node struct {
 	// leafs are the leaf certificates and keys k3s issues at a start when
 	// they are missing (after `k3s certificate rotate`), by path.
 	leafs map[string]File
+	// cacerts and serving are what a server's supervisor serves (see
+	// Fleet.Supervisor): nil until the first connection after a start.
+	cacerts []byte
+	serving *tls.Certificate
 }
 
 type journalLine struct {
@@ -637,6 +642,7 @@ func (n *Node) start(now time.Time) {
 			n.files[n.layout.AgentTokenFile()] = &File{Data: token, Mode: 0o600, MTime: now}
 		}
 		c.served = ca
+		n.startSupervisor()
 		n.files[n.layout.AgentServerCA()] = &File{Data: ca, Mode: 0o644, MTime: now}
 		n.files[n.layout.AgentClientCA()] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
 	} else {
@@ -702,6 +708,7 @@ func (n *Node) certificateRotate(script string) remote.Result {
 	for p := range n.leafs {
 		delete(n.files, p)
 	}
+	n.serving = nil // the serving certificate goes with the leafs
 	n.mu.Unlock()
 	out := "level=info msg=\"Successfully backed up certificates to " + backup +
 		", please restart k3s server or agent to rotate certificates\"\n" + strconv.FormatInt(now.Unix(), 10) + "\n"
