@@ -77,27 +77,27 @@ func readState(l k3s.Layout, snap *k3s.Snapshot) (current, last *RunState, err e
 // saveState writes the run state to the primary, atomically.
 func saveState(ctx context.Context, h remote.Host, l k3s.Layout, s *RunState, now time.Time) error {
 	s.Updated = now
-	data, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	p := path.Join(l.FleetcertDir(), runStateFile)
-	if err := h.WriteFile(ctx, p, append(data, '\n'), stateFileMode); err != nil {
+	if err := writeJSON(ctx, h, path.Join(l.FleetcertDir(), runStateFile), s); err != nil {
 		return fmt.Errorf("save run state: %w", err)
 	}
 	return nil
+}
+
+// writeJSON writes v as indented JSON to p on h, atomically, mode 0600.
+func writeJSON(ctx context.Context, h remote.Host, p string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return h.WriteFile(ctx, p, append(data, '\n'), stateFileMode)
 }
 
 // finishState records the outcome as the cluster's last run and removes
 // the unfinished-run file, so the next run starts fresh.
 func finishState(ctx context.Context, h remote.Host, l k3s.Layout, s *RunState, now time.Time) error {
 	s.Updated = now
-	data, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
 	dir := l.FleetcertDir()
-	if err := h.WriteFile(ctx, path.Join(dir, lastRunFile), append(data, '\n'), stateFileMode); err != nil {
+	if err := writeJSON(ctx, h, path.Join(dir, lastRunFile), s); err != nil {
 		return fmt.Errorf("save last run: %w", err)
 	}
 	res, err := h.Run(ctx, "rm -f -- "+remote.Quote(path.Join(dir, runStateFile)), nil)
@@ -139,11 +139,7 @@ func readCARecord(l k3s.Layout, snap *k3s.Snapshot) (*CARecord, error) {
 
 // saveCARecord writes the record to the primary, atomically.
 func saveCARecord(ctx context.Context, h remote.Host, l k3s.Layout, rec *CARecord) error {
-	data, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := h.WriteFile(ctx, path.Join(l.FleetcertDir(), caRecordFile), append(data, '\n'), stateFileMode); err != nil {
+	if err := writeJSON(ctx, h, path.Join(l.FleetcertDir(), caRecordFile), rec); err != nil {
 		return fmt.Errorf("save CA rotation record: %w", err)
 	}
 	return nil
