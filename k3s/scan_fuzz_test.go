@@ -21,11 +21,11 @@ import (
 // FuzzUnitScanner: systemd unit files and drop-ins.
 func FuzzUnitScanner(f *testing.F) {
 	for _, s := range []string{
-		installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"),
-		installUnit("\t'--token="+srvTok+"' \\\n", "\t'--agent-token' \\\n", "\t'"+nodeTok+"' \\\n"),
-		installUnit("\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n", "\t'--node-label' \\\n", "\t'a=b' \\\n"),
-		strings.ReplaceAll(installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"), "\n", "\r\n"),
-		strings.ReplaceAll(installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"), "\n", "\r"),
+		installUnit("--token", srvTok),
+		installUnit("--token="+srvTok, "--agent-token", nodeTok),
+		installUnit("-t", "K10"+oldHash+"::server:it's", "--node-label", "a=b"),
+		strings.ReplaceAll(installUnit("--token", srvTok), "\n", "\r\n"),
+		strings.ReplaceAll(installUnit("--token", srvTok), "\n", "\r"),
 		"\xef\xbb\xbf[Service]\nExecStart=/usr/local/bin/k3s agent \\\n# old: --token K10" + oldHash + "::node:x \\\n\t--token " + nodeTok + "\n",
 		"[Service]\nEnvironment=\"K3S_TOKEN=" + srvTok + "\" K3S_URL=https://10.0.0.1:6443\nExecStart=\nExecStart=/usr/local/bin/k3s agent\n",
 		"[Service]\nExecStart=/usr/local/bin/k3s server \\\\\n\t--token " + srvTok + "\n",

@@ -121,7 +121,7 @@ func TestScanUnitTokens(t *testing.T) {
 		{
 			// CR-only line ends: each line is a line.
 			name: "install.sh unit with CR line ends",
-			in:   strings.ReplaceAll(installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"), "\n", "\r"),
+			in:   strings.ReplaceAll(installUnit("--token", srvTok), "\n", "\r"),
 			want: []string{"--token=" + srvTok},
 		},
 		{

@@ -24,9 +24,9 @@ func TestRewriteFormats(t *testing.T) {
 		{"env CRLF, comments, no final newline", FileDistroEnv, "# K3S_TOKEN=K10" + oldHash + "::server:old\r\nK3S_TOKEN=" + srvTok + "\r\nK3S_AGENT_TOKEN=" + nodeTok, 2, 0},
 		{"env export line (ignored by systemd, kept consistent)", FileEnv, "export K3S_TOKEN=\"" + srvTok + "\"\n", 1, 0},
 		{"env short token untouched", FileEnv, "K3S_TOKEN=" + shortTok + "\n", 0, 1},
-		{"unit flag and value lines", FileUnit, installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n", "\t'--agent-token' \\\n", "\t'"+nodeTok+"' \\\n"), 2, 0},
-		{"unit --token=", FileUnit, installUnit("\t'--token=" + srvTok + "' \\\n"), 1, 0},
-		{"unit '\\'' in value", FileUnit, installUnit("\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n"), 1, 0},
+		{"unit flag and value lines", FileUnit, installUnit("--token", srvTokU, "--agent-token", nodeTok), 2, 0},
+		{"unit --token=", FileUnit, installUnit("--token=" + srvTok), 1, 0},
+		{"unit '\\'' in value", FileUnit, installUnit("-t", "K10"+oldHash+"::server:it's"), 1, 0},
 		{"unit unquoted, CRLF", FileUnit, "[Service]\r\nExecStart=/usr/local/bin/k3s agent \\\r\n  --token " + nodeTok + " \\\r\n  --server https://s:6443\r\n", 1, 0},
 		{"drop-in Environment= and ExecStart override", FileUnitDropIn, "[Service]\nEnvironment=\"K3S_TOKEN=" + srvTok + "\"\nExecStart=\nExecStart=/usr/local/bin/k3s server -t " + bootTok + "\n", 2, 0},
 		{"config plain, quoted, comments, CRLF", FileConfig, "# token: K10" + oldHash + "::server:commented\r\nwrite-kubeconfig-mode: \"0644\"\r\ntoken: " + srvTok + " # join\r\nagent-token: \"" + nodeTok + "\"\r\ncluster-init: true\r\n", 2, 0},
@@ -137,7 +137,7 @@ func TestRewriteRejectsBadNewHash(t *testing.T) {
 func TestPlanTokenRewrites(t *testing.T) {
 	l := Layout{}
 	files := map[string][]byte{
-		l.UnitFile():                        []byte(installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n", "\t'--token-file=/etc/k3s/token' \\\n")),
+		l.UnitFile():                        []byte(installUnit("--token", srvTokU, "--token-file=/etc/k3s/token")),
 		l.EnvFile():                         []byte("K3S_TOKEN='" + srvTok + "'\n"),
 		"/etc/default/k3s":                  []byte("K3S_AGENT_TOKEN=" + shortTok + "\n"),
 		l.Config():                          []byte("token: " + srvTok + "\n"),
@@ -206,8 +206,8 @@ func FuzzRewriteEnvFile(f *testing.F) {
 // to the same promise.
 func FuzzRewriteUnit(f *testing.F) {
 	for _, s := range []string{
-		installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n"),
-		installUnit("\t'--token="+srvTok+"' \\\n", "\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n"),
+		installUnit("--token", srvTokU),
+		installUnit("--token="+srvTok, "-t", "K10"+oldHash+"::server:it's"),
 		"[Service]\r\nEnvironment=\"K3S_TOKEN=" + srvTok + "\" X=1\r\nExecStart=\r\nExecStart=/k3s agent \\\r\n# c\r\n -t " + nodeTok + "\r\n",
 	} {
 		f.Add([]byte(s))

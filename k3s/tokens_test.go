@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/fleetcert/fleetcert/internal/installsh"
 )
 
 // Hashes and secrets the tests build files from. The passwords carry the
@@ -34,35 +36,10 @@ func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []strin
 
 func hexSum(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
-// installUnit is the unit install.sh writes (docs/k3s.md#install-sh), with the given
-// argument lines (each already quoted and TAB-indented by the caller).
-func installUnit(argLines ...string) string {
-	return `[Unit]
-Description=Lightweight Kubernetes
-Documentation=https://k3s.io
-Wants=network-online.target
-After=network-online.target
-
-[Install]
-WantedBy=multi-user.target
-
-[Service]
-Type=notify
-EnvironmentFile=-/etc/default/%N
-EnvironmentFile=-/etc/sysconfig/%N
-EnvironmentFile=-/etc/systemd/system/k3s.service.env
-KillMode=process
-Delegate=yes
-LimitNOFILE=1048576
-TimeoutStartSec=0
-Restart=always
-RestartSec=5s
-ExecStartPre=/bin/sh -xc '! /usr/bin/systemctl is-enabled --quiet nm-cloud-setup.service 2>/dev/null'
-ExecStartPre=-/sbin/modprobe br_netfilter
-ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/local/bin/k3s \
-    server \
-` + strings.Join(argLines, "") + "\n"
+// installUnit is the server unit install.sh writes (docs/k3s.md#install-sh),
+// with the given arguments after "server".
+func installUnit(args ...string) string {
+	return installsh.Unit{Role: "server", EnvFile: "/etc/systemd/system/k3s.service.env", Args: args}.Text()
 }
 
 // want is the part of a TokenSource a test checks.
@@ -145,24 +122,24 @@ func TestParseFileFormats(t *testing.T) {
 		{
 			name:    "install.sh ExecStart, flag and value on their own quoted lines",
 			kind:    FileUnit,
-			content: installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n", "\t'--disable=traefik' \\\n"),
-			want:    []want{{Kind: KindUnitExecStart, Key: "--token", Value: srvTokU, Line: 27, Class: "secure"}},
+			content: installUnit("--token", srvTokU, "--disable=traefik"),
+			want:    []want{{Kind: KindUnitExecStart, Key: "--token", Value: srvTokU, Line: 33, Class: "secure"}},
 		},
 		{
 			name:    "install.sh ExecStart, --token=value in one quoted word",
 			kind:    FileUnit,
-			content: installUnit("\t'--token="+srvTok+"' \\\n", "\t'--agent-token="+nodeTok+"' \\\n"),
+			content: installUnit("--token="+srvTok, "--agent-token="+nodeTok),
 			want: []want{
 				// % starts a unit specifier: systemd would expand it.
-				{Kind: KindUnitExecStart, Key: "--token", Value: srvTok, Line: 26, Class: "secure", Warning: true},
-				{Kind: KindUnitExecStart, Key: "--agent-token", Value: nodeTok, Line: 27, Class: "secure", Agent: true},
+				{Kind: KindUnitExecStart, Key: "--token", Value: srvTok, Line: 32, Class: "secure", Warning: true},
+				{Kind: KindUnitExecStart, Key: "--agent-token", Value: nodeTok, Line: 33, Class: "secure", Agent: true},
 			},
 		},
 		{
 			name:    "install.sh ExecStart, a quote inside the value as '\\''",
 			kind:    FileUnit,
-			content: installUnit("\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n"),
-			want:    []want{{Kind: KindUnitExecStart, Key: "-t", Value: "K10" + oldHash + "::server:it's", Line: 27, Class: "secure"}},
+			content: installUnit("-t", "K10"+oldHash+"::server:it's"),
+			want:    []want{{Kind: KindUnitExecStart, Key: "-t", Value: "K10" + oldHash + "::server:it's", Line: 33, Class: "secure"}},
 		},
 		{
 			name:    "unquoted flags on one line, -t=, --token-file",
@@ -341,7 +318,7 @@ func TestCandidates(t *testing.T) {
 func TestFindTokenSourcesTwoRounds(t *testing.T) {
 	l := Layout{}
 	files := map[string][]byte{
-		l.UnitFile():                           []byte(installUnit("\t'--token-file' \\\n", "\t'/etc/k3s/token' \\\n")),
+		l.UnitFile():                           []byte(installUnit("--token-file", "/etc/k3s/token")),
 		l.ConfigDropInDir() + "/20-agent.YAML": []byte("agent-token-file: /etc/k3s/agent-token\n"),
 		l.ConfigDropInDir() + "/notes.txt":     []byte("token: " + srvTok + "\n"),
 		l.UnitDropInDir() + "/override.conf":   []byte("[Service]\nEnvironment=K3S_TOKEN=" + shortTok + "\n"),
