@@ -64,7 +64,7 @@ func TestChangedAndOverlay(t *testing.T) {
 }
 
 func TestWriteReadDir(t *testing.T) {
-	set := k3sDefaultSet(t)
+	set := k3sDefaultSet()
 	dir := filepath.Join(t.TempDir(), "stage")
 	if err := set.WriteDir(dir, false); err != nil {
 		t.Fatal(err)
@@ -130,7 +130,7 @@ func TestReadDirEdgeCases(t *testing.T) {
 }
 
 func TestKinds(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	crossed, err := Env{}.CrossSign(def)
 	if err != nil {
 		t.Fatal(err)

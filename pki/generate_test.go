@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleetcert/fleetcert/internal/certtest"
 )
 
 var fixedNow = time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
@@ -98,7 +100,7 @@ func checkCustomSet(t *testing.T, c *Custom) {
 
 func TestGenerateCustomInputs(t *testing.T) {
 	base := fastCustom(t, CustomInput{})
-	sk := serviceKey(t)
+	sk := serviceKey()
 	t.Run("root and key", func(t *testing.T) {
 		c := fastCustom(t, CustomInput{Root: base.Root, RootKey: base.RootKey, ServiceKey: sk})
 		if !c.Root.Equal(base.Root) || c.Intermediate.Equal(base.Intermediate) || c.RootKey != nil || c.IntermediateKey == nil {
@@ -189,7 +191,7 @@ func TestClockInCNsAndValidity(t *testing.T) {
 }
 
 func TestCrossSign(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	env := fixedEnv()
 	env.Now = time.Now
 	got, err := env.CrossSign(def)
@@ -292,7 +294,7 @@ func checkCrossSigned(t *testing.T, current, got CASet) {
 }
 
 func TestNewRoot(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	for _, etcd := range []bool{false, true} {
 		s, err := Env{}.NewRoot(etcd)
 		if err != nil {
@@ -349,9 +351,7 @@ func TestRotateServiceKey(t *testing.T) {
 		t.Error("negative keep accepted")
 	}
 	// PKCS#8 and EC keys in the current file are kept as they are.
-	ec, _ := k3sDefaultCA(t, "x", time.Now())
-	_ = ec
-	_, ecKey := k3sDefaultCA(t, "x", time.Now())
+	ecKey := certtest.KeyPEM(certtest.NewECKey())
 	mixed, err := env.RotateServiceKey(append(bytes.Clone(k1), ecKey...), 0)
 	if err != nil || !bytes.HasSuffix(mixed, ecKey) {
 		t.Errorf("mixed key file: %v", err)
