@@ -239,9 +239,7 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 		put(path.Join(agentDir, name), data, 0o644)
 		put(path.Join(agentDir, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
 	}
-	if kubelet, err := m.KubeletCert(n.hostname); err == nil {
-		put(path.Join(agentDir, "client-kubelet.crt"), kubelet, 0o644)
-	}
+	put(path.Join(agentDir, "client-kubelet.crt"), m.KubeletCert(n.hostname), 0o644)
 	n.dirs[agentDir] = true
 	n.units = map[string]string{in.Service: "active"}
 	if role == k3s.RoleServer {
