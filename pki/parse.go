@@ -177,9 +177,9 @@ func encodeKeys(keys ...crypto.Signer) ([]byte, error) {
 	return out, nil
 }
 
-// DescribeKey names a public key's algorithm and size: "RSA 2048",
+// describeKey names a public key's algorithm and size: "RSA 2048",
 // "ECDSA P-256", "Ed25519".
-func DescribeKey(pub crypto.PublicKey) string {
+func describeKey(pub crypto.PublicKey) string {
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
 		return fmt.Sprintf("RSA %d", p.N.BitLen())

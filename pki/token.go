@@ -95,8 +95,8 @@ func (t *Token) parseCreds(creds string) error {
 // Secure reports whether the token pins a CA hash.
 func (t Token) Secure() bool { return t.CAHash != "" }
 
-// Bootstrap reports whether the credentials are a bootstrap token.
-func (t Token) Bootstrap() bool { return t.BootstrapID != "" }
+// bootstrap reports whether the credentials are a bootstrap token.
+func (t Token) bootstrap() bool { return t.BootstrapID != "" }
 
 // String formats the token as k3s writes it; a token that pins no hash is
 // returned exactly as it was written.
@@ -112,7 +112,7 @@ func (t Token) String() string {
 func (t Token) Redacted() string {
 	var creds string
 	switch {
-	case t.Bootstrap():
+	case t.bootstrap():
 		creds = t.BootstrapID + ".****"
 	case t.Username != "":
 		creds = t.Username + ":****"

@@ -56,8 +56,8 @@ func TestParseToken(t *testing.T) {
 			if got != tt.want {
 				t.Errorf("ParseToken(%q) = %+v, want %+v", tt.in, got, tt.want)
 			}
-			if got.Secure() != tt.secure || got.Bootstrap() != tt.boot {
-				t.Errorf("Secure/Bootstrap = %v/%v, want %v/%v", got.Secure(), got.Bootstrap(), tt.secure, tt.boot)
+			if got.Secure() != tt.secure || got.bootstrap() != tt.boot {
+				t.Errorf("Secure/Bootstrap = %v/%v, want %v/%v", got.Secure(), got.bootstrap(), tt.secure, tt.boot)
 			}
 			again, _ := ParseToken(tt.in)
 			if s := again.String(); s != tt.in {
