@@ -82,7 +82,6 @@ func (l Layout) EtcdDBDir() string      { return path.Join(l.ServerDir(), "db", 
 // Agent side of the data dir; servers have one too.
 func (l Layout) AgentDir() string      { return path.Join(l.dataDir(), "agent") }
 func (l Layout) AgentServerCA() string { return path.Join(l.AgentDir(), "server-ca.crt") }
-func (l Layout) AgentClientCA() string { return path.Join(l.AgentDir(), "client-ca.crt") }
 
 // FleetcertDir is where fleetcert keeps its lock, run state and backups on
 // a server: inside the data dir, so it follows the cluster's own files.

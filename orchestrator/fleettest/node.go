@@ -564,6 +564,11 @@ func (n *Node) etcdSnapshot(script string) remote.Result {
 	return remote.Result{Stdout: []byte("Snapshot " + full + " saved.\n")}
 }
 
+// agentClientCA is the client CA an agent downloads from its server at
+// every start. fleetcert itself never names this file, so k3s.Layout
+// does not.
+func agentClientCA(l k3s.Layout) string { return path.Join(l.AgentDir(), "client-ca.crt") }
+
 // restart is `date +%s && systemctl --no-block restart UNIT`. A server
 // comes up when its token pins the CA in the datastore: it writes the
 // datastore's CA files to server/tls, server/token (and agent-token) with
@@ -610,7 +615,7 @@ func (n *Node) restart(unit string) remote.Result {
 		}
 		c.served = ca
 		n.files[n.layout.AgentServerCA()] = &File{Data: ca, Mode: 0o644, MTime: now}
-		n.files[n.layout.AgentClientCA()] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
+		n.files[agentClientCA(n.layout)] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
 	} else {
 		hash := n.fleet.hashCA(c.served)
 		if pinned != "" && pinned != hash {
@@ -619,7 +624,7 @@ func (n *Node) restart(unit string) remote.Result {
 			return out
 		}
 		n.files[n.layout.AgentServerCA()] = &File{Data: c.served, Mode: 0o644, MTime: now}
-		n.files[n.layout.AgentClientCA()] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
+		n.files[agentClientCA(n.layout)] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
 	}
 	n.units[n.inv.Service] = "active"
 	return out
