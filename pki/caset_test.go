@@ -219,7 +219,7 @@ func TestParseHelpers(t *testing.T) {
 	if _, err := ParseCerts(c.Set["server-ca.key"]); err == nil || err.Error() != errNoCerts.Error() {
 		t.Errorf("key file as bundle: %v", err)
 	}
-	rootPEM, _ := EncodeKey(c.RootKey)
+	rootPEM, _ := encodeKey(c.RootKey)
 	pkcs8 := pkcs8PEM(t, c.IntermediateKey)
 	keys, err := ParseKeys(append(append(bytes.Clone(c.Set["server-ca.key"]), rootPEM...), pkcs8...))
 	if err != nil || len(keys) != 3 {

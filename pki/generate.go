@@ -245,7 +245,7 @@ func (c *Custom) IssuerFiles() (map[string][]byte, error) {
 		if it.key == nil {
 			continue
 		}
-		k, err := EncodeKey(it.key)
+		k, err := encodeKey(it.key)
 		if err != nil {
 			return nil, err
 		}
@@ -278,7 +278,7 @@ func (e Env) GenerateCustom(in CustomInput) (*Custom, error) {
 			return nil, err
 		}
 		out.Set[t.CertFile] = encodeCerts(c, out.Intermediate, out.Root)
-		if out.Set[t.KeyFile], err = EncodeKey(key); err != nil {
+		if out.Set[t.KeyFile], err = encodeKey(key); err != nil {
 			return nil, err
 		}
 	}
@@ -496,7 +496,7 @@ func (e Env) RotateServiceKey(current []byte, keep int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := EncodeKey(key)
+	out, err := encodeKey(key)
 	if err != nil {
 		return nil, err
 	}
