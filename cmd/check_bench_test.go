@@ -19,7 +19,7 @@ import (
 func BenchmarkCheck200Nodes(b *testing.B) {
 	const clusters, perCluster = 40, 5
 	f := newCheckFleet(b)
-	p := newClusterPKI(b)
+	p := newClusterPKI()
 	layout := writeK3sNode(b, filepath.Join(f.dir, "node"), p, true, p.hash())
 	var servers []*sshtest.Server
 	for c := range clusters {

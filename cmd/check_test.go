@@ -2,21 +2,15 @@ package cmd
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,48 +18,16 @@ import (
 	"github.com/prometheus/common/model"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/fleetcert/fleetcert/internal/certtest"
 	"github.com/fleetcert/fleetcert/pki"
 	"github.com/fleetcert/fleetcert/remote/sshtest"
 )
 
-// testIssuer is a CA made in the test, with its key, that issues leafs.
-type testIssuer struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-var serial atomic.Int64
-
-func newTestIssuer(t testing.TB, cn string, notBefore, notAfter time.Time) testIssuer {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
-		NotBefore: notBefore, NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return testIssuer{cert: c, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// leaf issues a leaf certificate valid from notBefore to notAfter and
-// returns it followed by the CA (as k3s writes leaf files), and its key.
-func (ca testIssuer) leaf(t testing.TB, cn string, notBefore, notAfter time.Time) (crt, key []byte) {
-	t.Helper()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
-		NotBefore: notBefore, NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(k)
-	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca.pem...),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+// leafFiles issues a leaf certificate valid from notBefore to notAfter and
+// returns its file as k3s writes it (the leaf, then the CA) and its key.
+func leafFiles(ca *certtest.Cert, cn string, notBefore, notAfter time.Time) (crt, key []byte) {
+	l := ca.IssueLeaf(certtest.Spec{CN: cn, NotBefore: notBefore, NotAfter: notAfter})
+	return l.ChainPEM(), l.KeyPEM()
 }
 
 // dynamicCertJSON wraps a serving cert as dynamiclistener caches it.
@@ -79,22 +41,16 @@ func dynamicCertJSON(crt, key []byte) []byte {
 
 // clusterPKI is one cluster's CAs, as k3s makes them.
 type clusterPKI struct {
-	server, client, requestHeader, etcdPeer, etcdServer testIssuer
+	server, client, requestHeader, etcdPeer, etcdServer *certtest.Cert
 }
 
-func newClusterPKI(t testing.TB) clusterPKI {
-	now := time.Now()
-	nb, na := now.Add(-time.Hour), now.Add(10*365*24*time.Hour)
-	return clusterPKI{
-		server:        newTestIssuer(t, "k3s-server-ca@1", nb, na),
-		client:        newTestIssuer(t, "k3s-client-ca@1", nb, na),
-		requestHeader: newTestIssuer(t, "k3s-request-header-ca@1", nb, na),
-		etcdPeer:      newTestIssuer(t, "etcd-peer-ca@1", nb, na),
-		etcdServer:    newTestIssuer(t, "etcd-server-ca@1", nb, na),
-	}
+func newClusterPKI() clusterPKI {
+	cas := certtest.NewK3sCAs(time.Now().Add(-time.Hour))
+	return clusterPKI{server: cas["server-ca"], client: cas["client-ca"], requestHeader: cas["request-header-ca"],
+		etcdPeer: cas["etcd/peer-ca"], etcdServer: cas["etcd/server-ca"]}
 }
 
-func (p clusterPKI) hash() string { return pki.HashCA(p.server.pem) }
+func (p clusterPKI) hash() string { return pki.HashCA(p.server.CertPEM()) }
 
 // k3sNodeDir is a node's k3s files under root: data dir and config.yaml.
 type k3sNodeDir struct {
@@ -125,20 +81,19 @@ func writeK3sNode(t testing.TB, root string, p clusterPKI, server bool, tokenHas
 	d := k3sNodeDir{root: root, dataDir: filepath.Join(root, "data"), config: filepath.Join(root, "etc", "config.yaml")}
 	now := time.Now()
 	nb, na := now.Add(-time.Hour), now.Add(365*24*time.Hour)
-	leaf := func(rel string, ca testIssuer, cn string) {
-		crt, key := ca.leaf(t, cn, nb, na)
+	leaf := func(rel string, ca *certtest.Cert, cn string) {
+		crt, key := leafFiles(ca, cn, nb, na)
 		d.write(t, rel+".crt", crt, 0o644)
 		d.write(t, rel+".key", key, 0o600)
 	}
 	if server {
-		cas := map[string]testIssuer{"server-ca": p.server, "client-ca": p.client, "request-header-ca": p.requestHeader,
+		cas := map[string]*certtest.Cert{"server-ca": p.server, "client-ca": p.client, "request-header-ca": p.requestHeader,
 			"etcd/peer-ca": p.etcdPeer, "etcd/server-ca": p.etcdServer}
 		for name, ca := range cas {
-			d.write(t, "data/server/tls/"+name+".crt", ca.pem, 0o644)
-			kder, _ := x509.MarshalECPrivateKey(ca.key)
-			d.write(t, "data/server/tls/"+name+".key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+			d.write(t, "data/server/tls/"+name+".crt", ca.CertPEM(), 0o644)
+			d.write(t, "data/server/tls/"+name+".key", ca.KeyPEM(), 0o600)
 			if !strings.HasPrefix(name, "etcd/") {
-				d.write(t, "data/server/tls/"+name+".nochain.crt", ca.pem, 0o644)
+				d.write(t, "data/server/tls/"+name+".nochain.crt", ca.CertPEM(), 0o644)
 			}
 		}
 		for _, l := range []struct{ name, cn string }{
@@ -155,13 +110,13 @@ func writeK3sNode(t testing.TB, root string, p clusterPKI, server bool, tokenHas
 		leaf("data/server/tls/etcd/client", p.etcdServer, "etcd-client")
 		leaf("data/server/tls/etcd/server-client", p.etcdServer, "etcd-server")
 		leaf("data/server/tls/etcd/peer-server-client", p.etcdPeer, "etcd-peer")
-		crt, key := p.server.leaf(t, "k3s", nb, na)
+		crt, key := leafFiles(p.server, "k3s", nb, na)
 		d.write(t, "data/server/tls/dynamic-cert.json", dynamicCertJSON(crt, key), 0o600)
 		d.write(t, "data/server/tls/service.key", []byte("service account key\n"), 0o600)
 		d.write(t, "data/server/token", []byte("K10"+p.hash()+"::server:s3cret\n"), 0o600)
 	}
-	d.write(t, "data/agent/server-ca.crt", p.server.pem, 0o644)
-	d.write(t, "data/agent/client-ca.crt", p.client.pem, 0o644)
+	d.write(t, "data/agent/server-ca.crt", p.server.CertPEM(), 0o644)
+	d.write(t, "data/agent/client-ca.crt", p.client.CertPEM(), 0o644)
 	leaf("data/agent/client-kubelet", p.client, "system:node:n")
 	leaf("data/agent/serving-kubelet", p.server, "n")
 	leaf("data/agent/client-kube-proxy", p.client, "system:kube-proxy")
@@ -316,7 +271,7 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 	now := time.Now()
 	// c1: a clean server, and an agent whose token pins another CA and
 	// whose kubelet key anyone can read.
-	p1 := newClusterPKI(t)
+	p1 := newClusterPKI()
 	s1 := writeK3sNode(t, filepath.Join(f.dir, "s1"), p1, true, p1.hash())
 	a1 := writeK3sNode(t, filepath.Join(f.dir, "a1"), p1, false, strings.Repeat("ab", 32))
 	if err := os.Chmod(filepath.Join(a1.dataDir, "agent", "client-kubelet.key"), 0o644); err != nil {
@@ -327,13 +282,13 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 	// c2: a server with an expired admin cert, a not-yet-valid kubelet
 	// serving cert, a :6443 cert in dynamic-cert.json expiring in 10 days,
 	// and the custom CA script's root and intermediate keys left behind.
-	p2 := newClusterPKI(t)
+	p2 := newClusterPKI()
 	s2 := writeK3sNode(t, filepath.Join(f.dir, "s2"), p2, true, p2.hash())
-	crt, key := p2.client.leaf(t, "system:admin", now.Add(-400*24*time.Hour), now.Add(-35*24*time.Hour))
+	crt, key := leafFiles(p2.client, "system:admin", now.Add(-400*24*time.Hour), now.Add(-35*24*time.Hour))
 	s2.write(t, "data/server/tls/client-admin.crt", crt, 0o644)
-	crt, key = p2.server.leaf(t, "s2", now.Add(48*time.Hour), now.Add(400*24*time.Hour))
+	crt, key = leafFiles(p2.server, "s2", now.Add(48*time.Hour), now.Add(400*24*time.Hour))
 	s2.write(t, "data/agent/serving-kubelet.crt", crt, 0o644)
-	crt, key = p2.server.leaf(t, "k3s", now.Add(-time.Hour), now.Add(10*24*time.Hour))
+	crt, key = leafFiles(p2.server, "k3s", now.Add(-time.Hour), now.Add(10*24*time.Hour))
 	s2.write(t, "data/server/tls/dynamic-cert.json", dynamicCertJSON(crt, key), 0o600)
 	s2.write(t, "data/server/tls/root-ca.key", []byte("root key\n"), 0o600)
 	s2.write(t, "data/server/tls/intermediate-ca.key", []byte("intermediate key\n"), 0o600)
@@ -406,7 +361,7 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 	if e := c2.EarliestExpiry; e == nil || e.Status != "EXPIRED" || !strings.HasSuffix(e.File, "client-admin.crt") {
 		t.Errorf("c2 earliest expiry: %+v", e)
 	}
-	if e := c2.CAExpiry; e == nil || !e.NotAfter.Equal(p2.server.cert.NotAfter) && !e.NotAfter.Before(p2.server.cert.NotAfter.Add(time.Second)) {
+	if e := c2.CAExpiry; e == nil || !e.NotAfter.Equal(p2.server.Cert.NotAfter) && !e.NotAfter.Before(p2.server.Cert.NotAfter.Add(time.Second)) {
 		t.Errorf("c2 CA expiry: %+v", e)
 	}
 	if c2.TokenCAMatch == nil || !*c2.TokenCAMatch {
@@ -484,7 +439,7 @@ func wantFindings(t *testing.T, cluster string, got []struct{ Node, Kind, File, 
 // are still checked.
 func TestCheckCleanFleetAndUnreachable(t *testing.T) {
 	f := newCheckFleet(t)
-	p := newClusterPKI(t)
+	p := newClusterPKI()
 	s1 := writeK3sNode(t, filepath.Join(f.dir, "s1"), p, true, p.hash())
 	a1 := writeK3sNode(t, filepath.Join(f.dir, "a1"), p, false, p.hash())
 	f.add(t, "edge", "s1", "server", s1)
@@ -640,7 +595,7 @@ func TestCheckUsage(t *testing.T) {
 // skipped; the verdict stays fleetcert's.
 func TestCheckCrossCheck(t *testing.T) {
 	f := newCheckFleet(t)
-	p := newClusterPKI(t)
+	p := newClusterPKI()
 	s1 := writeK3sNode(t, filepath.Join(f.dir, "s1"), p, true, p.hash())
 	a1 := writeK3sNode(t, filepath.Join(f.dir, "a1"), p, false, p.hash())
 
@@ -653,12 +608,12 @@ func TestCheckCrossCheck(t *testing.T) {
 	adminCert, _ := pem.Decode(admin)
 	ac, _ := x509.ParseCertificate(adminCert.Bytes)
 	entries := []map[string]any{
-		{"Filename": filepath.Join(s1.dataDir, "server", "tls", "server-ca.crt"), "Subject": "k3s-server-ca@1", "Issuer": "k3s-server-ca@1",
-			"Usages": []string{"CertSign"}, "ExpiryTime": p.server.cert.NotAfter, "ResidualTime": int64(time.Until(p.server.cert.NotAfter)), "Status": "OK"},
-		{"Filename": filepath.Join(s1.dataDir, "server", "tls", "client-admin.crt"), "Subject": "system:admin", "Issuer": "k3s-client-ca@1",
+		{"Filename": filepath.Join(s1.dataDir, "server", "tls", "server-ca.crt"), "Subject": p.server.Cert.Subject.CommonName, "Issuer": p.server.Cert.Subject.CommonName,
+			"Usages": []string{"CertSign"}, "ExpiryTime": p.server.Cert.NotAfter, "ResidualTime": int64(time.Until(p.server.Cert.NotAfter)), "Status": "OK"},
+		{"Filename": filepath.Join(s1.dataDir, "server", "tls", "client-admin.crt"), "Subject": "system:admin", "Issuer": p.client.Cert.Subject.CommonName,
 			"Usages": []string{"ClientAuth"}, "ExpiryTime": ac.NotAfter, "ResidualTime": -1, "Status": "EXPIRED"},
-		{"Filename": filepath.Join(s1.dataDir, "server", "tls", "client-admin.crt"), "Subject": "k3s-client-ca@1", "Issuer": "k3s-client-ca@1",
-			"Usages": []string{"CertSign"}, "ExpiryTime": p.client.cert.NotAfter, "ResidualTime": 1, "Status": "OK"},
+		{"Filename": filepath.Join(s1.dataDir, "server", "tls", "client-admin.crt"), "Subject": p.client.Cert.Subject.CommonName, "Issuer": p.client.Cert.Subject.CommonName,
+			"Usages": []string{"CertSign"}, "ExpiryTime": p.client.Cert.NotAfter, "ResidualTime": 1, "Status": "OK"},
 	}
 	out, _ := json.Marshal(map[string]any{"Certificates": entries})
 	bin := filepath.Join(f.dir, "bin")
@@ -723,11 +678,11 @@ esac
 // k3s data are findings too.
 func TestCheckClusterConsistency(t *testing.T) {
 	f := newCheckFleet(t)
-	p, other := newClusterPKI(t), newClusterPKI(t)
+	p, other := newClusterPKI(), newClusterPKI()
 	s1 := writeK3sNode(t, filepath.Join(f.dir, "s1"), p, true, p.hash())
 	s2 := writeK3sNode(t, filepath.Join(f.dir, "s2"), other, true, other.hash()) // serves another CA
 	a1 := writeK3sNode(t, filepath.Join(f.dir, "a1"), p, false, p.hash())
-	a1.write(t, "data/agent/server-ca.crt", other.server.pem, 0o644) // holds another CA
+	a1.write(t, "data/agent/server-ca.crt", other.server.CertPEM(), 0o644) // holds another CA
 	empty := k3sNodeDir{root: filepath.Join(f.dir, "e1"), dataDir: filepath.Join(f.dir, "e1", "data"), config: filepath.Join(f.dir, "e1", "config.yaml")}
 	f.add(t, "c", "s1", "server", s1)
 	f.add(t, "c", "s2", "server", s2)

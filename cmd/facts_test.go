@@ -2,15 +2,8 @@ package cmd
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/user"
@@ -21,23 +14,10 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/fleetcert/fleetcert/internal/certtest"
 	"github.com/fleetcert/fleetcert/pki"
 	"github.com/fleetcert/fleetcert/remote/sshtest"
 )
-
-// testCA makes a self-signed CA like k3s's defaults, expiring at notAfter.
-func testCA(t testing.TB, cn string, notAfter time.Time) []byte {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
 
 // factsNode lays out a k3s server under root: data dir with a CA and
 // server/token, and a config.yaml defining the join token.
@@ -50,7 +30,7 @@ type factsNode struct {
 func newFactsNode(t testing.TB, root string, tokenHash func(caHash string) string) factsNode {
 	t.Helper()
 	n := factsNode{dataDir: filepath.Join(root, "data"), config: filepath.Join(root, "etc", "config.yaml")}
-	n.ca = testCA(t, "k3s-server-ca@1", time.Now().Add(3650*24*time.Hour))
+	n.ca = certtest.NewCA(certtest.Spec{CN: "k3s-server-ca@1"}).CertPEM()
 	n.hash = pki.HashCA(n.ca)
 	files := map[string]string{
 		"data/server/tls/server-ca.crt": string(n.ca),

@@ -3,15 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/fleetcert/fleetcert/e2e/harness"
+	"github.com/fleetcert/fleetcert/internal/certtest"
 )
 
 // chkReport is `fleetcert check -o json` as a consumer reads it.
@@ -119,29 +114,13 @@ func chkProm(t *testing.T, text string) map[string]map[string]float64 {
 	return out
 }
 
-// chkLeaf makes a leaf certificate signed by a throwaway CA of the test's
-// own, valid from notBefore to notAfter.
-func chkLeaf(t *testing.T, cn string, notBefore, notAfter time.Time) []byte {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "e2e-check-throwaway-ca"},
-		NotBefore: time.Now().Add(-800 * 24 * time.Hour), NotAfter: time.Now().Add(800 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: notBefore, NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
+// chkLeaf makes a leaf certificate file (the leaf, then its CA) signed by a
+// throwaway CA of the test's own, valid from notBefore to notAfter.
+func chkLeaf(cn string, notBefore, notAfter time.Time) []byte {
+	ca := certtest.NewCA(certtest.Spec{CN: "e2e-check-throwaway-ca",
+		NotBefore: time.Now().Add(-800 * 24 * time.Hour), NotAfter: time.Now().Add(800 * 24 * time.Hour)})
+	return ca.IssueLeaf(certtest.Spec{CN: cn, NotBefore: notBefore, NotAfter: notAfter,
+		Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}).ChainPEM()
 }
 
 // TestCheck runs the built fleetcert's check on a fleet of its own (three
@@ -295,10 +274,10 @@ func TestCheck(t *testing.T) {
 	server := f.Cluster("chk1").Servers[0]
 	soon := agent.DataDir + "/agent/client-kube-proxy.crt"
 	gone := server.DataDir + "/server/tls/client-scheduler.crt"
-	if err := f.WriteFile(ctx, agent.Name, soon, chkLeaf(t, "system:kube-proxy", now.Add(-time.Hour), now.Add(10*24*time.Hour)), 0o644); err != nil {
+	if err := f.WriteFile(ctx, agent.Name, soon, chkLeaf("system:kube-proxy", now.Add(-time.Hour), now.Add(10*24*time.Hour)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.WriteFile(ctx, server.Name, gone, chkLeaf(t, "system:kube-scheduler", now.Add(-400*24*time.Hour), now.Add(-24*time.Hour)), 0o644); err != nil {
+	if err := f.WriteFile(ctx, server.Name, gone, chkLeaf("system:kube-scheduler", now.Add(-400*24*time.Hour), now.Add(-24*time.Hour)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r = chkJSON(t, ctx, f, 1, "--cross-check")

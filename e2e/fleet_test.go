@@ -2,15 +2,10 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"maps"
-	"math/big"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fleetcert/fleetcert/e2e/harness"
+	"github.com/fleetcert/fleetcert/internal/certtest"
 )
 
 // Tests of `fleetcert rotate` (leaf certificates, issue 6) and of fleet
@@ -109,17 +105,10 @@ func caFiles(t *testing.T, ctx context.Context, f *harness.Fleet, n *harness.Nod
 }
 
 // shortLivedCert is a leaf valid for days more days, signed by a throwaway
-// key: only its expiry matters to the test.
-func shortLivedCert(t *testing.T, cn string, days int) []byte {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Duration(days) * 24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+// CA: only its expiry matters to the test.
+func shortLivedCert(cn string, days int) []byte {
+	return certtest.NewCA(certtest.Spec{CN: "e2e-throwaway-ca"}).IssueLeaf(certtest.Spec{CN: cn,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Duration(days) * 24 * time.Hour)}).CertPEM()
 }
 
 // TestRotateLeafCerts: --only-expiring-within touches only the node whose
@@ -140,7 +129,7 @@ func TestRotateLeafCerts(t *testing.T) {
 			starts[n.Name] = unitStart(t, ctx, f, n)
 		}
 		kubeProxy := a2.DataDir + "/agent/client-kube-proxy.crt"
-		if err := f.WriteFile(ctx, a2.Name, kubeProxy, shortLivedCert(t, "system:kube-proxy", 10), 0o644); err != nil {
+		if err := f.WriteFile(ctx, a2.Name, kubeProxy, shortLivedCert("system:kube-proxy", 10), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		r := fleetcert(t, ctx, "rotate", "-i", inv, "--only-expiring-within", "30d", "-o", "json", "--log-format", "json")

@@ -3,18 +3,13 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +25,7 @@ import (
 	"time"
 
 	"github.com/fleetcert/fleetcert/e2e/harness"
+	"github.com/fleetcert/fleetcert/internal/certtest"
 )
 
 // The end-to-end proof of rotate-ca and rotate-sa-key (issue 5, "How it is
@@ -724,14 +720,14 @@ func TestRotateCARefusals(t *testing.T) {
 		check(t, 3, []string{a.Name + ": the inventory lists it as server but the node is an agent"}, "-i", inv)
 	})
 
-	rootCert, rootKey := writeCA(t, dir, "root", nil, nil)
-	_, otherKey := writeCA(t, dir, "other-root", nil, nil)
+	rootCert, rootKey := writeCA(t, dir, "root", certtest.NewCA(certtest.Spec{CN: "e2e-root"}))
+	_, otherKey := writeCA(t, dir, "other-root", certtest.NewCA(certtest.Spec{CN: "e2e-other-root"}))
 	t.Run("root key does not match the root", func(t *testing.T) {
 		check(t, 2, []string{"root key does not belong to the root"}, "-i", f.InventoryPath(), "--root-ca", rootCert, "--root-key", otherKey)
 	})
 	t.Run("intermediate not signed by the root", func(t *testing.T) {
-		otherCert, otherKeyFile := writeCA(t, dir, "stranger", nil, nil)
-		interCert, interKey := writeCA(t, dir, "inter", mustLoadCert(t, otherCert), mustLoadKey(t, otherKeyFile))
+		stranger := certtest.NewCA(certtest.Spec{CN: "e2e-stranger"})
+		interCert, interKey := writeCA(t, dir, "inter", stranger.IssueCA(certtest.Spec{CN: "e2e-inter"}))
 		check(t, 2, []string{"intermediate"}, "-i", f.InventoryPath(), "--root-ca", rootCert, "--intermediate-ca", interCert, "--intermediate-key", interKey)
 		_ = rootKey
 	})
@@ -958,64 +954,18 @@ func pemBlocksOfType(data []byte, typ string) [][]byte {
 	}
 }
 
-// writeCA writes a CA cert and key (EC P-256) into dir, self-signed when
-// parent is nil; returns the file paths.
-func writeCA(t *testing.T, dir, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (certFile, keyFile string) {
+// writeCA writes ca's certificate and key into dir as name.pem and
+// name.key and returns the file paths.
+func writeCA(t *testing.T, dir, name string, ca *certtest.Cert) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: "e2e-" + name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(5 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	signer, signerCert := key, tmpl
-	if parent != nil {
-		signer, signerCert = parentKey, parent
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signerCert, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := os.WriteFile(certFile, ca.CertPEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, ca.KeyPEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
-}
-
-func mustLoadCert(t *testing.T, file string) *x509.Certificate {
-	t.Helper()
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return parseCerts(t, data)[0]
-}
-
-func mustLoadKey(t *testing.T, file string) *ecdsa.PrivateKey {
-	t.Helper()
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := pem.Decode(data)
-	k, err := x509.ParseECPrivateKey(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // durationOf is how long the cluster took, from the report when there is

@@ -9,18 +9,11 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +27,7 @@ import (
 
 	"github.com/fleetcert/fleetcert/e2e/harness"
 	"github.com/fleetcert/fleetcert/e2e/image/build"
+	"github.com/fleetcert/fleetcert/internal/certtest"
 )
 
 // The smoke fleet: the two demo clusters, plus gamma whose agent holds a
@@ -310,8 +304,8 @@ func TestRotateCAStagedOutsideTLSChangesNothing(t *testing.T) {
 	// --force every file is saved whatever validation says, so reading DIR
 	// by mistake would change the CAs.
 	dir := s.DataDir + "/server/rotate-ca-misplaced"
-	for _, fl := range stagedCAFiles(t) {
-		if err := f.WriteFile(ctx, s.Name, dir+"/"+fl.name, fl.data, 0o600); err != nil {
+	for name, data := range stagedCAFiles() {
+		if err := f.WriteFile(ctx, s.Name, dir+"/"+name, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -343,48 +337,10 @@ func TestRotateCAStagedOutsideTLSChangesNothing(t *testing.T) {
 	}
 }
 
-type stagedFile struct {
-	name string
-	data []byte
-}
-
 // stagedCAFiles is a complete set of new, self-signed CA files and a new
 // service.key, named as rotate-ca expects them inside DIR/tls.
-func stagedCAFiles(t *testing.T) []stagedFile {
-	t.Helper()
-	var out []stagedFile
-	for _, name := range []string{"server-ca", "client-ca", "request-header-ca", "etcd/peer-ca", "etcd/server-ca"} {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber:          big.NewInt(time.Now().UnixNano()),
-			Subject:               pkix.Name{CommonName: "misplaced-" + filepath.Base(name) + "@1"},
-			NotBefore:             time.Now().Add(-time.Hour),
-			NotAfter:              time.Now().Add(24 * time.Hour),
-			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-			BasicConstraintsValid: true,
-			IsCA:                  true,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out,
-			stagedFile{name + ".crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})},
-			stagedFile{name + ".key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})})
-	}
-	sa, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out = append(out, stagedFile{"service.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(sa)})})
-	return out
+func stagedCAFiles() map[string][]byte {
+	return certtest.NewK3sCAs(time.Now()).Files(certtest.NewRSAKey(2048))
 }
 
 // sshRun runs a command on a node over SSH exactly as the inventory says to

@@ -168,15 +168,15 @@ func hasControl(s string) bool {
 	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
-// Hop is one jump host of a bastion chain.
-type Hop struct {
+// hop is one jump host of a bastion chain.
+type hop struct {
 	User string // empty: ssh_config or the default user
 	Host string // without brackets
 	Port int    // 0: ssh_config or 22
 }
 
 // String formats the hop as ProxyJump writes it.
-func (h Hop) String() string {
+func (h hop) String() string {
 	host := h.Host
 	if strings.Contains(host, ":") {
 		host = "[" + host + "]"
@@ -190,10 +190,10 @@ func (h Hop) String() string {
 	return host
 }
 
-// ParseBastion parses a bastion in ssh ProxyJump syntax: comma-separated
+// parseBastion parses a bastion in ssh ProxyJump syntax: comma-separated
 // hops, each [user@]host[:port], an IPv6 host in brackets, the first hop
 // dialled first. The ssh:// URI form is not supported. "" gives no hops.
-func ParseBastion(s string) ([]Hop, error) {
+func parseBastion(s string) ([]hop, error) {
 	if s == "" {
 		return nil, nil
 	}
@@ -201,7 +201,7 @@ func ParseBastion(s string) ([]Hop, error) {
 		return nil, fmt.Errorf("%q: the URI form is not supported; write [user@]host[:port], comma-separated", s)
 	}
 	parts := strings.Split(s, ",")
-	hops := make([]Hop, 0, len(parts))
+	hops := make([]hop, 0, len(parts))
 	for i, part := range parts {
 		h, err := parseHop(part)
 		if err != nil {
@@ -217,8 +217,8 @@ func ParseBastion(s string) ([]Hop, error) {
 
 // parseHop parses [user@]host[:port]; the user ends at the last '@', as in
 // ssh.
-func parseHop(s string) (Hop, error) {
-	var h Hop
+func parseHop(s string) (hop, error) {
+	var h hop
 	if s == "" {
 		return h, errors.New("empty hop")
 	}
@@ -285,7 +285,7 @@ func splitHostPort(s string) (host, port string, err error) {
 // checkBastion accepts "" (no bastion, or ssh_config's ProxyJump) or a
 // ProxyJump chain.
 func checkBastion(s string) (string, error) {
-	if _, err := ParseBastion(s); err != nil {
+	if _, err := parseBastion(s); err != nil {
 		return "", err
 	}
 	return s, nil

@@ -51,16 +51,16 @@ func TestCheckHost(t *testing.T) {
 func TestParseBastion(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    []Hop
+		want    []hop
 		wantErr string
 	}{
 		{in: ""},
-		{in: "jump", want: []Hop{{Host: "jump"}}},
-		{in: "ops@jump.example.com:22", want: []Hop{{User: "ops", Host: "jump.example.com", Port: 22}}},
-		{in: "a@j1,b@j2:2222", want: []Hop{{User: "a", Host: "j1"}, {User: "b", Host: "j2", Port: 2222}}},
-		{in: "[fd00::1]:2200", want: []Hop{{Host: "fd00::1", Port: 2200}}},
-		{in: "ops@[fd00::1]", want: []Hop{{User: "ops", Host: "fd00::1"}}},
-		{in: "10.0.0.1", want: []Hop{{Host: "10.0.0.1"}}},
+		{in: "jump", want: []hop{{Host: "jump"}}},
+		{in: "ops@jump.example.com:22", want: []hop{{User: "ops", Host: "jump.example.com", Port: 22}}},
+		{in: "a@j1,b@j2:2222", want: []hop{{User: "a", Host: "j1"}, {User: "b", Host: "j2", Port: 2222}}},
+		{in: "[fd00::1]:2200", want: []hop{{Host: "fd00::1", Port: 2200}}},
+		{in: "ops@[fd00::1]", want: []hop{{User: "ops", Host: "fd00::1"}}},
+		{in: "10.0.0.1", want: []hop{{Host: "10.0.0.1"}}},
 		{in: "fd00::1", wantErr: "an IPv6 address must be in brackets"},
 		{in: "j1,", wantErr: `hop 2 "": empty hop`},
 		{in: "@j", wantErr: "empty user before @"},
@@ -74,15 +74,15 @@ func TestParseBastion(t *testing.T) {
 		{in: "j;id", wantErr: "is not a hostname"},
 	}
 	for _, tt := range tests {
-		got, err := ParseBastion(tt.in)
+		got, err := parseBastion(tt.in)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("ParseBastion(%q) error = %v, want it to contain %q", tt.in, err, tt.wantErr)
+				t.Errorf("parseBastion(%q) error = %v, want it to contain %q", tt.in, err, tt.wantErr)
 			}
 			continue
 		}
 		if err != nil || !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("ParseBastion(%q) = %+v, %v, want %+v", tt.in, got, err, tt.want)
+			t.Errorf("parseBastion(%q) = %+v, %v, want %+v", tt.in, got, err, tt.want)
 		}
 		var parts []string
 		for _, h := range got {

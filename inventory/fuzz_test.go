@@ -53,7 +53,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		for _, c := range inv.Clusters {
-			if len(c.Servers()) == 0 || !c.Primary().IsServer() {
+			if len(c.servers()) == 0 || !c.Primary().isServer() {
 				t.Fatalf("cluster %q resolved without a primary server", c.Name)
 			}
 		}

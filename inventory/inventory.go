@@ -70,15 +70,12 @@ type SSH struct {
 	Port           int    `json:"port,omitempty"`
 	IdentityFile   string `json:"identityFile,omitempty"`
 	KnownHostsFile string `json:"knownHostsFile,omitempty"`
-	Bastion        string `json:"bastion,omitempty"` // ProxyJump syntax: [user@]host[:port], comma-separated hops; see ParseBastion
+	Bastion        string `json:"bastion,omitempty"` // ProxyJump syntax: [user@]host[:port], comma-separated hops
 }
 
 // ID names the node across the fleet, as "cluster/name"; it is what logs,
 // reports and state files use.
 func (n Node) ID() string { return n.Cluster + "/" + n.Name }
-
-// IsServer tells whether the node runs the k3s server.
-func (n Node) IsServer() bool { return n.Role == Server }
 
 // Expand returns s with a leading "~/" in IdentityFile and KnownHostsFile
 // replaced by home. The inventory keeps "~/" as written so that it stays
@@ -96,22 +93,6 @@ func expandHome(p, home string) string {
 	return p
 }
 
-// Servers returns the cluster's servers in file order.
-func (c Cluster) Servers() []Node { return c.byRole(Server) }
-
-// Agents returns the cluster's agents in file order.
-func (c Cluster) Agents() []Node { return c.byRole(Agent) }
-
-func (c Cluster) byRole(r Role) []Node {
-	var out []Node
-	for _, n := range c.Nodes {
-		if n.Role == r {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
 // Primary returns the server that loads new CA material: the one marked
 // primary, or else the first server. Every cluster from Load or Parse has
 // one; for a hand-built cluster without servers it returns the zero Node.
@@ -124,28 +105,8 @@ func (c Cluster) Primary() Node {
 	return Node{}
 }
 
-// Node returns the cluster's node with the given name.
-func (c Cluster) Node(name string) (Node, bool) {
-	for _, n := range c.Nodes {
-		if n.Name == name {
-			return n, true
-		}
-	}
-	return Node{}, false
-}
-
-// Cluster returns the cluster with the given name.
-func (inv *Inventory) Cluster(name string) (Cluster, bool) {
-	for _, c := range inv.Clusters {
-		if c.Name == name {
-			return c, true
-		}
-	}
-	return Cluster{}, false
-}
-
-// Names returns the cluster names in file order.
-func (inv *Inventory) Names() []string {
+// names returns the cluster names in file order.
+func (inv *Inventory) names() []string {
 	out := make([]string, len(inv.Clusters))
 	for i, c := range inv.Clusters {
 		out[i] = c.Name

@@ -78,8 +78,8 @@ clusters:
 	if got := c.Primary().ID(); got != "edge-berlin-01/berlin-s1" {
 		t.Errorf("Primary = %s", got)
 	}
-	if len(c.Servers()) != 2 || len(c.Agents()) != 1 {
-		t.Errorf("Servers/Agents = %d/%d", len(c.Servers()), len(c.Agents()))
+	if len(c.servers()) != 2 || len(c.agents()) != 1 {
+		t.Errorf("servers/agents = %d/%d", len(c.servers()), len(c.agents()))
 	}
 }
 
@@ -112,8 +112,8 @@ clusters:
 `
 	inv := parseOK(t, src)
 	node := func(cluster, name string) Node {
-		c, _ := inv.Cluster(cluster)
-		n, ok := c.Node(name)
+		c, _ := inv.cluster(cluster)
+		n, ok := c.node(name)
 		if !ok {
 			t.Fatalf("no node %s/%s", cluster, name)
 		}
@@ -362,12 +362,12 @@ clusters:
       - {<<: *node, host: s}
       - {<<: [*node, {sudo: false}], host: t}
 `)
-	s, _ := inv.Clusters[0].Node("s")
+	s, _ := inv.Clusters[0].node("s")
 	if s.SSH.User != "ops" || s.SSH.Port != 22 || !s.Sudo || s.DataDir != "/srv/k3s" {
 		t.Errorf("node s = %+v", s)
 	}
 	// In a merged list the first mapping wins.
-	if n, _ := inv.Clusters[0].Node("t"); !n.Sudo {
+	if n, _ := inv.Clusters[0].node("t"); !n.Sudo {
 		t.Errorf("node t sudo = false, want true from the first merged mapping")
 	}
 }

@@ -7,31 +7,31 @@ import (
 	"strings"
 )
 
-// ErrNoMatch is wrapped by Select's error when the names and selectors are
+// errNoMatch is wrapped by Select's error when the names and selectors are
 // valid but no cluster satisfies them.
-var ErrNoMatch = errors.New("no cluster matches")
+var errNoMatch = errors.New("no cluster matches")
 
-// Op is how a selector requirement compares a label.
-type Op int
+// op is how a selector requirement compares a label.
+type op int
 
 // The requirement forms a selector accepts.
 const (
-	Equals    Op = iota // key=value (or key==value): the label is present with that value
-	NotEquals           // key!=value: the label is absent or has another value
-	Exists              // key: the label is present, with any value
-	NotExists           // !key: the label is absent
+	opEquals    op = iota // key=value (or key==value): the label is present with that value
+	opNotEquals           // key!=value: the label is absent or has another value
+	opExists              // key: the label is present, with any value
+	opNotExists           // !key: the label is absent
 )
 
-// Requirement is one term of a Selector.
-type Requirement struct {
+// requirement is one term of a Selector.
+type requirement struct {
 	Key   string
-	Op    Op
-	Value string // for Equals and NotEquals
+	Op    op
+	Value string // for opEquals and opNotEquals
 }
 
 // Selector selects clusters by label; every requirement must hold (AND).
 // The empty Selector matches every cluster.
-type Selector []Requirement
+type Selector []requirement
 
 // ParseSelector parses label selector expressions, as given to --selector.
 // Each expression holds one or more comma-separated requirements:
@@ -52,22 +52,22 @@ func ParseSelector(exprs ...string) (Selector, error) {
 	return sel, nil
 }
 
-func parseRequirement(term string) (Requirement, error) {
-	var r Requirement
+func parseRequirement(term string) (requirement, error) {
+	var r requirement
 	switch {
 	case term == "":
 		return r, errors.New("empty requirement; write key=value, key!=value, key or !key")
 	case strings.HasPrefix(term, "!") && !strings.Contains(term, "="):
-		r.Key, r.Op = term[1:], NotExists
+		r.Key, r.Op = term[1:], opNotExists
 	case strings.Contains(term, "!="):
 		r.Key, r.Value, _ = strings.Cut(term, "!=")
-		r.Op = NotEquals
+		r.Op = opNotEquals
 	case strings.Contains(term, "=="):
 		r.Key, r.Value, _ = strings.Cut(term, "==")
 	case strings.Contains(term, "="):
 		r.Key, r.Value, _ = strings.Cut(term, "=")
 	default:
-		r.Key, r.Op = term, Exists
+		r.Key, r.Op = term, opExists
 	}
 	r.Key = strings.TrimSpace(r.Key)
 	r.Value = strings.TrimSpace(r.Value)
@@ -85,11 +85,11 @@ func (s Selector) Matches(labels map[string]string) bool {
 	for _, r := range s {
 		v, ok := labels[r.Key]
 		switch r.Op {
-		case Equals:
+		case opEquals:
 			ok = ok && v == r.Value
-		case NotEquals:
+		case opNotEquals:
 			ok = !ok || v != r.Value
-		case NotExists:
+		case opNotExists:
 			ok = !ok
 		}
 		if !ok {
@@ -104,13 +104,13 @@ func (s Selector) String() string {
 	terms := make([]string, len(s))
 	for i, r := range s {
 		switch r.Op {
-		case Equals:
+		case opEquals:
 			terms[i] = r.Key + "=" + r.Value
-		case NotEquals:
+		case opNotEquals:
 			terms[i] = r.Key + "!=" + r.Value
-		case Exists:
+		case opExists:
 			terms[i] = r.Key
-		case NotExists:
+		case opNotExists:
 			terms[i] = "!" + r.Key
 		}
 	}
@@ -121,8 +121,7 @@ func (s Selector) String() string {
 // labels match every selector, in file order. Names may also be given
 // comma-separated. An unknown name, a malformed selector, or an empty result
 // is an error: an operation on "nothing" is almost always a typo, and
-// silently doing nothing would hide it. The empty-result error wraps
-// ErrNoMatch.
+// silently doing nothing would hide it.
 func (inv *Inventory) Select(names []string, selectors []string) ([]Cluster, error) {
 	sel, err := ParseSelector(selectors...)
 	if err != nil {
@@ -150,7 +149,7 @@ func (inv *Inventory) wanted(names []string) (map[string]bool, error) {
 	if len(names) == 0 {
 		return nil, nil
 	}
-	known := inv.Names()
+	known := inv.names()
 	want := map[string]bool{}
 	var unknown []string
 	for _, arg := range names {
@@ -190,5 +189,5 @@ func noMatch(names []string, sel Selector) error {
 	if len(sel) > 0 {
 		what = append(what, "selector "+sel.String())
 	}
-	return fmt.Errorf("%w %s", ErrNoMatch, strings.Join(what, " and "))
+	return fmt.Errorf("%w %s", errNoMatch, strings.Join(what, " and "))
 }

@@ -69,11 +69,11 @@ func TestSelect(t *testing.T) {
 
 func TestSelectNoMatchIsErrNoMatch(t *testing.T) {
 	inv := parseOK(t, fleet)
-	if _, err := inv.Select(nil, []string{"ring=none"}); !errors.Is(err, ErrNoMatch) {
-		t.Errorf("error = %v, want ErrNoMatch", err)
+	if _, err := inv.Select(nil, []string{"ring=none"}); !errors.Is(err, errNoMatch) {
+		t.Errorf("error = %v, want errNoMatch", err)
 	}
-	if _, err := inv.Select([]string{"nope"}, nil); errors.Is(err, ErrNoMatch) {
-		t.Errorf("an unknown name is not ErrNoMatch: %v", err)
+	if _, err := inv.Select([]string{"nope"}, nil); errors.Is(err, errNoMatch) {
+		t.Errorf("an unknown name is not errNoMatch: %v", err)
 	}
 }
 

@@ -35,11 +35,11 @@ type Cert struct {
 // that `k3s certificate check` does not cover.
 const dynamicCertFile = "dynamic-cert.json"
 
-// Certs lists every certificate in the snapshot: CA bundles in full, and
+// certs lists every certificate in the snapshot: CA bundles in full, and
 // for leaf files only their first cert (the rest of a leaf file is the CA
 // chain, already counted from the bundles). Unparseable files are skipped
 // and reported by name.
-func (s *Snapshot) Certs() (certs []Cert, unreadable []string) {
+func (s *Snapshot) certs() (certs []Cert, unreadable []string) {
 	paths := make([]string, 0, len(s.Files))
 	for p := range s.Files {
 		paths = append(paths, p)

@@ -23,10 +23,10 @@ const (
 // May 2025 releases): a certificate expiring within it is a WARNING.
 const DefaultCheckWithin = 120 * 24 * time.Hour
 
-// Classify tells a certificate's status at now: NOT YET VALID before its
+// classify tells a certificate's status at now: NOT YET VALID before its
 // NotBefore, EXPIRED at or after its NotAfter, WARNING when it expires
 // within the window, OK otherwise.
-func Classify(c Cert, now time.Time, within time.Duration) CertStatus {
+func classify(c Cert, now time.Time, within time.Duration) CertStatus {
 	switch {
 	case now.Before(c.NotBefore):
 		return StatusNotYetValid
@@ -108,9 +108,9 @@ type NodeCheck struct {
 func CheckNode(l Layout, s *Snapshot, f NodeFacts, now time.Time, within time.Duration) NodeCheck {
 	var nc NodeCheck
 	for _, c := range f.Certs {
-		nc.Certs = append(nc.Certs, CheckedCert{Cert: c, Residual: c.NotAfter.Sub(now), Status: Classify(c, now, within)})
+		nc.Certs = append(nc.Certs, CheckedCert{Cert: c, Residual: c.NotAfter.Sub(now), Status: classify(c, now, within)})
 	}
-	SortByResidual(nc.Certs)
+	sortByResidual(nc.Certs)
 	for _, p := range f.Unreadable {
 		nc.Findings = append(nc.Findings, Finding{Kind: FindingUnreadable, File: p,
 			Message: "certificate file does not parse"})
@@ -135,8 +135,8 @@ func CheckNode(l Layout, s *Snapshot, f NodeFacts, now time.Time, within time.Du
 	return nc
 }
 
-// SortByResidual orders certificates soonest expiry first, then by file.
-func SortByResidual(certs []CheckedCert) {
+// sortByResidual orders certificates soonest expiry first, then by file.
+func sortByResidual(certs []CheckedCert) {
 	sort.SliceStable(certs, func(i, j int) bool {
 		if !certs[i].NotAfter.Equal(certs[j].NotAfter) {
 			return certs[i].NotAfter.Before(certs[j].NotAfter)
@@ -161,7 +161,7 @@ func keyFindings(l Layout, s *Snapshot) []Finding {
 	for _, p := range paths {
 		k := s.Keys[p]
 		dir := path.Dir(p)
-		if (dir == tls || dir == path.Join(tls, "etcd")) && IsOfflineCAKey(path.Base(p)) {
+		if (dir == tls || dir == path.Join(tls, "etcd")) && isOfflineCAKey(path.Base(p)) {
 			out = append(out, Finding{Kind: FindingCAKey, File: p,
 				Message: "root or intermediate CA private key left on the node: keep it offline and delete it here"})
 		}
@@ -173,11 +173,11 @@ func keyFindings(l Layout, s *Snapshot) []Finding {
 	return out
 }
 
-// IsOfflineCAKey tells the key of a root or intermediate CA (names as
+// isOfflineCAKey tells the key of a root or intermediate CA (names as
 // k3s's contrib/util/generate-custom-ca-certs.sh writes them: root-ca.key,
 // intermediate-ca.key, and *-root*.key variants) from the keys k3s itself
 // needs in server/tls.
-func IsOfflineCAKey(name string) bool {
+func isOfflineCAKey(name string) bool {
 	if !strings.HasSuffix(name, ".key") {
 		return false
 	}

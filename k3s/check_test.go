@@ -27,7 +27,7 @@ func TestClassify(t *testing.T) {
 		{"starts now", now, now.Add(365 * day), StatusOK, within},
 		{"ten days left, 5d window", now.Add(-day), now.Add(10 * day), StatusOK, 5 * day},
 	} {
-		got := Classify(Cert{NotBefore: tc.nb, NotAfter: tc.na}, now, tc.wantWithn)
+		got := classify(Cert{NotBefore: tc.nb, NotAfter: tc.na}, now, tc.wantWithn)
 		if got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
@@ -40,7 +40,7 @@ func TestIsOfflineCAKey(t *testing.T) {
 		"server-ca.key": false, "client-ca.key": false, "request-header-ca.key": false, "service.key": false,
 		"client-admin.key": false, "root-ca.pem": false, "peer-ca.key": false,
 	} {
-		if got := IsOfflineCAKey(name); got != want {
+		if got := isOfflineCAKey(name); got != want {
 			t.Errorf("%s: %v, want %v", name, got, want)
 		}
 	}

@@ -57,11 +57,6 @@ func (l Layout) StartCmd() string {
 // DaemonReloadCmd makes systemd reread edited unit files.
 const DaemonReloadCmd = "systemctl daemon-reload"
 
-// UnitActiveCmd prints the unit's state (active, activating, failed, ...).
-func (l Layout) UnitActiveCmd() string {
-	return remote.Quotef("systemctl is-active %s || true", l.UnitName()+".service")
-}
-
 // ReadyzCmd asks the local apiserver for /readyz with the admin kubeconfig
 // k3s writes at every start.
 const ReadyzCmd = k3sBin + " kubectl get --raw=/readyz"

@@ -40,7 +40,7 @@ func ParseCertificateCheck(out []byte) ([]CheckEntry, error) {
 // how many entries were compared and every disagreement, worded for the
 // operator.
 func CrossCheck(certs []CheckedCert, entries []CheckEntry, now time.Time, v Version) (compared int, disagreements []string) {
-	threshold := time.Duration(RenewalThresholdDays(v)) * 24 * time.Hour
+	threshold := time.Duration(renewalThresholdDays(v)) * 24 * time.Hour
 	byKey := map[string][]CheckedCert{}
 	for _, c := range certs {
 		k := c.File + "\x00" + c.Subject
@@ -68,9 +68,9 @@ func CrossCheck(certs []CheckedCert, entries []CheckEntry, now time.Time, v Vers
 				path.Base(e.Filename), e.Subject, e.ExpiryTime.UTC().Format(time.RFC3339), cands[0].NotAfter.UTC().Format(time.RFC3339)))
 			continue
 		}
-		if ours := Classify(match.Cert, now, threshold); ours != e.Status {
+		if ours := classify(match.Cert, now, threshold); ours != e.Status {
 			disagreements = append(disagreements, fmt.Sprintf("%s (%s): k3s says %s, fleetcert says %s (with k3s's %d-day window)",
-				path.Base(e.Filename), e.Subject, e.Status, ours, RenewalThresholdDays(v)))
+				path.Base(e.Filename), e.Subject, e.Status, ours, renewalThresholdDays(v)))
 		}
 	}
 	return compared, disagreements

@@ -73,16 +73,10 @@ type NodeFacts struct {
 
 func (f NodeFacts) noAccess(p string) bool { return slices.Contains(f.NoAccess, p) }
 
-// Describe derives a node's facts from its snapshot and the files read
-// after it (token-file targets, a config file named by K3S_CONFIG_FILE...).
-func Describe(l Layout, s *Snapshot, read *Snapshot) NodeFacts {
-	return DescribeWith(l, s, ScanNode(l, s, read))
-}
-
 // ScanNode finds the node's token sources in its snapshot and the files
 // read after it; Pending says what another round trip must read.
 func ScanNode(l Layout, s *Snapshot, read *Snapshot) TokenScan {
-	return ScanTokens(l, s.NodeFiles(read))
+	return scanTokens(l, s.NodeFiles(read))
 }
 
 // DescribeWith is Describe with the token scan already made.
@@ -121,22 +115,22 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 	if s.Unit != nil {
 		f.MainPID = s.Unit.MainPID
 	}
-	t, err := EffectiveToken(scan.Sources, l.Role)
+	t, err := effectiveToken(scan.Sources, l.Role)
 	f.Token, f.TokenErr = effectiveOrNil(scan.Sources, t, err)
-	t, err = EffectiveAgentToken(scan.Sources, l.Role)
+	t, err = effectiveAgentToken(scan.Sources, l.Role)
 	f.AgentToken, f.AgentTokenErr = effectiveOrNil(scan.Sources, t, err)
 	// A node without k3s data is reported as such; its missing token is
 	// no news.
-	if f.Token == nil && errors.Is(f.TokenErr, ErrNoToken) && f.Joins != "" && f.Role != "" {
+	if f.Token == nil && errors.Is(f.TokenErr, errNoToken) && f.Joins != "" && f.Role != "" {
 		f.TokenErr = fmt.Errorf("the node joins a cluster (%s) but defines no token fleetcert can find; looked in %s",
-			f.Joins, strings.Join(scan.Looked(), ", "))
-	} else if errors.Is(f.TokenErr, ErrNoToken) {
+			f.Joins, strings.Join(scan.looked(), ", "))
+	} else if errors.Is(f.TokenErr, errNoToken) {
 		f.TokenErr = nil
 	}
-	if errors.Is(f.AgentTokenErr, ErrNoToken) {
+	if errors.Is(f.AgentTokenErr, errNoToken) {
 		f.AgentTokenErr = nil
 	}
-	f.Certs, f.Unreadable = s.Certs()
+	f.Certs, f.Unreadable = s.certs()
 	for p := range s.Unreadable {
 		f.NoAccess = append(f.NoAccess, p)
 	}

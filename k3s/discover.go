@@ -49,7 +49,7 @@ type TokenScan struct {
 	candidates []string            // read by every facts round trip: absent when not in Files
 }
 
-// ScanTokens finds every place the node defines a token, where systemd and
+// scanTokens finds every place the node defines a token, where systemd and
 // k3s say they are:
 //
 //   - the unit file and drop-ins systemd loaded (FragmentPath,
@@ -64,23 +64,23 @@ type TokenScan struct {
 //
 // Whatever may hold a token but cannot be read or parsed with certainty is
 // a problem source (Err set), which refuses the node.
-func ScanTokens(l Layout, in NodeFiles) TokenScan {
-	sc := TokenScan{kinds: map[string]FileKind{}, candidates: CandidateFiles(l)}
+func scanTokens(l Layout, in NodeFiles) TokenScan {
+	sc := TokenScan{kinds: map[string]FileKind{}, candidates: candidateFiles(l)}
 	files := in.Files
 	unit := readUnitChain(l, in.Unit, files)
 	var all []TokenSource
 	all = append(all, managerEnvSources(in.ManagerEnv)...)
 	all = append(all, unit.environment...)
 	for i, f := range unit.files {
-		sc.need(in, f, FileUnit)
+		sc.need(in, f, fileUnit)
 		if i > 0 || (in.Unit == nil && f != l.UnitFile()) {
-			sc.kinds[f] = FileUnitDropIn
+			sc.kinds[f] = fileUnitDropIn
 		}
 	}
 	for _, ef := range unit.envFiles {
-		k := FileEnv
-		if ef.kind == KindDistroEnvFile {
-			k = FileDistroEnv
+		k := fileEnv
+		if ef.kind == kindDistroEnvFile {
+			k = fileDistroEnv
 		}
 		if ef.extra || in.Unit != nil {
 			sc.need(in, ef.path, k)
@@ -104,15 +104,15 @@ func ScanTokens(l Layout, in NodeFiles) TokenScan {
 	targets, pending := tokenFileTargets(all, files)
 	all = append(all, targets...)
 	for _, t := range targets {
-		sc.kinds[t.File] = FileToken
+		sc.kinds[t.File] = fileToken
 	}
 	for _, p := range pending {
-		sc.need(in, p, FileToken)
+		sc.need(in, p, fileToken)
 	}
 	all = append(all, sc.uncoveredAll(files, all)...)
 	all = append(all, sc.unreadable(in)...)
 	for i := range all {
-		if l.Role == RoleAgent && all[i].Agent && all[i].Kind != KindTokenFile && all[i].Ignored == "" {
+		if l.Role == RoleAgent && all[i].Agent && all[i].Kind != kindTokenFile && all[i].Ignored == "" {
 			all[i].Ignored = "agent-token settings are read by servers only"
 		}
 	}
@@ -156,18 +156,18 @@ func describeRef(s TokenSource) string {
 func (sc *TokenScan) configSources(l Layout, in NodeFiles) []TokenSource {
 	var out []TokenSource
 	read := func(file, why string) {
-		dir := DropInDir{Path: file + ".d", Suffixes: []string{".yaml", ".yml"}, CaseInsensitive: true}
-		sc.need(in, file, FileConfig)
-		if _, listed := in.Files[dir.Path+"/"]; !listed && dir.Path != l.ConfigDropInDir() && !in.Unreadable[dir.Path] {
+		dir := dropInDir{Path: file + ".d", Suffixes: []string{".yaml", ".yml"}, CaseInsensitive: true}
+		sc.need(in, file, fileConfig)
+		if _, listed := in.Files[dir.Path+"/"]; !listed && dir.Path != l.configDropInDir() && !in.Unreadable[dir.Path] {
 			sc.Pending = append(sc.Pending, dir.Path+"/")
 		}
 		var srcs []TokenSource
 		if c := in.Files[file]; c != nil {
-			srcs = append(srcs, parseConfig(file, KindConfigFile, c)...)
+			srcs = append(srcs, parseConfig(file, kindConfigFile, c)...)
 		}
 		for _, p := range dropIns(dir, in.Files) {
-			sc.kinds[p] = FileConfigDropIn
-			srcs = append(srcs, parseConfig(p, KindConfigDropIn, in.Files[p])...)
+			sc.kinds[p] = fileConfigDropIn
+			srcs = append(srcs, parseConfig(p, kindConfigDropIn, in.Files[p])...)
 		}
 		if why != "" {
 			for i := range srcs {
@@ -210,16 +210,16 @@ func systemdProblems(l Layout, u *UnitShow) []TokenSource {
 	var out []TokenSource
 	switch {
 	case u.LoadState != "loaded":
-		out = append(out, problem(unit, KindUnit, 0, "systemd has no loaded unit %s (LoadState=%s)", unit, u.LoadState))
+		out = append(out, problem(unit, kindUnit, 0, "systemd has no loaded unit %s (LoadState=%s)", unit, u.LoadState))
 	case u.FragmentPath == "":
-		out = append(out, problem(unit, KindUnit, 0, "systemd names no unit file for %s", unit))
+		out = append(out, problem(unit, kindUnit, 0, "systemd names no unit file for %s", unit))
 	}
 	if u.NeedDaemonReload {
-		out = append(out, problem(unit, KindUnit, 0, "the unit's files changed since systemd last loaded them (NeedDaemonReload=yes): "+
+		out = append(out, problem(unit, kindUnit, 0, "the unit's files changed since systemd last loaded them (NeedDaemonReload=yes): "+
 			"run systemctl daemon-reload (or undo the change), then rerun"))
 	}
 	for _, v := range u.Unparsed {
-		out = append(out, problem(unit, KindUnit, 0, "cannot read systemctl show's %s with certainty", v))
+		out = append(out, problem(unit, kindUnit, 0, "cannot read systemctl show's %s with certainty", v))
 	}
 	return out
 }
@@ -261,18 +261,18 @@ func (sc *TokenScan) unreadable(in NodeFiles) []TokenSource {
 	return out
 }
 
-// Looked lists every place the scan read for tokens, present or not.
-func (sc TokenScan) Looked() []string {
+// looked lists every place the scan read for tokens, present or not.
+func (sc TokenScan) looked() []string {
 	out := make([]string, 0, len(sc.kinds)+1)
 	for p := range sc.kinds {
 		out = append(out, p)
 	}
-	if len(sc.Sources) > 0 && sc.Sources[0].Kind == KindManagerEnv {
-		out = append(out, ManagerEnvironment)
+	if len(sc.Sources) > 0 && sc.Sources[0].Kind == kindManagerEnv {
+		out = append(out, managerEnvironment)
 	}
 	sort.Strings(out)
 	return out
 }
 
-// FileKinds is the format of every file the scan read, for rewriting.
-func (sc TokenScan) FileKinds() map[string]FileKind { return sc.kinds }
+// fileKinds is the format of every file the scan read, for rewriting.
+func (sc TokenScan) fileKinds() map[string]FileKind { return sc.kinds }

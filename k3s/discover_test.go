@@ -17,7 +17,7 @@ const agentUnit = "[Service]\nType=notify\nEnvironmentFile=-/etc/systemd/system/
 // pending files or problems.
 func effectiveOf(t *testing.T, l Layout, in NodeFiles) (TokenScan, TokenSource) {
 	t.Helper()
-	sc := ScanTokens(l, in)
+	sc := scanTokens(l, in)
 	if len(sc.Pending) > 0 {
 		t.Fatalf("pending: %v", sc.Pending)
 	}
@@ -26,7 +26,7 @@ func effectiveOf(t *testing.T, l Layout, in NodeFiles) (TokenScan, TokenSource) 
 			t.Fatalf("problem: %s", s)
 		}
 	}
-	eff, err := EffectiveToken(sc.Sources, l.Role)
+	eff, err := effectiveToken(sc.Sources, l.Role)
 	if err != nil {
 		t.Fatalf("effective token: %v", err)
 	}
@@ -53,7 +53,7 @@ func TestScanTokensWhereSystemdSays(t *testing.T) {
 			"/run/systemd/system/k3s-agent.service.d/override.conf": []byte("[Service]\nEnvironment=\"K3S_TOKEN=" + nodeTok + "\"\n"),
 			env: []byte("K3S_URL='https://s:6443'\n"),
 		},
-		wantFile: "/run/systemd/system/k3s-agent.service.d/override.conf", wantKind: KindUnitEnvironment,
+		wantFile: "/run/systemd/system/k3s-agent.service.d/override.conf", wantKind: kindUnitEnvironment,
 	}, {
 		// A drop-in in k3s-.service.d applies to every unit named k3s-*.
 		name: "prefix drop-in", layout: agent,
@@ -63,7 +63,7 @@ func TestScanTokensWhereSystemdSays(t *testing.T) {
 			"/etc/systemd/system/k3s-.service.d/token.conf": []byte("[Service]\nEnvironment=K3S_TOKEN=" + nodeTok + "\n"),
 			env: []byte("K3S_URL='https://s:6443'\n"),
 		},
-		wantFile: "/etc/systemd/system/k3s-.service.d/token.conf", wantKind: KindUnitEnvironment,
+		wantFile: "/etc/systemd/system/k3s-.service.d/token.conf", wantKind: kindUnitEnvironment,
 	}, {
 		// A template's instance: the unit file is k3s-agent@.service and
 		// systemd has already expanded %i/%N in EnvironmentFiles.
@@ -74,7 +74,7 @@ func TestScanTokensWhereSystemdSays(t *testing.T) {
 			"/etc/systemd/system/k3s-agent@.service": []byte("[Service]\nEnvironmentFile=/etc/k3s/%i.env\nExecStart=/opt/bin/k3s agent\n"),
 			"/etc/k3s/edge.env":                      []byte("K3S_URL=https://s:6443\nK3S_TOKEN=" + nodeTok + "\n"),
 		},
-		wantFile: "/etc/k3s/edge.env", wantKind: KindEnvFile,
+		wantFile: "/etc/k3s/edge.env", wantKind: kindEnvFile,
 	}, {
 		// A later drop-in's ExecStart replaces the unit's (after a reset).
 		name: "ExecStart replaced by a drop-in", layout: agent,
@@ -84,7 +84,7 @@ func TestScanTokensWhereSystemdSays(t *testing.T) {
 			"/etc/systemd/system/k3s-agent.service.d/10-args.conf": []byte("[Service]\nExecStart=\nExecStart=/usr/local/bin/k3s agent --token " + nodeTok + "\n"),
 			env: []byte("K3S_URL='https://s:6443'\nK3S_TOKEN='" + srvTok + "'\n"),
 		},
-		wantFile: "/etc/systemd/system/k3s-agent.service.d/10-args.conf", wantKind: KindUnitDropIn,
+		wantFile: "/etc/systemd/system/k3s-agent.service.d/10-args.conf", wantKind: kindUnitDropIn,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			sc, eff := effectiveOf(t, tc.layout, NodeFiles{Unit: tc.unit, Files: tc.files})
@@ -139,11 +139,11 @@ func TestScanTokensConfigChoice(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			files := base(tc.env, tc.args)
-			first := ScanTokens(l, NodeFiles{Files: files})
+			first := scanTokens(l, NodeFiles{Files: files})
 			if first.ConfigFile != tc.wantConfig {
 				t.Fatalf("config file %s, want %s", first.ConfigFile, tc.wantConfig)
 			}
-			if tc.wantConfig != DefaultConfigFile {
+			if tc.wantConfig != defaultConfigFile {
 				// The chosen file and its drop-in directory are asked for.
 				want := []string{tc.wantConfig, tc.wantConfig + ".d/"}
 				if strings.Join(first.Pending, " ") != strings.Join(want, " ") {
@@ -159,7 +159,7 @@ func TestScanTokensConfigChoice(t *testing.T) {
 				t.Errorf("effective token from %s, want %s", eff.File, tc.wantEffective)
 			}
 			for _, s := range sc.Sources {
-				if s.File == DefaultConfigFile && tc.wantConfig != DefaultConfigFile && s.Ignored == "" {
+				if s.File == defaultConfigFile && tc.wantConfig != defaultConfigFile && s.Ignored == "" {
 					t.Errorf("config.yaml's token is not marked ignored though k3s reads %s", tc.wantConfig)
 				}
 			}
@@ -206,7 +206,7 @@ func TestScanTokensRefuses(t *testing.T) {
 		{"unreadable config drop-ins", NodeFiles{Files: ok, Unreadable: map[string]bool{"/etc/rancher/k3s/config.yaml.d": true}}, "cannot be read"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sc := ScanTokens(l, tc.in)
+			sc := scanTokens(l, tc.in)
 			var problems []string
 			for _, s := range sc.Sources {
 				if s.Err != nil {
@@ -231,13 +231,13 @@ func TestScanTokensManagerEnvironment(t *testing.T) {
 	files := map[string][]byte{"/etc/systemd/system/k3s-agent.service": []byte(agentUnit),
 		"/etc/systemd/system/k3s-agent.service.env": []byte("K3S_URL=https://s:6443\nK3S_TOKEN=" + nodeTok + "\n")}
 	_, eff := effectiveOf(t, l, NodeFiles{Unit: agentShow(), Files: files, ManagerEnv: []string{"K3S_TOKEN=" + shortTok}})
-	if eff.Kind != KindEnvFile {
+	if eff.Kind != kindEnvFile {
 		t.Errorf("effective token from %s, want the env file over the manager environment", eff.Kind)
 	}
 	delete(files, "/etc/systemd/system/k3s-agent.service.env")
 	files["/etc/systemd/system/k3s-agent.service.env"] = []byte("K3S_URL=https://s:6443\n")
 	_, eff = effectiveOf(t, l, NodeFiles{Unit: agentShow(), Files: files, ManagerEnv: []string{"K3S_TOKEN=" + shortTok}})
-	if eff.Kind != KindManagerEnv || eff.File != ManagerEnvironment {
+	if eff.Kind != kindManagerEnv || eff.File != managerEnvironment {
 		t.Errorf("effective token from %s %s, want the manager environment", eff.Kind, eff.File)
 	}
 }
@@ -251,7 +251,7 @@ func TestTokenFileTrimmedAsK3s(t *testing.T) {
 		"/etc/k3s/tok":                          []byte("\u00a0" + nodeTok + "\u2003\n"),
 	}
 	_, eff := effectiveOf(t, l, NodeFiles{Files: files})
-	if eff.Value != nodeTok || eff.Kind != KindTokenFile {
+	if eff.Value != nodeTok || eff.Kind != kindTokenFile {
 		t.Errorf("token file read as %q (%s)", eff.Redacted(), eff.Kind)
 	}
 	plan, err := PlanTokenRewrites(l, NodeFiles{Files: files}, RewriteOptions{NewHash: newHash})
@@ -269,7 +269,7 @@ func TestParseSnapshotSystemdSection(t *testing.T) {
 		"DropInPaths=/run/systemd/system/k3s.service.d/a.conf /etc/systemd/system/k3s.service.d/b.conf\n" +
 		"EnvironmentFiles=/etc/default/k3s (ignore_errors=yes)\nEnvironmentFiles=/etc/k3s.env (ignore_errors=no)\nMainPID=812\n" +
 		"@manager-env\nLANG=C.UTF-8\nK3S_TOKEN_FILE=/x\n@files\n@absent /etc/default/k3s\n@unreadable /etc/k3s.env\n@listed /etc/k3s/c.yaml.d\n@end\n"
-	s, err := ParseSnapshot([]byte(out))
+	s, err := parseSnapshot([]byte(out))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +302,7 @@ func TestEffectiveTokenProblemsReportedOnce(t *testing.T) {
 	l := Layout{Role: RoleAgent}
 	describe := func(files map[string]File) NodeFacts {
 		s := &Snapshot{Files: files, Dirs: map[string]bool{l.AgentDir(): true}}
-		return Describe(l, s, nil)
+		return DescribeWith(l, s, ScanNode(l, s, nil))
 	}
 	unit := File{Data: []byte("[Service]\nExecStart=/usr/local/bin/k3s agent --server https://s:6443\n")}
 	f := describe(map[string]File{l.UnitFile(): unit, "/etc/rancher/k3s/config.yaml": {Data: []byte("token: [" + nodeTok + "]\n")}})

@@ -87,17 +87,17 @@ func TestEffectiveTokenPrecedence(t *testing.T) {
 			name: "config.yaml.d beats config.yaml, later drop-in wins",
 			files: map[string][]byte{
 				l.Config():                         []byte("token: " + tok("config") + "\n"),
-				l.ConfigDropInDir() + "/20-b.yaml": []byte("token: " + tok("b") + "\n"),
-				l.ConfigDropInDir() + "/10-a.yml":  []byte("token: " + tok("a") + "\n"),
-				l.ConfigDropInDir() + "/30-c.json": []byte("token: " + tok("not-yaml-suffix") + "\n"),
+				l.configDropInDir() + "/20-b.yaml": []byte("token: " + tok("b") + "\n"),
+				l.configDropInDir() + "/10-a.yml":  []byte("token: " + tok("a") + "\n"),
+				l.configDropInDir() + "/30-c.json": []byte("token: " + tok("not-yaml-suffix") + "\n"),
 			},
-			wantPW: "b", wantFile: l.ConfigDropInDir() + "/20-b.yaml",
+			wantPW: "b", wantFile: l.configDropInDir() + "/20-b.yaml",
 		},
 		{
 			name: "ExecStart beats config",
 			files: map[string][]byte{
 				l.UnitFile():                       unit("--token " + tok("cli")),
-				l.ConfigDropInDir() + "/20-b.yaml": []byte("token: " + tok("b") + "\n"),
+				l.configDropInDir() + "/20-b.yaml": []byte("token: " + tok("b") + "\n"),
 			},
 			wantPW: "cli", wantFile: l.UnitFile(),
 		},
@@ -139,21 +139,21 @@ func TestEffectiveTokenPrecedence(t *testing.T) {
 			name: "token+ appended to an earlier token",
 			files: map[string][]byte{
 				l.Config():                       []byte("token: " + tok("a") + "\n"),
-				l.ConfigDropInDir() + "/10.yaml": []byte("token+: " + tok("b") + "\n"),
+				l.configDropInDir() + "/10.yaml": []byte("token+: " + tok("b") + "\n"),
 			},
 			wantErr: "appended",
 		},
 		{
 			name: "token+ alone is a plain definition",
 			files: map[string][]byte{
-				l.ConfigDropInDir() + "/10.yaml": []byte("token+: " + tok("b") + "\n"),
+				l.configDropInDir() + "/10.yaml": []byte("token+: " + tok("b") + "\n"),
 			},
 			wantPW: "b",
 		},
 		{
 			name:    "nothing defined",
 			files:   map[string][]byte{l.Config(): []byte("write-kubeconfig-mode: 644\n")},
-			wantErr: ErrNoToken.Error(),
+			wantErr: errNoToken.Error(),
 		},
 		{
 			name: "agent reads token, not agent-token",
@@ -175,7 +175,7 @@ func TestEffectiveTokenPrecedence(t *testing.T) {
 				lay.Unit = "k3s" // same paths as the server cases
 			}
 			srcs, _ := FindTokenSources(lay, tt.files)
-			got, err := EffectiveToken(srcs, role)
+			got, err := effectiveToken(srcs, role)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q (got %s)", err, tt.wantErr, got)
@@ -199,11 +199,11 @@ func TestEffectiveAgentToken(t *testing.T) {
 		l.EnvFile(): []byte("K3S_AGENT_TOKEN=K10" + oldHash + "::node:env\n"),
 	}
 	srcs, _ := FindTokenSources(l, files)
-	got, err := EffectiveAgentToken(srcs, RoleServer)
+	got, err := effectiveAgentToken(srcs, RoleServer)
 	if err != nil || got.Token.Password != "cfg" {
 		t.Errorf("server agent token = %s, %v", got, err)
 	}
-	if _, err := EffectiveAgentToken(srcs, RoleAgent); !errors.Is(err, ErrNoToken) {
+	if _, err := effectiveAgentToken(srcs, RoleAgent); !errors.Is(err, errNoToken) {
 		t.Errorf("agents have no agent token: %v", err)
 	}
 	agentSrcs, _ := FindTokenSources(Layout{Role: RoleAgent, Unit: "k3s"}, files)

@@ -78,9 +78,9 @@ func planFor(l Layout) snapshotPlan {
 		units: uniq(l.UnitName(), server.UnitName(), agent.UnitName()),
 		dirs:  []string{l.ServerDir(), l.AgentDir(), l.EtcdDBDir(), l.FleetcertDir()},
 	}
-	p.files = append(CandidateFiles(l), l.ServerToken(), l.AgentTokenFile(),
+	p.files = append(candidateFiles(l), l.ServerToken(), l.AgentTokenFile(),
 		path.Join(l.ServerTLSDir(), "dynamic-cert.json"))
-	for _, d := range CandidateDirs(l) {
+	for _, d := range candidateDirs(l) {
 		// k3s reads dotfiles in config.yaml.d too; "*" skips them.
 		p.globs = append(p.globs, path.Join(d.Path, "*"), path.Join(d.Path, ".*"))
 	}
@@ -91,14 +91,14 @@ func planFor(l Layout) snapshotPlan {
 		path.Join(l.FleetcertDir(), "*.json"),
 		path.Join(l.FleetcertDir(), "lock"),
 	)
-	p.keys = KeyGlobs(l)
+	p.keys = keyGlobs(l)
 	return p
 }
 
-// KeyGlobs are where a node keeps private keys: the facts list them (name,
+// keyGlobs are where a node keeps private keys: the facts list them (name,
 // mode, owner) so that a check can flag CA keys left behind and keys that
 // others can read, without ever reading a key.
-func KeyGlobs(l Layout) []string {
+func keyGlobs(l Layout) []string {
 	return []string{
 		path.Join(l.ServerTLSDir(), "*.key"),
 		path.Join(l.ServerTLSDir(), "etcd", "*.key"),
@@ -126,10 +126,10 @@ echo @batch; stat -L -c '@fsz %a %u %Y %s %n' -- "$@"; echo @data; cat -- "$@" |
 echo '` + factsVersion + `'
 `
 
-// FactsScript is the single shell script that gathers a node's facts: one
+// factsScript is the single shell script that gathers a node's facts: one
 // SSH round trip, plain sh and coreutils, nothing a k3s node lacks. Files
 // come back base64-encoded so no byte of them can break the framing.
-func FactsScript(l Layout) string {
+func factsScript(l Layout) string {
 	p := planFor(l)
 	var b strings.Builder
 	b.WriteString(scriptHeader + `echo @hostname; { read -r h < /proc/sys/kernel/hostname; } 2>/dev/null && echo "$h" || hostname
@@ -211,8 +211,8 @@ func (p snapshotPlan) searchDirs() []string {
 	return slices.Compact(out)
 }
 
-// ParseSnapshot reads the output of FactsScript.
-func ParseSnapshot(out []byte) (*Snapshot, error) {
+// parseSnapshot reads the output of factsScript.
+func parseSnapshot(out []byte) (*Snapshot, error) {
 	s := &Snapshot{UnitStates: map[string]string{}, Dirs: map[string]bool{}, Files: map[string]File{}, Keys: map[string]File{},
 		Absent: map[string]bool{}, Unreadable: map[string]bool{}, Listed: map[string]bool{}}
 	var unitLines []string
@@ -335,9 +335,9 @@ func parseBatchHeader(line string) (batchFile, error) {
 	return batchFile{File: f, size: size}, nil
 }
 
-// ErrFilesChanged means files changed size between their stat and their
+// errFilesChanged means files changed size between their stat and their
 // read, so the batch cannot be split: read again.
-var ErrFilesChanged = errors.New("facts: files changed while being read")
+var errFilesChanged = errors.New("facts: files changed while being read")
 
 // addBatch splits the batch's concatenated contents by the sizes stat saw.
 func (s *Snapshot) addBatch(batch []batchFile, line []byte) error {
@@ -350,7 +350,7 @@ func (s *Snapshot) addBatch(batch []batchFile, line []byte) error {
 		total += bf.size
 	}
 	if total != len(data) {
-		return ErrFilesChanged
+		return errFilesChanged
 	}
 	for _, bf := range batch {
 		bf.Data, data = data[:bf.size:bf.size], data[bf.size:]
@@ -415,29 +415,17 @@ func (s *Snapshot) addLine(section, line string) {
 	}
 }
 
-// FilesUnder returns the snapshot's files in dir (not below), by name.
-func (s *Snapshot) FilesUnder(dir string) []File {
-	var out []File
-	for p, f := range s.Files {
-		if path.Dir(p) == path.Clean(dir) {
-			out = append(out, f)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
-	return out
-}
-
 // TakeSnapshot runs the facts script on h: one round trip, a second only
 // in the rare case that a file changed size while it was being read.
 func TakeSnapshot(ctx context.Context, h remote.Host, l Layout) (*Snapshot, error) {
-	script := FactsScript(l)
+	script := factsScript(l)
 	for attempt := 0; ; attempt++ {
 		out, err := remote.Output(ctx, h, script)
 		if err != nil {
 			return nil, fmt.Errorf("gather facts: %w", err)
 		}
-		s, err := ParseSnapshot(out)
-		if errors.Is(err, ErrFilesChanged) && attempt == 0 {
+		s, err := parseSnapshot(out)
+		if errors.Is(err, errFilesChanged) && attempt == 0 {
 			continue
 		}
 		return s, err
@@ -480,7 +468,7 @@ func ReadMore(ctx context.Context, h remote.Host, paths []string) (*Snapshot, er
 	if err != nil {
 		return nil, fmt.Errorf("read files: %w", err)
 	}
-	return ParseSnapshot(out)
+	return parseSnapshot(out)
 }
 
 func uniq(items ...string) []string {

@@ -48,7 +48,7 @@ func TestSnapshotReadsLayoutInOneScript(t *testing.T) {
 		l.UnitFile():                           "[Service]\nExecStart=/usr/local/bin/k3s server\n",
 		l.UnitDropInDir() + "/10-token.conf":   "[Service]\nEnvironment=K3S_TOKEN=abc\n",
 		l.Config():                             "token: abc\n",
-		l.ConfigDropInDir() + "/20-extra.yaml": "node-name: x\n",
+		l.configDropInDir() + "/20-extra.yaml": "node-name: x\n",
 		l.ServerCA():                           "CA\n",
 		l.ServerTLSDir() + "/etcd/peer-ca.crt": "PEER\n",
 		l.AgentServerCA():                      "AGENT CA\n",
@@ -79,8 +79,8 @@ func TestSnapshotReadsLayoutInOneScript(t *testing.T) {
 
 func TestParseSnapshotRejectsForeignOutput(t *testing.T) {
 	for _, out := range []string{"", "hello\n", factsVersion + "\n@hostname\nx\n"} {
-		if _, err := ParseSnapshot([]byte(out)); err == nil {
-			t.Errorf("ParseSnapshot(%q) accepted", out)
+		if _, err := parseSnapshot([]byte(out)); err == nil {
+			t.Errorf("parseSnapshot(%q) accepted", out)
 		}
 	}
 }
@@ -114,7 +114,7 @@ func TestSnapshotListsKeysWithoutReadingThem(t *testing.T) {
 	if err := os.Chmod(root+"/data/agent/client-kubelet.key", 0o644); err != nil {
 		t.Fatal(err)
 	}
-	script := FactsScript(l)
+	script := factsScript(l)
 	s, err := TakeSnapshot(context.Background(), &remotetest.Local{}, l)
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +146,7 @@ func TestSnapshotListsKeysWithoutReadingThem(t *testing.T) {
 
 func TestParseSnapshotBatch(t *testing.T) {
 	head := factsVersion + "\n@batch\n@fsz 600 0 1700000000 3 /a b\n@fsz 644 0 1700000000 2 /c\n@data\n"
-	s, err := ParseSnapshot([]byte(head + "YWJjZGU=\n@end\n")) // "abcde"
+	s, err := parseSnapshot([]byte(head + "YWJjZGU=\n@end\n")) // "abcde"
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,10 +154,10 @@ func TestParseSnapshotBatch(t *testing.T) {
 		t.Errorf("batch split: %+v", s.Files)
 	}
 	// A file that grew between stat and read: the batch cannot be split.
-	if _, err := ParseSnapshot([]byte(head + "YWJjZGVm\n@end\n")); !errors.Is(err, ErrFilesChanged) {
-		t.Errorf("torn batch: %v, want ErrFilesChanged", err)
+	if _, err := parseSnapshot([]byte(head + "YWJjZGVm\n@end\n")); !errors.Is(err, errFilesChanged) {
+		t.Errorf("torn batch: %v, want errFilesChanged", err)
 	}
-	if _, err := ParseSnapshot([]byte(head)); err == nil {
+	if _, err := parseSnapshot([]byte(head)); err == nil {
 		t.Error("batch without data accepted")
 	}
 }

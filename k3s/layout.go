@@ -19,13 +19,11 @@ const (
 // Defaults install.sh and k3s use.
 const (
 	binaryName        = "k3s"
-	DefaultDataDir    = "/var/lib/rancher/k3s"
-	DefaultConfigFile = "/etc/rancher/k3s/config.yaml"
-	DefaultSystemdDir = "/etc/systemd/system"
-	DefaultServerUnit = "k3s"
-	DefaultAgentUnit  = "k3s-agent"
-	// KubeconfigFile is rewritten by every server start.
-	KubeconfigFile = "/etc/rancher/k3s/k3s.yaml"
+	defaultDataDir    = "/var/lib/rancher/k3s"
+	defaultConfigFile = "/etc/rancher/k3s/config.yaml"
+	defaultSystemdDir = "/etc/systemd/system"
+	defaultServerUnit = "k3s"
+	defaultAgentUnit  = "k3s-agent"
 )
 
 // Layout is where one node keeps its k3s files. Zero fields take the
@@ -38,8 +36,8 @@ type Layout struct {
 	Unit       string // unit name without .service
 }
 
-func (l Layout) dataDir() string    { return or(l.DataDir, DefaultDataDir) }
-func (l Layout) systemdDir() string { return or(l.SystemdDir, DefaultSystemdDir) }
+func (l Layout) dataDir() string    { return or(l.DataDir, defaultDataDir) }
+func (l Layout) systemdDir() string { return or(l.SystemdDir, defaultSystemdDir) }
 
 // UnitName is the systemd unit without the .service suffix.
 func (l Layout) UnitName() string {
@@ -47,15 +45,15 @@ func (l Layout) UnitName() string {
 		return l.Unit
 	}
 	if l.Role == RoleAgent {
-		return DefaultAgentUnit
+		return defaultAgentUnit
 	}
-	return DefaultServerUnit
+	return defaultServerUnit
 }
 
-// Config is the k3s config file; ConfigDropInDir holds its drop-ins
+// Config is the k3s config file; configDropInDir holds its drop-ins
 // (config.yaml.d/*.yaml|*.yml, read in name order after the main file).
-func (l Layout) Config() string          { return or(l.ConfigFile, DefaultConfigFile) }
-func (l Layout) ConfigDropInDir() string { return l.Config() + ".d" }
+func (l Layout) Config() string          { return or(l.ConfigFile, defaultConfigFile) }
+func (l Layout) configDropInDir() string { return l.Config() + ".d" }
 
 // UnitFile is the unit install.sh writes; EnvFile the environment file it
 // loads last (so it wins over /etc/default and /etc/sysconfig).
@@ -82,7 +80,6 @@ func (l Layout) EtcdDBDir() string      { return path.Join(l.ServerDir(), "db", 
 // Agent side of the data dir; servers have one too.
 func (l Layout) AgentDir() string      { return path.Join(l.dataDir(), "agent") }
 func (l Layout) AgentServerCA() string { return path.Join(l.AgentDir(), "server-ca.crt") }
-func (l Layout) AgentClientCA() string { return path.Join(l.AgentDir(), "client-ca.crt") }
 
 // FleetcertDir is where fleetcert keeps its lock, run state and backups on
 // a server: inside the data dir, so it follows the cluster's own files.

@@ -12,7 +12,7 @@ import (
 
 // The fuzz targets below hold the three scanners to one promise: whatever
 // the input, they do not panic, every decoded byte they tie to the file is
-// that byte of the file, and RewriteFile either refuses or changes exactly
+// that byte of the file, and rewriteFile either refuses or changes exactly
 // the 64 hash characters of each token pinning the old hash, and nothing
 // else. "Each token" is judged by an independent reading of the output:
 // the reference readers below for systemd's formats, yaml.v3 for config
@@ -21,11 +21,11 @@ import (
 // FuzzUnitScanner: systemd unit files and drop-ins.
 func FuzzUnitScanner(f *testing.F) {
 	for _, s := range []string{
-		installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"),
-		installUnit("\t'--token="+srvTok+"' \\\n", "\t'--agent-token' \\\n", "\t'"+nodeTok+"' \\\n"),
-		installUnit("\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n", "\t'--node-label' \\\n", "\t'a=b' \\\n"),
-		strings.ReplaceAll(installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"), "\n", "\r\n"),
-		strings.ReplaceAll(installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"), "\n", "\r"),
+		installUnit("--token", srvTok),
+		installUnit("--token="+srvTok, "--agent-token", nodeTok),
+		installUnit("-t", "K10"+oldHash+"::server:it's", "--node-label", "a=b"),
+		strings.ReplaceAll(installUnit("--token", srvTok), "\n", "\r\n"),
+		strings.ReplaceAll(installUnit("--token", srvTok), "\n", "\r"),
 		"\xef\xbb\xbf[Service]\nExecStart=/usr/local/bin/k3s agent \\\n# old: --token K10" + oldHash + "::node:x \\\n\t--token " + nodeTok + "\n",
 		"[Service]\nEnvironment=\"K3S_TOKEN=" + srvTok + "\" K3S_URL=https://10.0.0.1:6443\nExecStart=\nExecStart=/usr/local/bin/k3s agent\n",
 		"[Service]\nExecStart=/usr/local/bin/k3s server \\\\\n\t--token " + srvTok + "\n",
@@ -48,7 +48,7 @@ func FuzzUnitScanner(f *testing.F) {
 		if want := refUnitSettings(in); !reflect.DeepEqual(got, want) && (len(got) > 0 || len(want) > 0) {
 			t.Fatalf("scanUnit read\n%q\nsystemd reads\n%q", got, want)
 		}
-		checkOldHashRewrite(t, FileUnit, in, refUnitTokens)
+		checkOldHashRewrite(t, fileUnit, in, refUnitTokens)
 	})
 }
 
@@ -82,8 +82,8 @@ func FuzzEnvScanner(f *testing.F) {
 		if want := refEnvPairs(in); !reflect.DeepEqual(got, want) && (len(got) > 0 || len(want) > 0) {
 			t.Fatalf("scanEnv read\n%q\nsystemd reads\n%q", got, want)
 		}
-		parseEnvFile("/e", KindEnvFile, in, "")
-		checkOldHashRewrite(t, FileEnv, in, func(out []byte) []string {
+		parseEnvFile("/e", kindEnvFile, in, "")
+		checkOldHashRewrite(t, fileEnv, in, func(out []byte) []string {
 			var toks []string
 			for _, p := range refEnvPairs(out) {
 				name := strings.TrimLeft(strings.TrimPrefix(p[0], "export"), " \t")
@@ -114,8 +114,8 @@ func FuzzConfigScanner(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		parseConfig("/c", KindConfigDropIn, in)
-		checkOldHashRewrite(t, FileConfig, in, func(out []byte) []string {
+		parseConfig("/c", kindConfigDropIn, in)
+		checkOldHashRewrite(t, fileConfig, in, func(out []byte) []string {
 			var doc yaml.Node
 			if yaml.Unmarshal(out, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 				return nil
@@ -133,7 +133,7 @@ func FuzzConfigScanner(f *testing.F) {
 }
 
 // checkOldHashRewrite rewrites the tokens pinning oldHash to newHash.
-// Either RewriteFile refuses, or: the output differs from the input only
+// Either rewriteFile refuses, or: the output differs from the input only
 // in whole 64-byte runs that held oldHash right after "K10" and before
 // "::" and now hold newHash, one per rewritten definition; none of the
 // tokens the reference reader (tokens) finds in the output still pins
@@ -144,7 +144,7 @@ func checkOldHashRewrite(t *testing.T, kind FileKind, in []byte, tokens func([]b
 	t.Helper()
 	orig := bytes.Clone(in)
 	opts := RewriteOptions{NewHash: newHash, OldHashes: []string{oldHash}}
-	r, err := RewriteFile(kind, "/f", in, opts)
+	r, err := rewriteFile(kind, "/f", in, opts)
 	if !bytes.Equal(in, orig) {
 		t.Fatal("input modified")
 	}
@@ -176,7 +176,7 @@ func checkOldHashRewrite(t *testing.T, kind FileKind, in []byte, tokens func([]b
 			t.Fatalf("a token the program reads still pins the old hash")
 		}
 	}
-	again, err := RewriteFile(kind, "/f", out, opts)
+	again, err := rewriteFile(kind, "/f", out, opts)
 	if err != nil || again.Changed() {
 		t.Fatalf("second rewrite: changed=%v err=%v", again.Changed(), err)
 	}

@@ -53,7 +53,7 @@ func TestParseConfigRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srcs := parseConfig("/c", KindConfigFile, []byte(tt.in))
+			srcs := parseConfig("/c", kindConfigFile, []byte(tt.in))
 			var got, errs []string
 			for _, s := range srcs {
 				if s.Err != nil {
@@ -89,14 +89,14 @@ func TestConfigDuplicateKeyEffectiveAndRewritten(t *testing.T) {
 	if len(pending) > 0 {
 		t.Fatalf("pending %v", pending)
 	}
-	eff, err := EffectiveToken(srcs, RoleServer)
+	eff, err := effectiveToken(srcs, RoleServer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if eff.Value != last || eff.Line != 3 {
 		t.Errorf("effective %s, want the last definition (line 3)", eff)
 	}
-	out, n, err := RewriteTokenHash(FileConfig, []byte(content), newHash)
+	out, n, err := rewriteTokenHash(fileConfig, []byte(content), newHash)
 	if err != nil || n != 2 {
 		t.Fatalf("rewrite: n=%d err=%v", n, err)
 	}
@@ -111,14 +111,14 @@ func TestConfigTokenAlias(t *testing.T) {
 	l := Layout{}
 	content := "token: " + shortTok + "\nt: " + srvTok + "\n"
 	srcs, _ := FindTokenSources(l, map[string][]byte{l.Config(): []byte(content)})
-	eff, err := EffectiveToken(srcs, RoleServer)
+	eff, err := effectiveToken(srcs, RoleServer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if eff.Key != "t" || eff.Value != srvTok {
 		t.Errorf("effective %s, want the t: definition", eff)
 	}
-	out, n, err := RewriteTokenHash(FileConfig, []byte(content), newHash)
+	out, n, err := rewriteTokenHash(fileConfig, []byte(content), newHash)
 	if err != nil || n != 1 || string(out) != strings.ReplaceAll(content, oldHash, newHash) {
 		t.Errorf("rewrite: n=%d err=%v\n%s", n, err, out)
 	}

@@ -121,7 +121,7 @@ func TestParseEnvFileRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srcs := parseEnvFile("/e", KindEnvFile, []byte(tt.in), "")
+			srcs := parseEnvFile("/e", kindEnvFile, []byte(tt.in), "")
 			if len(srcs) != 1 {
 				t.Fatalf("%d definitions, want 1", len(srcs))
 			}
@@ -136,7 +136,7 @@ func TestParseEnvFileRules(t *testing.T) {
 				t.Errorf("Warning = %q, want %q", s.Warning, tt.warning)
 			}
 			// Ignored or not, every definition is still rewritten.
-			if _, n, err := RewriteTokenHash(FileEnv, []byte(tt.in), newHash); err != nil || n != 1 {
+			if _, n, err := rewriteTokenHash(fileEnv, []byte(tt.in), newHash); err != nil || n != 1 {
 				t.Errorf("rewrite: n=%d err=%v", n, err)
 			}
 		})

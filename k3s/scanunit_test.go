@@ -121,7 +121,7 @@ func TestScanUnitTokens(t *testing.T) {
 		{
 			// CR-only line ends: each line is a line.
 			name: "install.sh unit with CR line ends",
-			in:   strings.ReplaceAll(installUnit("\t'--token' \\\n", "\t'"+srvTok+"' \\\n"), "\n", "\r"),
+			in:   strings.ReplaceAll(installUnit("--token", srvTok), "\n", "\r"),
 			want: []string{"--token=" + srvTok},
 		},
 		{
@@ -149,7 +149,7 @@ func TestScanUnitTokens(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srcs, err := parseFile(FileUnit, "/u", []byte(tt.in), "k3s")
+			srcs, err := parseFile(fileUnit, "/u", []byte(tt.in), "k3s")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -162,7 +162,7 @@ func TestScanUnitTokens(t *testing.T) {
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got  %q\nwant %q", got, tt.want)
 			}
-			_, _, err = RewriteTokenHash(FileUnit, []byte(tt.in), newHash)
+			_, _, err = rewriteTokenHash(fileUnit, []byte(tt.in), newHash)
 			if (err != nil) != tt.refuses {
 				t.Errorf("rewrite error = %v, want refusal %v", err, tt.refuses)
 			}

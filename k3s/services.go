@@ -10,9 +10,9 @@ import (
 // Services `k3s certificate rotate --service` knows (docs/k3s-behaviour.md#certificate-rotate). Each
 // renews the leaf certificates of one component.
 var (
-	ServerServices = []string{"admin", "api-server", "auth-proxy", "cloud-controller", "controller-manager",
+	serverServices = []string{"admin", "api-server", "auth-proxy", "cloud-controller", "controller-manager",
 		"etcd", "scheduler", "supervisor", "k3s-server"}
-	AgentServices = []string{"kube-proxy", "kubelet", "k3s-controller"}
+	agentServices = []string{"kube-proxy", "kubelet", "k3s-controller"}
 )
 
 // supervisorCert is the file whose presence tells that a k3s version has
@@ -28,9 +28,9 @@ func ParseServices(list []string) ([]string, error) {
 			if name == "" {
 				continue
 			}
-			if !slices.Contains(ServerServices, name) && !slices.Contains(AgentServices, name) {
+			if !slices.Contains(serverServices, name) && !slices.Contains(agentServices, name) {
 				return nil, fmt.Errorf("service %s is not recognized (known: %s)", name,
-					strings.Join(append(slices.Clone(ServerServices), AgentServices...), ", "))
+					strings.Join(append(slices.Clone(serverServices), agentServices...), ", "))
 			}
 			if !slices.Contains(out, name) {
 				out = append(out, name)
@@ -45,9 +45,9 @@ func ParseServices(list []string) ([]string, error) {
 // where its certificate exists). An empty request means every service the
 // node has. dropped lists requested services left out, for the report.
 func (l Layout) ServicesFor(requested []string, s *Snapshot) (services, dropped []string) {
-	available := slices.Clone(AgentServices)
+	available := slices.Clone(agentServices)
 	if l.Role == RoleServer {
-		available = append(slices.Clone(ServerServices), AgentServices...)
+		available = append(slices.Clone(serverServices), agentServices...)
 		if _, ok := s.Files[path.Join(l.ServerTLSDir(), supervisorCert)]; !ok {
 			available = slices.DeleteFunc(available, func(x string) bool { return x == "supervisor" })
 		}

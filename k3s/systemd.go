@@ -97,9 +97,9 @@ func parseEnvFilesValue(val string) (EnvFileEntry, error) {
 	return EnvFileEntry{}, fmt.Errorf("unexpected form")
 }
 
-// UnitFiles is the unit file followed by its drop-ins, as systemd merges
+// unitFiles is the unit file followed by its drop-ins, as systemd merges
 // them.
-func (u *UnitShow) UnitFiles() []string {
+func (u *UnitShow) unitFiles() []string {
 	if u.FragmentPath == "" {
 		return nil
 	}
@@ -124,7 +124,7 @@ func managerEnvSources(lines []string) []TokenSource {
 		for j := 0; j < len(val); j++ {
 			v.lit(val[j], -1)
 		}
-		s := newSource(ManagerEnvironment, KindManagerEnv, name, setting, v, nil, -1)
+		s := newSource(managerEnvironment, kindManagerEnv, name, setting, v, nil, -1)
 		s.Line = i + 1
 		switch {
 		case strings.HasPrefix(val, "$'"):
@@ -138,6 +138,6 @@ func managerEnvSources(lines []string) []TokenSource {
 	return out
 }
 
-// ManagerEnvironment names the manager environment as a token source's
+// managerEnvironment names the manager environment as a token source's
 // File: it is no file on the node.
-const ManagerEnvironment = "(systemctl show-environment)"
+const managerEnvironment = "(systemctl show-environment)"

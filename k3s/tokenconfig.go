@@ -224,7 +224,7 @@ func trailer(b []byte, i, end int) error {
 // k3s (pkg/configfilearg) unmarshals the first document into an ordered
 // list of key/value pairs: a key given twice is no error, both pairs are
 // kept and the later value wins. So every definition of a key is a
-// finding (each is rewritten), and EffectiveToken takes the last one.
+// finding (each is rewritten), and effectiveToken takes the last one.
 func crossCheckYAML(file string, kind SourceKind, content []byte, srcs []TokenSource) []TokenSource {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(content, &doc); err != nil {

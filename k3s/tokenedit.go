@@ -17,32 +17,32 @@ type FileKind string
 
 // File formats; each reads like the program that reads it on a node.
 const (
-	FileEnv          FileKind = "env"           // systemd EnvironmentFile (install.sh .env, other EnvironmentFile=)
-	FileDistroEnv    FileKind = "distro-env"    // /etc/default/<unit>, /etc/sysconfig/<unit> (systemd EnvironmentFile)
-	FileUnit         FileKind = "unit"          // the systemd unit file
-	FileUnitDropIn   FileKind = "unit-dropin"   // <unit>.service.d/*.conf
-	FileConfig       FileKind = "config"        // config.yaml
-	FileConfigDropIn FileKind = "config-dropin" // config.yaml.d/*.yaml|*.yml
-	FileToken        FileKind = "token-file"    // target of a token-file setting
+	fileEnv          FileKind = "env"           // systemd EnvironmentFile (install.sh .env, other EnvironmentFile=)
+	fileDistroEnv    FileKind = "distro-env"    // /etc/default/<unit>, /etc/sysconfig/<unit> (systemd EnvironmentFile)
+	fileUnit         FileKind = "unit"          // the systemd unit file
+	fileUnitDropIn   FileKind = "unit-dropin"   // <unit>.service.d/*.conf
+	fileConfig       FileKind = "config"        // config.yaml
+	fileConfigDropIn FileKind = "config-dropin" // config.yaml.d/*.yaml|*.yml
+	fileToken        FileKind = "token-file"    // target of a token-file setting
 )
 
 // ReloadsUnit reports whether systemd must re-read its units
 // (systemctl daemon-reload) after a file of this kind changed.
-func (k FileKind) ReloadsUnit() bool { return k == FileUnit || k == FileUnitDropIn }
+func (k FileKind) ReloadsUnit() bool { return k == fileUnit || k == fileUnitDropIn }
 
 // parseFile lists every definition in one file, without the unit's
 // precedence (resets, load order): all of them are rewritten alike.
 func parseFile(kind FileKind, file string, content []byte, unit string) ([]TokenSource, error) {
 	var srcs []TokenSource
 	switch kind {
-	case FileEnv:
-		srcs = parseEnvFile(file, KindEnvFile, content, "")
-	case FileDistroEnv:
-		srcs = parseEnvFile(file, KindDistroEnvFile, content, "")
-	case FileUnit, FileUnitDropIn:
-		execKind := KindUnitExecStart
-		if kind == FileUnitDropIn {
-			execKind = KindUnitDropIn
+	case fileEnv:
+		srcs = parseEnvFile(file, kindEnvFile, content, "")
+	case fileDistroEnv:
+		srcs = parseEnvFile(file, kindDistroEnvFile, content, "")
+	case fileUnit, fileUnitDropIn:
+		execKind := kindUnitExecStart
+		if kind == fileUnitDropIn {
+			execKind = kindUnitDropIn
 		}
 		for _, set := range scanUnit(content) {
 			switch set.key {
@@ -52,11 +52,11 @@ func parseFile(kind FileKind, file string, content []byte, unit string) ([]Token
 				srcs = append(srcs, parseEnvironment(file, set, content, unit)...)
 			}
 		}
-	case FileConfig:
-		srcs = parseConfig(file, KindConfigFile, content)
-	case FileConfigDropIn:
-		srcs = parseConfig(file, KindConfigDropIn, content)
-	case FileToken:
+	case fileConfig:
+		srcs = parseConfig(file, kindConfigFile, content)
+	case fileConfigDropIn:
+		srcs = parseConfig(file, kindConfigDropIn, content)
+	case fileToken:
 		srcs = []TokenSource{parseTokenFile(file, content)}
 	default:
 		return nil, fmt.Errorf("unknown file kind %q", kind)
@@ -88,7 +88,7 @@ var (
 // (a wrapper like sh -c '…', an unsupported syntax) is a problem, so that
 // no token is silently left with the old hash. Comment lines are exempt.
 func uncovered(kind FileKind, file string, content []byte, srcs []TokenSource) []TokenSource {
-	if kind == FileToken {
+	if kind == fileToken {
 		return nil
 	}
 	hashes, lines := map[int]bool{}, map[int]bool{}
@@ -97,7 +97,7 @@ func uncovered(kind FileKind, file string, content []byte, srcs []TokenSource) [
 		lines[s.Line], lines[s.keyLine] = true, true
 	}
 	comment := "#;"
-	if kind == FileConfig || kind == FileConfigDropIn {
+	if kind == fileConfig || kind == fileConfigDropIn {
 		comment = "#"
 	}
 	ls := splitLines(content)
@@ -158,20 +158,20 @@ func partOfLongerName(b []byte, i int) bool {
 
 func kindOfFile(k FileKind) SourceKind {
 	switch k {
-	case FileEnv:
-		return KindEnvFile
-	case FileDistroEnv:
-		return KindDistroEnvFile
-	case FileUnit:
-		return KindUnitExecStart
-	case FileUnitDropIn:
-		return KindUnitDropIn
-	case FileConfig:
-		return KindConfigFile
-	case FileConfigDropIn:
-		return KindConfigDropIn
+	case fileEnv:
+		return kindEnvFile
+	case fileDistroEnv:
+		return kindDistroEnvFile
+	case fileUnit:
+		return kindUnitExecStart
+	case fileUnitDropIn:
+		return kindUnitDropIn
+	case fileConfig:
+		return kindConfigFile
+	case fileConfigDropIn:
+		return kindConfigDropIn
 	}
-	return KindTokenFile
+	return kindTokenFile
 }
 
 // RewriteOptions say what to rewrite.
@@ -209,30 +209,17 @@ type FileRewrite struct {
 // Changed reports whether the file changes at all.
 func (f FileRewrite) Changed() bool { return len(f.Rewritten) > 0 }
 
-// RewriteTokenHash replaces the CA hash of every secure token defined in
-// content (a file of the given kind) by newHash and reports how many it
-// changed. Everything else stays byte for byte: quoting, spacing,
-// comments, other keys, line endings, credentials. It refuses, changing
-// nothing, when any definition in the file cannot be read unambiguously.
-func RewriteTokenHash(kind FileKind, content []byte, newHash string) ([]byte, int, error) {
-	r, err := RewriteFile(kind, "", content, RewriteOptions{NewHash: newHash})
-	if err != nil {
-		return content, 0, err
-	}
-	return r.New, len(r.Rewritten), nil
-}
-
-// RewriteFile plans the rewrite of one file (path only names it in
+// rewriteFile plans the rewrite of one file (path only names it in
 // findings). Short tokens, tokens already pinning NewHash and, with
 // OldHashes, tokens pinning another CA are skipped and listed. Any
 // unreadable or ambiguous definition, or a secure token outside a
 // definition fleetcert understands, refuses the whole file. The result is
 // re-read and checked to differ from content in the hash bytes only.
-func RewriteFile(kind FileKind, path string, content []byte, opts RewriteOptions) (FileRewrite, error) {
+func rewriteFile(kind FileKind, path string, content []byte, opts RewriteOptions) (FileRewrite, error) {
 	if !pki.ValidCAHash(opts.NewHash) {
 		return FileRewrite{}, errors.New("new CA hash must be 64 lower-case hex characters")
 	}
-	srcs, err := parseFile(kind, path, content, DefaultServerUnit)
+	srcs, err := parseFile(kind, path, content, defaultServerUnit)
 	if err != nil {
 		return FileRewrite{}, err
 	}
@@ -312,8 +299,8 @@ func verifyRewrite(kind FileKind, path string, r FileRewrite, newHash string) er
 			return fail("a byte outside a hash")
 		}
 	}
-	before, _ := parseFile(kind, path, r.Old, DefaultServerUnit)
-	after, err := parseFile(kind, path, r.New, DefaultServerUnit)
+	before, _ := parseFile(kind, path, r.Old, defaultServerUnit)
+	after, err := parseFile(kind, path, r.New, defaultServerUnit)
 	if err != nil || len(before) != len(after) {
 		return fail("definitions")
 	}
@@ -339,7 +326,7 @@ func verifyRewrite(kind FileKind, path string, r FileRewrite, newHash string) er
 }
 
 // PlanTokenRewrites plans the rewrite of every file of the node that
-// defines a token (in as for ScanTokens, token-file targets included), in
+// defines a token (in as for scanTokens, token-file targets included), in
 // a stable order. Paths the scan still asks for, and any problem it
 // reports, are errors. Files with nothing to change are included with
 // Changed() false so that skipped tokens are reported. Any file that
@@ -349,14 +336,14 @@ func PlanTokenRewrites(l Layout, in NodeFiles, opts RewriteOptions) ([]FileRewri
 	if !pki.ValidCAHash(opts.NewHash) {
 		return nil, errors.New("new CA hash must be 64 lower-case hex characters")
 	}
-	sc := ScanTokens(l, in)
+	sc := scanTokens(l, in)
 	if len(sc.Pending) > 0 {
 		return nil, fmt.Errorf("files that define tokens were not read: %s", strings.Join(sc.Pending, ", "))
 	}
 	if err := refuse(sc.Sources); err != nil {
 		return nil, err
 	}
-	kinds := sc.FileKinds()
+	kinds := sc.fileKinds()
 	paths := make([]string, 0, len(kinds))
 	for p := range kinds {
 		if in.Files[p] != nil {

@@ -6,6 +6,17 @@ import (
 	"testing"
 )
 
+// rewriteTokenHash is rewriteFile for tests about the content alone: the
+// new content, with the CA hash of every secure token replaced by newHash,
+// and how many it changed.
+func rewriteTokenHash(kind FileKind, content []byte, newHash string) ([]byte, int, error) {
+	r, err := rewriteFile(kind, "", content, RewriteOptions{NewHash: newHash})
+	if err != nil {
+		return content, 0, err
+	}
+	return r.New, len(r.Rewritten), nil
+}
+
 // TestRewriteFormats rewrites every supported format and checks that the
 // result is the input with each pinned old hash replaced and nothing else:
 // exactly 64 changed bytes per secure token, credentials, quoting, comments
@@ -18,28 +29,28 @@ func TestRewriteFormats(t *testing.T) {
 		changed int
 		skipped int
 	}{
-		{"install.sh env file", FileEnv, "K3S_TOKEN='" + srvTok + "'\nK3S_URL='https://10.0.0.1:6443'\n", 1, 0},
-		{"bash double quotes", FileEnv, `K3S_TOKEN="K10` + oldHash + `::server:q\"d\\b\$x"` + "\n", 1, 0},
-		{"env quote written as '\\''", FileEnv, "K3S_TOKEN='K10" + oldHash + "::server:it'\\''s'\n", 1, 0},
-		{"env CRLF, comments, no final newline", FileDistroEnv, "# K3S_TOKEN=K10" + oldHash + "::server:old\r\nK3S_TOKEN=" + srvTok + "\r\nK3S_AGENT_TOKEN=" + nodeTok, 2, 0},
-		{"env export line (ignored by systemd, kept consistent)", FileEnv, "export K3S_TOKEN=\"" + srvTok + "\"\n", 1, 0},
-		{"env short token untouched", FileEnv, "K3S_TOKEN=" + shortTok + "\n", 0, 1},
-		{"unit flag and value lines", FileUnit, installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n", "\t'--agent-token' \\\n", "\t'"+nodeTok+"' \\\n"), 2, 0},
-		{"unit --token=", FileUnit, installUnit("\t'--token=" + srvTok + "' \\\n"), 1, 0},
-		{"unit '\\'' in value", FileUnit, installUnit("\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n"), 1, 0},
-		{"unit unquoted, CRLF", FileUnit, "[Service]\r\nExecStart=/usr/local/bin/k3s agent \\\r\n  --token " + nodeTok + " \\\r\n  --server https://s:6443\r\n", 1, 0},
-		{"drop-in Environment= and ExecStart override", FileUnitDropIn, "[Service]\nEnvironment=\"K3S_TOKEN=" + srvTok + "\"\nExecStart=\nExecStart=/usr/local/bin/k3s server -t " + bootTok + "\n", 2, 0},
-		{"config plain, quoted, comments, CRLF", FileConfig, "# token: K10" + oldHash + "::server:commented\r\nwrite-kubeconfig-mode: \"0644\"\r\ntoken: " + srvTok + " # join\r\nagent-token: \"" + nodeTok + "\"\r\ncluster-init: true\r\n", 2, 0},
-		{"config single quotes with doubled quote", FileConfigDropIn, "agent-token: 'K10" + oldHash + "::node:it''s'\n", 1, 0},
-		{"config bootstrap token", FileConfigDropIn, "token: " + bootTok + "\n", 1, 0},
-		{"config short token untouched", FileConfig, "token: " + shortTok + "\n", 0, 1},
-		{"token file with newline", FileToken, srvTok + "\n", 1, 0},
-		{"token file without newline", FileToken, srvTok, 1, 0},
-		{"token file CRLF and blanks", FileToken, "  " + srvTok + "\r\n\r\n", 1, 0},
+		{"install.sh env file", fileEnv, "K3S_TOKEN='" + srvTok + "'\nK3S_URL='https://10.0.0.1:6443'\n", 1, 0},
+		{"bash double quotes", fileEnv, `K3S_TOKEN="K10` + oldHash + `::server:q\"d\\b\$x"` + "\n", 1, 0},
+		{"env quote written as '\\''", fileEnv, "K3S_TOKEN='K10" + oldHash + "::server:it'\\''s'\n", 1, 0},
+		{"env CRLF, comments, no final newline", fileDistroEnv, "# K3S_TOKEN=K10" + oldHash + "::server:old\r\nK3S_TOKEN=" + srvTok + "\r\nK3S_AGENT_TOKEN=" + nodeTok, 2, 0},
+		{"env export line (ignored by systemd, kept consistent)", fileEnv, "export K3S_TOKEN=\"" + srvTok + "\"\n", 1, 0},
+		{"env short token untouched", fileEnv, "K3S_TOKEN=" + shortTok + "\n", 0, 1},
+		{"unit flag and value lines", fileUnit, installUnit("--token", srvTokU, "--agent-token", nodeTok), 2, 0},
+		{"unit --token=", fileUnit, installUnit("--token=" + srvTok), 1, 0},
+		{"unit '\\'' in value", fileUnit, installUnit("-t", "K10"+oldHash+"::server:it's"), 1, 0},
+		{"unit unquoted, CRLF", fileUnit, "[Service]\r\nExecStart=/usr/local/bin/k3s agent \\\r\n  --token " + nodeTok + " \\\r\n  --server https://s:6443\r\n", 1, 0},
+		{"drop-in Environment= and ExecStart override", fileUnitDropIn, "[Service]\nEnvironment=\"K3S_TOKEN=" + srvTok + "\"\nExecStart=\nExecStart=/usr/local/bin/k3s server -t " + bootTok + "\n", 2, 0},
+		{"config plain, quoted, comments, CRLF", fileConfig, "# token: K10" + oldHash + "::server:commented\r\nwrite-kubeconfig-mode: \"0644\"\r\ntoken: " + srvTok + " # join\r\nagent-token: \"" + nodeTok + "\"\r\ncluster-init: true\r\n", 2, 0},
+		{"config single quotes with doubled quote", fileConfigDropIn, "agent-token: 'K10" + oldHash + "::node:it''s'\n", 1, 0},
+		{"config bootstrap token", fileConfigDropIn, "token: " + bootTok + "\n", 1, 0},
+		{"config short token untouched", fileConfig, "token: " + shortTok + "\n", 0, 1},
+		{"token file with newline", fileToken, srvTok + "\n", 1, 0},
+		{"token file without newline", fileToken, srvTok, 1, 0},
+		{"token file CRLF and blanks", fileToken, "  " + srvTok + "\r\n\r\n", 1, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := RewriteFile(tt.kind, "/f", []byte(tt.content), RewriteOptions{NewHash: newHash})
+			r, err := rewriteFile(tt.kind, "/f", []byte(tt.content), RewriteOptions{NewHash: newHash})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -67,7 +78,7 @@ func TestRewriteFormats(t *testing.T) {
 				t.Errorf("%d hash runs changed, want %d", hashes, tt.changed)
 			}
 			// Idempotent: the same hash again changes nothing.
-			again, n, err := RewriteTokenHash(tt.kind, r.New, newHash)
+			again, n, err := rewriteTokenHash(tt.kind, r.New, newHash)
 			if err != nil || n != 0 || !bytes.Equal(again, r.New) {
 				t.Errorf("second rewrite: n=%d err=%v changed=%v", n, err, !bytes.Equal(again, r.New))
 			}
@@ -105,7 +116,7 @@ func replaceDefinedHashes(content string, n int) string {
 func TestRewriteOldHashesGuard(t *testing.T) {
 	foreign := "K10" + otherHash + "::server:" + pwColon
 	content := "K3S_TOKEN='" + srvTok + "'\nK3S_AGENT_TOKEN='" + foreign + "'\nK3S_TOKEN_FILE=/x\n"
-	r, err := RewriteFile(FileEnv, "/e", []byte(content), RewriteOptions{NewHash: newHash, OldHashes: []string{oldHash}})
+	r, err := rewriteFile(fileEnv, "/e", []byte(content), RewriteOptions{NewHash: newHash, OldHashes: []string{oldHash}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +129,7 @@ func TestRewriteOldHashesGuard(t *testing.T) {
 	if !strings.Contains(string(r.New), foreign) || strings.Contains(string(r.New), srvTok) {
 		t.Errorf("wrong token rewritten:\n%s", r.New)
 	}
-	r2, err := RewriteFile(FileEnv, "/e", r.New, RewriteOptions{NewHash: newHash, OldHashes: []string{oldHash}})
+	r2, err := rewriteFile(fileEnv, "/e", r.New, RewriteOptions{NewHash: newHash, OldHashes: []string{oldHash}})
 	if err != nil || r2.Changed() || r2.Skipped[0].Reason != SkipCurrent {
 		t.Errorf("rerun: %v %+v", err, r2.Skipped)
 	}
@@ -126,7 +137,7 @@ func TestRewriteOldHashesGuard(t *testing.T) {
 
 func TestRewriteRejectsBadNewHash(t *testing.T) {
 	for _, h := range []string{"", "abc", strings.ToUpper(newHash), strings.Repeat("g", 64)} {
-		if _, _, err := RewriteTokenHash(FileEnv, []byte("K3S_TOKEN="+srvTok), h); err == nil {
+		if _, _, err := rewriteTokenHash(fileEnv, []byte("K3S_TOKEN="+srvTok), h); err == nil {
 			t.Errorf("hash %q accepted", h)
 		}
 	}
@@ -137,11 +148,11 @@ func TestRewriteRejectsBadNewHash(t *testing.T) {
 func TestPlanTokenRewrites(t *testing.T) {
 	l := Layout{}
 	files := map[string][]byte{
-		l.UnitFile():                        []byte(installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n", "\t'--token-file=/etc/k3s/token' \\\n")),
+		l.UnitFile():                        []byte(installUnit("--token", srvTokU, "--token-file=/etc/k3s/token")),
 		l.EnvFile():                         []byte("K3S_TOKEN='" + srvTok + "'\n"),
 		"/etc/default/k3s":                  []byte("K3S_AGENT_TOKEN=" + shortTok + "\n"),
 		l.Config():                          []byte("token: " + srvTok + "\n"),
-		l.ConfigDropInDir() + "/50-a.yaml":  []byte("agent-token: " + nodeTok + "\n"),
+		l.configDropInDir() + "/50-a.yaml":  []byte("agent-token: " + nodeTok + "\n"),
 		l.UnitDropInDir() + "/10-env.conf":  []byte("[Service]\nEnvironment=K3S_TOKEN=" + srvTok + "\n"),
 		l.UnitDropInDir() + "/README":       []byte("token " + srvTok + "\n"),
 		"/etc/k3s/token":                    []byte(srvTok + "\n"),
@@ -162,7 +173,7 @@ func TestPlanTokenRewrites(t *testing.T) {
 	}
 	want := map[string]int{
 		l.UnitFile(): 1, l.EnvFile(): 1, "/etc/default/k3s": 0, l.Config(): 1,
-		l.ConfigDropInDir() + "/50-a.yaml": 1, l.UnitDropInDir() + "/10-env.conf": 1, "/etc/k3s/token": 1,
+		l.configDropInDir() + "/50-a.yaml": 1, l.UnitDropInDir() + "/10-env.conf": 1, "/etc/k3s/token": 1,
 	}
 	if len(got) != len(want) {
 		t.Errorf("plan covers %v, want %v", got, want)
@@ -173,7 +184,7 @@ func TestPlanTokenRewrites(t *testing.T) {
 		}
 	}
 
-	files[l.ConfigDropInDir()+"/90-bad.yml"] = []byte("token: |\n  " + srvTok + "\n")
+	files[l.configDropInDir()+"/90-bad.yml"] = []byte("token: |\n  " + srvTok + "\n")
 	if _, err := PlanTokenRewrites(l, NodeFiles{Files: files}, RewriteOptions{NewHash: newHash}); err == nil || !strings.Contains(err.Error(), "90-bad.yml") {
 		t.Errorf("a bad drop-in must refuse the plan: %v", err)
 	}
@@ -199,20 +210,20 @@ func FuzzRewriteEnvFile(f *testing.F) {
 	for _, s := range seeds {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, in []byte) { checkRewriteOnlyHashes(t, FileEnv, in) })
+	f.Fuzz(func(t *testing.T, in []byte) { checkRewriteOnlyHashes(t, fileEnv, in) })
 }
 
 // FuzzRewriteUnit and FuzzRewriteConfig hold the unit and config parsers
 // to the same promise.
 func FuzzRewriteUnit(f *testing.F) {
 	for _, s := range []string{
-		installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n"),
-		installUnit("\t'--token="+srvTok+"' \\\n", "\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n"),
+		installUnit("--token", srvTokU),
+		installUnit("--token="+srvTok, "-t", "K10"+oldHash+"::server:it's"),
 		"[Service]\r\nEnvironment=\"K3S_TOKEN=" + srvTok + "\" X=1\r\nExecStart=\r\nExecStart=/k3s agent \\\r\n# c\r\n -t " + nodeTok + "\r\n",
 	} {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, in []byte) { checkRewriteOnlyHashes(t, FileUnit, in) })
+	f.Fuzz(func(t *testing.T, in []byte) { checkRewriteOnlyHashes(t, fileUnit, in) })
 }
 
 func FuzzRewriteConfig(f *testing.F) {
@@ -223,7 +234,7 @@ func FuzzRewriteConfig(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, in []byte) { checkRewriteOnlyHashes(t, FileConfig, in) })
+	f.Fuzz(func(t *testing.T, in []byte) { checkRewriteOnlyHashes(t, fileConfig, in) })
 }
 
 // checkRewriteOnlyHashes: a rewrite either refuses and returns the input,
@@ -231,7 +242,7 @@ func FuzzRewriteConfig(f *testing.F) {
 // "::", now holding the new hash), and a second rewrite changes nothing.
 func checkRewriteOnlyHashes(t *testing.T, kind FileKind, in []byte) {
 	orig := bytes.Clone(in)
-	out, n, err := RewriteTokenHash(kind, in, newHash)
+	out, n, err := rewriteTokenHash(kind, in, newHash)
 	if !bytes.Equal(in, orig) {
 		t.Fatal("input modified")
 	}
@@ -259,7 +270,7 @@ func checkRewriteOnlyHashes(t *testing.T, kind FileKind, in []byte) {
 	if runs > n {
 		t.Fatalf("%d hashes changed, %d reported", runs, n)
 	}
-	again, n2, err := RewriteTokenHash(kind, out, newHash)
+	again, n2, err := rewriteTokenHash(kind, out, newHash)
 	if err != nil || n2 != 0 || !bytes.Equal(again, out) {
 		t.Fatalf("not idempotent: n=%d err=%v", n2, err)
 	}

@@ -87,20 +87,20 @@ func lineAt(b []byte, off int) int {
 	return 1 + bytes.Count(b[:off], []byte{'\n'})
 }
 
-// classOf is the precedence class of a kind (see EffectiveToken).
+// classOf is the precedence class of a kind (see effectiveToken).
 func classOf(k SourceKind) int {
 	switch k {
-	case KindManagerEnv:
+	case kindManagerEnv:
 		return clsManagerEnv
-	case KindUnitEnvironment:
+	case kindUnitEnvironment:
 		return clsEnvironment
-	case KindEnvFile, KindDistroEnvFile:
+	case kindEnvFile, kindDistroEnvFile:
 		return clsEnvFile
-	case KindConfigFile:
+	case kindConfigFile:
 		return clsConfig
-	case KindConfigDropIn:
+	case kindConfigDropIn:
 		return clsConfigDropIn
-	case KindUnitExecStart, KindUnitDropIn:
+	case kindUnitExecStart, kindUnitDropIn:
 		return clsExecStart
 	}
 	return 0
@@ -433,7 +433,7 @@ func parseTokenFile(file string, content []byte) TokenSource {
 	if off < 0 {
 		off = 0
 	}
-	s := newSource(file, KindTokenFile, "", settingToken, v, content, off)
+	s := newSource(file, kindTokenFile, "", settingToken, v, content, off)
 	if s.Value == "" {
 		s.Err = errors.New("token file is empty")
 	}

@@ -16,31 +16,31 @@ type SourceKind string
 
 // The places a node may define its join token (docs/k3s-behaviour.md#token-places).
 const (
-	// KindEnvFile is install.sh's <unit>.service.env, or any other file an
+	// kindEnvFile is install.sh's <unit>.service.env, or any other file an
 	// EnvironmentFile= line of the unit names.
-	KindEnvFile SourceKind = "env-file"
-	// KindDistroEnvFile is /etc/default/<unit> or /etc/sysconfig/<unit>.
-	KindDistroEnvFile SourceKind = "distro-env-file"
-	// KindUnitExecStart is a flag on the ExecStart= of the unit file itself.
-	KindUnitExecStart SourceKind = "unit-execstart"
-	// KindUnitEnvironment is an Environment=K3S_TOKEN=... line in the unit
+	kindEnvFile SourceKind = "env-file"
+	// kindDistroEnvFile is /etc/default/<unit> or /etc/sysconfig/<unit>.
+	kindDistroEnvFile SourceKind = "distro-env-file"
+	// kindUnitExecStart is a flag on the ExecStart= of the unit file itself.
+	kindUnitExecStart SourceKind = "unit-execstart"
+	// kindUnitEnvironment is an Environment=K3S_TOKEN=... line in the unit
 	// or one of its drop-ins.
-	KindUnitEnvironment SourceKind = "unit-environment"
-	// KindUnitDropIn is a flag on an ExecStart= of a unit drop-in.
-	KindUnitDropIn SourceKind = "unit-dropin"
-	// KindConfigFile is a key of config.yaml.
-	KindConfigFile SourceKind = "config"
-	// KindConfigDropIn is a key of a config.yaml.d/*.yaml|*.yml drop-in.
-	KindConfigDropIn SourceKind = "config-dropin"
-	// KindTokenFile is the file a token-file setting points to; its whole
+	kindUnitEnvironment SourceKind = "unit-environment"
+	// kindUnitDropIn is a flag on an ExecStart= of a unit drop-in.
+	kindUnitDropIn SourceKind = "unit-dropin"
+	// kindConfigFile is a key of config.yaml.
+	kindConfigFile SourceKind = "config"
+	// kindConfigDropIn is a key of a config.yaml.d/*.yaml|*.yml drop-in.
+	kindConfigDropIn SourceKind = "config-dropin"
+	// kindTokenFile is the file a token-file setting points to; its whole
 	// content (surrounding white space trimmed, as k3s reads it) is the token.
-	KindTokenFile SourceKind = "token-file"
-	// KindManagerEnv is systemd's manager environment (systemctl
+	kindTokenFile SourceKind = "token-file"
+	// kindManagerEnv is systemd's manager environment (systemctl
 	// set-environment, DefaultEnvironment=), which every unit inherits.
-	KindManagerEnv SourceKind = "manager-environment"
-	// KindUnit is a whole-file finding about the unit (not found, not
+	kindManagerEnv SourceKind = "manager-environment"
+	// kindUnit is a whole-file finding about the unit (not found, not
 	// reloaded, not readable).
-	KindUnit SourceKind = "unit"
+	kindUnit SourceKind = "unit"
 )
 
 // The four settings k3s reads a token from, by their config.yaml names.
@@ -97,7 +97,7 @@ type TokenSource struct {
 	File string     // absolute path of the file holding the definition
 	Kind SourceKind // what kind of place it is
 	// Key is the name as written: K3S_TOKEN, --token, -t, token, token+,
-	// K3S_AGENT_TOKEN_FILE, --agent-token-file, ... For KindTokenFile it is
+	// K3S_AGENT_TOKEN_FILE, --agent-token-file, ... For kindTokenFile it is
 	// the key of the (first) setting that points to the file.
 	Key string
 	// Value is the value as k3s receives it (quotes and escapes resolved):
@@ -109,7 +109,7 @@ type TokenSource struct {
 	// pins the CA the same way and is rewritten like the server token.
 	Agent bool
 	// FileRef is set for token-file settings: Value is a path and the token
-	// is in the KindTokenFile source for that path.
+	// is in the kindTokenFile source for that path.
 	FileRef bool
 	// Token is Value parsed, for definitions that are not file references
 	// and parsed cleanly.
@@ -126,25 +126,25 @@ type TokenSource struct {
 	// Warning flags a definition that works but is read differently by
 	// systemd and a POSIX shell, or uses expansions fleetcert does not model.
 	Warning string
-	// ReferencedBy, for KindTokenFile, lists the settings that point to
+	// ReferencedBy, for kindTokenFile, lists the settings that point to
 	// the file, as "file:line key".
 	ReferencedBy []string
 
 	// ref is settingConfig or settingServer for a definition of those:
-	// not a token, kept apart from token sources by ScanTokens.
+	// not a token, kept apart from token sources by scanTokens.
 	ref     string
 	keyLine int // line of the key, for coverage checks
 	hashOff int // byte offset of the CA hash in File, -1 when not a literal run
-	cls     int // precedence class, see EffectiveToken
+	cls     int // precedence class, see effectiveToken
 }
 
 // Secure reports whether the definition is a token that pins a CA hash.
 func (s TokenSource) Secure() bool { return s.Err == nil && !s.FileRef && s.Token.Secure() }
 
-// Setting is the k3s setting the definition feeds: token, token-file,
-// agent-token or agent-token-file (for KindTokenFile: token or
+// setting is the k3s setting the definition feeds: token, token-file,
+// agent-token or agent-token-file (for kindTokenFile: token or
 // agent-token).
-func (s TokenSource) Setting() string {
+func (s TokenSource) setting() string {
 	switch {
 	case s.ref != "":
 		return s.ref
@@ -215,8 +215,8 @@ func (s TokenSource) MarshalJSON() ([]byte, error) {
 		Error        string     `json:"error,omitempty"`
 		ReferencedBy []string   `json:"referencedBy,omitempty"`
 	}{File: s.File, Kind: s.Kind, Key: s.Key, Line: s.Line, Ignored: s.Ignored, Warning: s.Warning, ReferencedBy: s.ReferencedBy}
-	if s.Key != "" || s.Kind == KindTokenFile {
-		v.Setting, v.Class, v.Value = s.Setting(), s.TokenClass(), s.Redacted()
+	if s.Key != "" || s.Kind == kindTokenFile {
+		v.Setting, v.Class, v.Value = s.setting(), s.TokenClass(), s.Redacted()
 	}
 	if s.Err != nil {
 		v.Error = s.Err.Error()
@@ -224,16 +224,16 @@ func (s TokenSource) MarshalJSON() ([]byte, error) {
 	return json.Marshal(v)
 }
 
-// DropInDir is a directory whose matching entries are read in name order.
-type DropInDir struct {
+// dropInDir is a directory whose matching entries are read in name order.
+type dropInDir struct {
 	Path string
 	// Suffixes an entry must end with; CaseInsensitive for config.yaml.d.
 	Suffixes        []string
 	CaseInsensitive bool
 }
 
-// Matches reports whether an entry name of the directory is read.
-func (d DropInDir) Matches(name string) bool {
+// matches reports whether an entry name of the directory is read.
+func (d dropInDir) matches(name string) bool {
 	n := name
 	if d.CaseInsensitive {
 		n = strings.ToLower(n)
@@ -246,32 +246,32 @@ func (d DropInDir) Matches(name string) bool {
 	return false
 }
 
-// CandidateFiles are the fixed files that may define a token on a node:
+// candidateFiles are the fixed files that may define a token on a node:
 // the distro env files and install.sh's env file (load order), the unit
 // file and config.yaml. Absent ones are simply not passed to
-// ScanTokens. See CandidateDirs for the drop-in directories.
-func CandidateFiles(l Layout) []string {
+// scanTokens. See candidateDirs for the drop-in directories.
+func candidateFiles(l Layout) []string {
 	files := append([]string{}, l.DistroEnvFiles()...)
 	return append(files, l.EnvFile(), l.UnitFile(), l.Config())
 }
 
-// CandidateDirs are the drop-in directories whose matching entries (regular
+// candidateDirs are the drop-in directories whose matching entries (regular
 // files only) must be read too: the unit's <unit>.service.d/*.conf and k3s's
 // config.yaml.d/*.yaml|*.yml (k3s: suffix matched case-insensitively,
 // docs/k3s-behaviour.md#config-file).
-func CandidateDirs(l Layout) []DropInDir {
-	return []DropInDir{
+func candidateDirs(l Layout) []dropInDir {
+	return []dropInDir{
 		{Path: l.UnitDropInDir(), Suffixes: []string{".conf"}},
-		{Path: l.ConfigDropInDir(), Suffixes: []string{".yaml", ".yml"}, CaseInsensitive: true},
+		{Path: l.configDropInDir(), Suffixes: []string{".yaml", ".yml"}, CaseInsensitive: true},
 	}
 }
 
 // dropIns lists the files of files that are entries of d, in name order
 // (k3s uses os.ReadDir order, systemd sorts drop-ins by name).
-func dropIns(d DropInDir, files map[string][]byte) []string {
+func dropIns(d dropInDir, files map[string][]byte) []string {
 	var out []string
 	for p, c := range files {
-		if c != nil && path.Dir(p) == d.Path && d.Matches(path.Base(p)) {
+		if c != nil && path.Dir(p) == d.Path && d.matches(path.Base(p)) {
 			out = append(out, p)
 		}
 	}
@@ -279,7 +279,7 @@ func dropIns(d DropInDir, files map[string][]byte) []string {
 	return out
 }
 
-// tokenFileTargets builds a KindTokenFile source for every token-file
+// tokenFileTargets builds a kindTokenFile source for every token-file
 // reference whose target is in files, and lists the targets still to read.
 func tokenFileTargets(srcs []TokenSource, files map[string][]byte) (targets []TokenSource, pending []string) {
 	seen := map[string]int{}
@@ -326,12 +326,12 @@ const (
 	clsExecStart
 )
 
-// ErrNoToken means no definition of the asked-for token takes effect.
-var ErrNoToken = errors.New("no token defined")
+// errNoToken means no definition of the asked-for token takes effect.
+var errNoToken = errors.New("no token defined")
 
-// EffectiveToken is the definition whose token k3s would use for the
+// effectiveToken is the definition whose token k3s would use for the
 // server token (role server) or the join token (role agent), sources being
-// what ScanTokens returned, in its order:
+// what scanTokens returned, in its order:
 //
 //   - a token-file setting, when set, beats any token setting, whatever
 //     each comes from (k3s reads the file over cfg.Token);
@@ -341,18 +341,18 @@ var ErrNoToken = errors.New("no token defined")
 //     later definition wins;
 //   - definitions k3s never sees (Ignored) do not count.
 //
-// For a token-file setting the KindTokenFile source of its target is
+// For a token-file setting the kindTokenFile source of its target is
 // returned; an error says when that file was not read or is empty.
-func EffectiveToken(sources []TokenSource, role Role) (TokenSource, error) {
+func effectiveToken(sources []TokenSource, role Role) (TokenSource, error) {
 	return effective(sources, settingToken, settingTokenFile)
 }
 
-// EffectiveAgentToken is the agent-token definition that takes effect on a
-// server, by the same rules as EffectiveToken. ErrNoToken means the server
+// effectiveAgentToken is the agent-token definition that takes effect on a
+// server, by the same rules as effectiveToken. errNoToken means the server
 // uses its server token for agents too (k3s getNodePass).
-func EffectiveAgentToken(sources []TokenSource, role Role) (TokenSource, error) {
+func effectiveAgentToken(sources []TokenSource, role Role) (TokenSource, error) {
 	if role == RoleAgent {
-		return TokenSource{}, ErrNoToken
+		return TokenSource{}, errNoToken
 	}
 	return effective(sources, settingAgentToken, settingAgentTokenFile)
 }
@@ -364,7 +364,7 @@ func effective(sources []TokenSource, tokenSetting, fileSetting string) (TokenSo
 		}
 		if f.Value != "" {
 			for _, t := range sources {
-				if t.Kind == KindTokenFile && t.File == f.Value {
+				if t.Kind == kindTokenFile && t.File == f.Value {
 					if t.Err != nil {
 						return t, fmt.Errorf("%s: %w", t, t.Err)
 					}
@@ -377,11 +377,11 @@ func effective(sources []TokenSource, tokenSetting, fileSetting string) (TokenSo
 	t, ok := winner(sources, tokenSetting)
 	switch {
 	case !ok:
-		return TokenSource{}, ErrNoToken
+		return TokenSource{}, errNoToken
 	case t.Err != nil:
 		return t, fmt.Errorf("%s: %w", t, t.Err)
 	case t.Value == "":
-		return t, ErrNoToken
+		return t, errNoToken
 	}
 	return t, nil
 }
@@ -394,7 +394,7 @@ func winner(sources []TokenSource, setting string) (TokenSource, bool) {
 	var best TokenSource
 	found := false
 	for _, s := range sources {
-		if s.Kind == KindTokenFile || s.Ignored != "" || s.Key == "" || s.Setting() != setting {
+		if s.Kind == kindTokenFile || s.Ignored != "" || s.Key == "" || s.setting() != setting {
 			continue
 		}
 		if !found || s.cls >= best.cls {

@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/fleetcert/fleetcert/internal/installsh"
 )
 
 // Hashes and secrets the tests build files from. The passwords carry the
@@ -28,41 +30,16 @@ var (
 // FindTokenSources is ScanTokens for a node known only by its files, as
 // install.sh lays them out (no systemd view): what most tests here need.
 func FindTokenSources(l Layout, files map[string][]byte) ([]TokenSource, []string) {
-	sc := ScanTokens(l, NodeFiles{Files: files})
+	sc := scanTokens(l, NodeFiles{Files: files})
 	return sc.Sources, sc.Pending
 }
 
 func hexSum(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
-// installUnit is the unit install.sh writes (docs/k3s-behaviour.md#install-sh), with the given
-// argument lines (each already quoted and TAB-indented by the caller).
-func installUnit(argLines ...string) string {
-	return `[Unit]
-Description=Lightweight Kubernetes
-Documentation=https://k3s.io
-Wants=network-online.target
-After=network-online.target
-
-[Install]
-WantedBy=multi-user.target
-
-[Service]
-Type=notify
-EnvironmentFile=-/etc/default/%N
-EnvironmentFile=-/etc/sysconfig/%N
-EnvironmentFile=-/etc/systemd/system/k3s.service.env
-KillMode=process
-Delegate=yes
-LimitNOFILE=1048576
-TimeoutStartSec=0
-Restart=always
-RestartSec=5s
-ExecStartPre=/bin/sh -xc '! /usr/bin/systemctl is-enabled --quiet nm-cloud-setup.service 2>/dev/null'
-ExecStartPre=-/sbin/modprobe br_netfilter
-ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/local/bin/k3s \
-    server \
-` + strings.Join(argLines, "") + "\n"
+// installUnit is the server unit install.sh writes (docs/k3s-behaviour.md#install-sh),
+// with the given arguments after "server".
+func installUnit(args ...string) string {
+	return installsh.Unit{Role: "server", EnvFile: "/etc/systemd/system/k3s.service.env", Args: args}.Text()
 }
 
 // want is the part of a TokenSource a test checks.
@@ -92,129 +69,129 @@ func TestParseFileFormats(t *testing.T) {
 	}{
 		{
 			name:    "install.sh env file, dash single quotes",
-			kind:    FileEnv,
+			kind:    fileEnv,
 			content: "K3S_TOKEN='" + srvTok + "'\nK3S_URL='https://10.0.0.1:6443'\nK3S_KUBECONFIG_MODE='644'\n",
-			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 1, Class: "secure"}},
+			want:    []want{{Kind: kindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 1, Class: "secure"}},
 		},
 		{
 			name:    "bash double quotes with escapes",
-			kind:    FileEnv,
+			kind:    fileEnv,
 			content: `K3S_TOKEN="K10` + oldHash + `::server:q\"d\\b\$x"` + "\n",
-			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: "K10" + oldHash + `::server:q"d\b$x`, Line: 1, Class: "secure", Warning: true}},
+			want:    []want{{Kind: kindEnvFile, Key: "K3S_TOKEN", Value: "K10" + oldHash + `::server:q"d\b$x`, Line: 1, Class: "secure", Warning: true}},
 		},
 		{
 			name: "unquoted, comments, blanks, CRLF, agent token, token file",
-			kind: FileDistroEnv,
+			kind: fileDistroEnv,
 			content: "# written by hand\r\n; another comment\r\n\r\n  K3S_TOKEN = " + srvTok + "  \r\n" +
 				"K3S_AGENT_TOKEN=" + nodeTok + "\r\nK3S_TOKEN_FILE=/etc/k3s/token\r\n",
 			want: []want{
-				{Kind: KindDistroEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 4, Class: "secure", Warning: true},
-				{Kind: KindDistroEnvFile, Key: "K3S_AGENT_TOKEN", Value: nodeTok, Line: 5, Class: "secure", Agent: true},
-				{Kind: KindDistroEnvFile, Key: "K3S_TOKEN_FILE", Value: "/etc/k3s/token", Line: 6, Class: "file"},
+				{Kind: kindDistroEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 4, Class: "secure", Warning: true},
+				{Kind: kindDistroEnvFile, Key: "K3S_AGENT_TOKEN", Value: nodeTok, Line: 5, Class: "secure", Agent: true},
+				{Kind: kindDistroEnvFile, Key: "K3S_TOKEN_FILE", Value: "/etc/k3s/token", Line: 6, Class: "file"},
 			},
 		},
 		{
 			// systemd does not strip "export": the key "export K3S_TOKEN"
 			// is not a valid name and the line is dropped.
 			name:    "export prefix is ignored by systemd",
-			kind:    FileEnv,
+			kind:    fileEnv,
 			content: "export K3S_TOKEN='" + srvTok + "'\n",
-			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 1, Class: "secure", Ignored: true}},
+			want:    []want{{Kind: kindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 1, Class: "secure", Ignored: true}},
 		},
 		{
 			// sh reads 'a'\''b' as a'b; systemd as a''b' (a quote ends a
 			// piece, then \' and the rest are plain characters).
 			name:    "quote written as '\\'' in an env file: systemd's reading",
-			kind:    FileEnv,
+			kind:    fileEnv,
 			content: "K3S_TOKEN='" + "K10" + oldHash + "::server:it'\\''s'\n",
-			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: "K10" + oldHash + "::server:it''s'", Line: 1, Class: "secure", Warning: true}},
+			want:    []want{{Kind: kindEnvFile, Key: "K3S_TOKEN", Value: "K10" + oldHash + "::server:it''s'", Line: 1, Class: "secure", Warning: true}},
 		},
 		{
 			// systemd < v254 continued a comment ending in a backslash.
 			name:    "after a comment ending in a backslash",
-			kind:    FileEnv,
+			kind:    fileEnv,
 			content: "# old note \\\nK3S_TOKEN=" + srvTok + "\n",
-			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 2, Class: "secure", Warning: true}},
+			want:    []want{{Kind: kindEnvFile, Key: "K3S_TOKEN", Value: srvTok, Line: 2, Class: "secure", Warning: true}},
 		},
 		{
 			name:    "multi-line single-quoted value of another key hides nothing",
-			kind:    FileEnv,
+			kind:    fileEnv,
 			content: "OTHER='line1\nK3S_TOKEN=not-a-definition'\nK3S_TOKEN=" + shortTok + "\n",
-			want:    []want{{Kind: KindEnvFile, Key: "K3S_TOKEN", Value: shortTok, Line: 3, Class: "short"}},
+			want:    []want{{Kind: kindEnvFile, Key: "K3S_TOKEN", Value: shortTok, Line: 3, Class: "short"}},
 		},
 		{
 			name:    "install.sh ExecStart, flag and value on their own quoted lines",
-			kind:    FileUnit,
-			content: installUnit("\t'--token' \\\n", "\t'"+srvTokU+"' \\\n", "\t'--disable=traefik' \\\n"),
-			want:    []want{{Kind: KindUnitExecStart, Key: "--token", Value: srvTokU, Line: 27, Class: "secure"}},
+			kind:    fileUnit,
+			content: installUnit("--token", srvTokU, "--disable=traefik"),
+			want:    []want{{Kind: kindUnitExecStart, Key: "--token", Value: srvTokU, Line: 33, Class: "secure"}},
 		},
 		{
 			name:    "install.sh ExecStart, --token=value in one quoted word",
-			kind:    FileUnit,
-			content: installUnit("\t'--token="+srvTok+"' \\\n", "\t'--agent-token="+nodeTok+"' \\\n"),
+			kind:    fileUnit,
+			content: installUnit("--token="+srvTok, "--agent-token="+nodeTok),
 			want: []want{
 				// % starts a unit specifier: systemd would expand it.
-				{Kind: KindUnitExecStart, Key: "--token", Value: srvTok, Line: 26, Class: "secure", Warning: true},
-				{Kind: KindUnitExecStart, Key: "--agent-token", Value: nodeTok, Line: 27, Class: "secure", Agent: true},
+				{Kind: kindUnitExecStart, Key: "--token", Value: srvTok, Line: 32, Class: "secure", Warning: true},
+				{Kind: kindUnitExecStart, Key: "--agent-token", Value: nodeTok, Line: 33, Class: "secure", Agent: true},
 			},
 		},
 		{
 			name:    "install.sh ExecStart, a quote inside the value as '\\''",
-			kind:    FileUnit,
-			content: installUnit("\t'-t' \\\n", "\t'K10"+oldHash+"::server:it'\\''s' \\\n"),
-			want:    []want{{Kind: KindUnitExecStart, Key: "-t", Value: "K10" + oldHash + "::server:it's", Line: 27, Class: "secure"}},
+			kind:    fileUnit,
+			content: installUnit("-t", "K10"+oldHash+"::server:it's"),
+			want:    []want{{Kind: kindUnitExecStart, Key: "-t", Value: "K10" + oldHash + "::server:it's", Line: 33, Class: "secure"}},
 		},
 		{
 			name:    "unquoted flags on one line, -t=, --token-file",
-			kind:    FileUnit,
+			kind:    fileUnit,
 			content: "[Service]\nExecStart=/usr/local/bin/k3s agent --server https://s:6443 -t=" + nodeTok + " --token-file /run/k3s-token\n",
 			want: []want{
-				{Kind: KindUnitExecStart, Key: "-t", Value: nodeTok, Line: 2, Class: "secure"},
-				{Kind: KindUnitExecStart, Key: "--token-file", Value: "/run/k3s-token", Line: 2, Class: "file"},
+				{Kind: kindUnitExecStart, Key: "-t", Value: nodeTok, Line: 2, Class: "secure"},
+				{Kind: kindUnitExecStart, Key: "--token-file", Value: "/run/k3s-token", Line: 2, Class: "file"},
 			},
 		},
 		{
 			name: "drop-in: Environment= forms and an ExecStart override",
-			kind: FileUnitDropIn,
+			kind: fileUnitDropIn,
 			content: "[Service]\nEnvironment=\"K3S_TOKEN=" + strings.ReplaceAll(srvTokU, `"`, `\"`) + "\" \"OTHER=1\"\nEnvironment=K3S_AGENT_TOKEN=" + nodeTok +
 				"\nExecStart=\nExecStart=/usr/local/bin/k3s server --token " + bootTok + "\n",
 			want: []want{
-				{Kind: KindUnitEnvironment, Key: "K3S_TOKEN", Value: srvTokU, Line: 2, Class: "secure"},
-				{Kind: KindUnitEnvironment, Key: "K3S_AGENT_TOKEN", Value: nodeTok, Line: 3, Class: "secure", Agent: true},
-				{Kind: KindUnitDropIn, Key: "--token", Value: bootTok, Line: 5, Class: "secure"},
+				{Kind: kindUnitEnvironment, Key: "K3S_TOKEN", Value: srvTokU, Line: 2, Class: "secure"},
+				{Kind: kindUnitEnvironment, Key: "K3S_AGENT_TOKEN", Value: nodeTok, Line: 3, Class: "secure", Agent: true},
+				{Kind: kindUnitDropIn, Key: "--token", Value: bootTok, Line: 5, Class: "secure"},
 			},
 		},
 		{
 			name:    "settings outside [Service] and commented lines do not count",
-			kind:    FileUnit,
+			kind:    fileUnit,
 			content: "[Unit]\nExecStart=/usr/local/bin/k3s server --token " + shortTok + "\n[Service]\n# ExecStart=/usr/local/bin/k3s server --token " + srvTok + "\nExecStart=/usr/local/bin/k3s server\n",
 		},
 		{
 			name: "config.yaml: plain, quoted, comments, other keys, CRLF",
-			kind: FileConfig,
+			kind: fileConfig,
 			content: "# cluster config\r\nwrite-kubeconfig-mode: \"0644\"\r\ntoken: " + srvTok + "   # the join token\r\n" +
 				"tls-san:\r\n  - a.example.com\r\nagent-token: '" + strings.ReplaceAll(nodeTok, "agentpw", "it''s") + "'\r\n" +
 				"token-file: \"/etc/k3s/token\" # unused\r\nnode-label:\r\n  - token=not-this\r\n",
 			want: []want{
-				{Kind: KindConfigFile, Key: "token", Value: srvTok, Line: 3, Class: "secure"},
-				{Kind: KindConfigFile, Key: "agent-token", Value: strings.ReplaceAll(nodeTok, "agentpw", "it's"), Line: 6, Class: "secure", Agent: true},
-				{Kind: KindConfigFile, Key: "token-file", Value: "/etc/k3s/token", Line: 7, Class: "file"},
+				{Kind: kindConfigFile, Key: "token", Value: srvTok, Line: 3, Class: "secure"},
+				{Kind: kindConfigFile, Key: "agent-token", Value: strings.ReplaceAll(nodeTok, "agentpw", "it's"), Line: 6, Class: "secure", Agent: true},
+				{Kind: kindConfigFile, Key: "token-file", Value: "/etc/k3s/token", Line: 7, Class: "file"},
 			},
 		},
 		{
 			name:    "config drop-in: append form, short token, document marker",
-			kind:    FileConfigDropIn,
+			kind:    fileConfigDropIn,
 			content: "---\ntoken+: " + shortTok + "\nagent-token-file: /etc/k3s/agent-token\n",
 			want: []want{
-				{Kind: KindConfigDropIn, Key: "token+", Value: shortTok, Line: 2, Class: "short"},
-				{Kind: KindConfigDropIn, Key: "agent-token-file", Value: "/etc/k3s/agent-token", Line: 3, Class: "file", Agent: true},
+				{Kind: kindConfigDropIn, Key: "token+", Value: shortTok, Line: 2, Class: "short"},
+				{Kind: kindConfigDropIn, Key: "agent-token-file", Value: "/etc/k3s/agent-token", Line: 3, Class: "file", Agent: true},
 			},
 		},
 		{
 			name:    "token file with trailing newline",
-			kind:    FileToken,
+			kind:    fileToken,
 			content: srvTok + "\n",
-			want:    []want{{Kind: KindTokenFile, Value: srvTok, Line: 1, Class: "secure"}},
+			want:    []want{{Kind: kindTokenFile, Value: srvTok, Line: 1, Class: "secure"}},
 		},
 	}
 	for _, tt := range tests {
@@ -246,35 +223,35 @@ func TestParseRefuses(t *testing.T) {
 		content string
 		errText string
 	}{
-		{"token inside sh -c", FileUnit, "[Service]\nExecStart=/bin/sh -c '/usr/local/bin/k3s server --token " + srvTok + "'\n", "outside any definition"},
+		{"token inside sh -c", fileUnit, "[Service]\nExecStart=/bin/sh -c '/usr/local/bin/k3s server --token " + srvTok + "'\n", "outside any definition"},
 		// Only k3s's own arguments are understood: a wrapper is refused.
-		{"token-file inside sh -c", FileUnit, "[Service]\nExecStart=/bin/sh -c 'k3s server --token-file=/x'\n", "not k3s server"},
-		{"env wrapper", FileUnit, "[Service]\nExecStart=/usr/bin/env K3S_TOKEN=" + srvTok + " /usr/local/bin/k3s server\n", "not k3s server"},
-		{"wrapper script", FileUnit, "[Service]\nExecStart=/usr/local/bin/start-k3s.sh\n", "not k3s server"},
-		{"k3s without a subcommand", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s --debug server\n", "not k3s server"},
-		{"unbalanced quote", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server '--token=" + srvTok + "\n", "unbalanced"},
-		{"flag without value", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token\n", "has no value"},
-		{"value from a variable", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token ${K3S_TOKEN}\n", "variable"},
-		{"hash written with an escape", FileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token K10\\x61" + oldHash[1:] + "::server:x\n", "unparseable"},
-		{"bad hash length", FileEnv, "K3S_TOKEN=K10abc::server:" + pwColon + "\n", "invalid token CA hash length"},
-		{"hash not hex", FileEnv, "K3S_TOKEN=K10" + strings.Repeat("z", 64) + "::server:" + pwColon + "\n", "not hexadecimal"},
-		{"hash split by quotes", FileEnv, "K3S_TOKEN='K10'\"" + oldHash + "::server:" + pwColon + "\"\n", "not written as plain"},
-		{"quote inside the hash", FileEnv, "K3S_TOKEN=K10'" + oldHash + "'::server:" + pwColon + "\n", "invalid token CA hash length"},
-		{"block scalar", FileConfig, "token: |\n  " + srvTok + "\n", "YAML form"},
-		{"multi-line plain scalar", FileConfig, "token: K10" + oldHash + "::server:\n  " + pwColon + "\n", "YAML form"},
-		{"flow mapping", FileConfig, "{token: " + srvTok + "}\n", "outside any definition"},
-		{"anchor", FileConfig, "token: &t " + srvTok + "\n", "YAML form"},
-		{"unknown double-quote escape", FileConfig, "token: \"K10" + oldHash + "::server:\\x41" + pwColon + "\"\n", "escape"},
-		{"nested token key", FileConfig, "other:\n  token: " + srvTok + "\n", "outside any definition"},
-		{"not YAML", FileConfig, "token: [" + srvTok + "\n", "not valid YAML"},
-		{"merge key", FileConfig, "base: &b {x: 1}\n<<: *b\ntoken: " + shortTok + "\n", "merge key"},
-		{"second document", FileConfigDropIn, "a: 1\n---\ntoken: " + srvTok + "\n", "second YAML document"},
-		{"relative token file", FileConfig, "token-file: token.txt\n", "not absolute"},
-		{"empty token file", FileToken, "\n", "empty"},
+		{"token-file inside sh -c", fileUnit, "[Service]\nExecStart=/bin/sh -c 'k3s server --token-file=/x'\n", "not k3s server"},
+		{"env wrapper", fileUnit, "[Service]\nExecStart=/usr/bin/env K3S_TOKEN=" + srvTok + " /usr/local/bin/k3s server\n", "not k3s server"},
+		{"wrapper script", fileUnit, "[Service]\nExecStart=/usr/local/bin/start-k3s.sh\n", "not k3s server"},
+		{"k3s without a subcommand", fileUnit, "[Service]\nExecStart=/usr/local/bin/k3s --debug server\n", "not k3s server"},
+		{"unbalanced quote", fileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server '--token=" + srvTok + "\n", "unbalanced"},
+		{"flag without value", fileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token\n", "has no value"},
+		{"value from a variable", fileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token ${K3S_TOKEN}\n", "variable"},
+		{"hash written with an escape", fileUnit, "[Service]\nExecStart=/usr/local/bin/k3s server --token K10\\x61" + oldHash[1:] + "::server:x\n", "unparseable"},
+		{"bad hash length", fileEnv, "K3S_TOKEN=K10abc::server:" + pwColon + "\n", "invalid token CA hash length"},
+		{"hash not hex", fileEnv, "K3S_TOKEN=K10" + strings.Repeat("z", 64) + "::server:" + pwColon + "\n", "not hexadecimal"},
+		{"hash split by quotes", fileEnv, "K3S_TOKEN='K10'\"" + oldHash + "::server:" + pwColon + "\"\n", "not written as plain"},
+		{"quote inside the hash", fileEnv, "K3S_TOKEN=K10'" + oldHash + "'::server:" + pwColon + "\n", "invalid token CA hash length"},
+		{"block scalar", fileConfig, "token: |\n  " + srvTok + "\n", "YAML form"},
+		{"multi-line plain scalar", fileConfig, "token: K10" + oldHash + "::server:\n  " + pwColon + "\n", "YAML form"},
+		{"flow mapping", fileConfig, "{token: " + srvTok + "}\n", "outside any definition"},
+		{"anchor", fileConfig, "token: &t " + srvTok + "\n", "YAML form"},
+		{"unknown double-quote escape", fileConfig, "token: \"K10" + oldHash + "::server:\\x41" + pwColon + "\"\n", "escape"},
+		{"nested token key", fileConfig, "other:\n  token: " + srvTok + "\n", "outside any definition"},
+		{"not YAML", fileConfig, "token: [" + srvTok + "\n", "not valid YAML"},
+		{"merge key", fileConfig, "base: &b {x: 1}\n<<: *b\ntoken: " + shortTok + "\n", "merge key"},
+		{"second document", fileConfigDropIn, "a: 1\n---\ntoken: " + srvTok + "\n", "second YAML document"},
+		{"relative token file", fileConfig, "token-file: token.txt\n", "not absolute"},
+		{"empty token file", fileToken, "\n", "empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, n, err := RewriteTokenHash(tt.kind, []byte(tt.content), newHash)
+			out, n, err := rewriteTokenHash(tt.kind, []byte(tt.content), newHash)
 			if err == nil {
 				t.Fatalf("no error; changed %d", n)
 			}
@@ -293,7 +270,7 @@ func TestParseRefuses(t *testing.T) {
 
 func TestRedactionNeverShowsSecrets(t *testing.T) {
 	content := "K3S_TOKEN='" + srvTok + "'\nK3S_AGENT_TOKEN=" + shortTok + "\nK3S_TOKEN_FILE=/etc/t\n"
-	srcs, _ := parseFile(FileEnv, "/e", []byte(content), "k3s")
+	srcs, _ := parseFile(fileEnv, "/e", []byte(content), "k3s")
 	for _, s := range srcs {
 		js, err := json.Marshal(s)
 		if err != nil {
@@ -315,12 +292,12 @@ func TestCandidates(t *testing.T) {
 	l := Layout{Role: RoleAgent}
 	wantFiles := []string{"/etc/default/k3s-agent", "/etc/sysconfig/k3s-agent", "/etc/systemd/system/k3s-agent.service.env",
 		"/etc/systemd/system/k3s-agent.service", "/etc/rancher/k3s/config.yaml"}
-	if got := CandidateFiles(l); !reflect.DeepEqual(got, wantFiles) {
-		t.Errorf("CandidateFiles = %q", got)
+	if got := candidateFiles(l); !reflect.DeepEqual(got, wantFiles) {
+		t.Errorf("candidateFiles = %q", got)
 	}
-	dirs := CandidateDirs(l)
+	dirs := candidateDirs(l)
 	if dirs[0].Path != "/etc/systemd/system/k3s-agent.service.d" || dirs[1].Path != "/etc/rancher/k3s/config.yaml.d" {
-		t.Errorf("CandidateDirs = %+v", dirs)
+		t.Errorf("candidateDirs = %+v", dirs)
 	}
 	for _, tt := range []struct {
 		dir  int
@@ -330,8 +307,8 @@ func TestCandidates(t *testing.T) {
 		{0, "10-token.conf", true}, {0, "x.CONF", false}, {0, ".conf", false}, {0, "a.conf.bak", false},
 		{1, "10.yaml", true}, {1, "20.YML", true}, {1, "x.Yaml", true}, {1, "x.json", false}, {1, "yaml", false},
 	} {
-		if got := dirs[tt.dir].Matches(tt.name); got != tt.want {
-			t.Errorf("dir %d Matches(%q) = %v", tt.dir, tt.name, got)
+		if got := dirs[tt.dir].matches(tt.name); got != tt.want {
+			t.Errorf("dir %d matches(%q) = %v", tt.dir, tt.name, got)
 		}
 	}
 }
@@ -341,9 +318,9 @@ func TestCandidates(t *testing.T) {
 func TestFindTokenSourcesTwoRounds(t *testing.T) {
 	l := Layout{}
 	files := map[string][]byte{
-		l.UnitFile():                           []byte(installUnit("\t'--token-file' \\\n", "\t'/etc/k3s/token' \\\n")),
-		l.ConfigDropInDir() + "/20-agent.YAML": []byte("agent-token-file: /etc/k3s/agent-token\n"),
-		l.ConfigDropInDir() + "/notes.txt":     []byte("token: " + srvTok + "\n"),
+		l.UnitFile():                           []byte(installUnit("--token-file", "/etc/k3s/token")),
+		l.configDropInDir() + "/20-agent.YAML": []byte("agent-token-file: /etc/k3s/agent-token\n"),
+		l.configDropInDir() + "/notes.txt":     []byte("token: " + srvTok + "\n"),
 		l.UnitDropInDir() + "/override.conf":   []byte("[Service]\nEnvironment=K3S_TOKEN=" + shortTok + "\n"),
 	}
 	srcs, pending := FindTokenSources(l, files)
@@ -360,10 +337,10 @@ func TestFindTokenSourcesTwoRounds(t *testing.T) {
 		t.Errorf("pending after round two = %q", pending)
 	}
 	last := srcs[len(srcs)-1]
-	if last.Kind != KindTokenFile || last.File != "/etc/k3s/token" || last.Value != srvTok || last.Key != "--token-file" {
+	if last.Kind != kindTokenFile || last.File != "/etc/k3s/token" || last.Value != srvTok || last.Key != "--token-file" {
 		t.Errorf("token file source = %s", last)
 	}
-	if _, err := EffectiveAgentToken(srcs, RoleServer); err == nil || !strings.Contains(err.Error(), "not read or does not exist") {
+	if _, err := effectiveAgentToken(srcs, RoleServer); err == nil || !strings.Contains(err.Error(), "not read or does not exist") {
 		t.Errorf("agent token from a missing file: %v", err)
 	}
 }
@@ -386,7 +363,7 @@ func TestUnitEnvironmentFiles(t *testing.T) {
 	}
 	files["/opt/k3s/k3s.service.env"] = []byte("K3S_TOKEN=" + shortTok + "\n")
 	srcs, _ = FindTokenSources(l, files)
-	eff, err := EffectiveToken(srcs, RoleServer)
+	eff, err := effectiveToken(srcs, RoleServer)
 	if err != nil || eff.File != "/opt/k3s/k3s.service.env" {
 		t.Errorf("effective = %s, %v", eff, err)
 	}

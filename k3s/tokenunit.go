@@ -343,20 +343,20 @@ func readUnitChain(l Layout, unit *UnitShow, files map[string][]byte) unitChain 
 	var unitFiles []string
 	switch {
 	case unit != nil:
-		unitFiles = unit.UnitFiles()
+		unitFiles = unit.unitFiles()
 	case files[l.UnitFile()] != nil:
-		unitFiles = append([]string{l.UnitFile()}, dropIns(CandidateDirs(l)[0], files)...)
+		unitFiles = append([]string{l.UnitFile()}, dropIns(candidateDirs(l)[0], files)...)
 	default:
-		unitFiles = dropIns(CandidateDirs(l)[0], files)
+		unitFiles = dropIns(candidateDirs(l)[0], files)
 		refs = append(l.DistroEnvFiles(), l.EnvFile())
 	}
 	uc.files = unitFiles
 	execCount := 0
 	for i, f := range unitFiles {
 		content := files[f]
-		kind := KindUnitExecStart
+		kind := kindUnitExecStart
 		if i > 0 || (unit == nil && f != l.UnitFile()) {
-			kind = KindUnitDropIn
+			kind = kindUnitDropIn
 		}
 		for _, set := range scanUnit(content) {
 			switch set.key {
@@ -389,7 +389,7 @@ func readUnitChain(l Layout, unit *UnitShow, files map[string][]byte) unitChain 
 				}
 				p, err := envFilePath(set.val, l.UnitName())
 				if err != nil && unit == nil {
-					uc.problems = append(uc.problems, problem(f, KindUnitEnvironment, lineAt(content, set.keyOff), "EnvironmentFile=: %v", err))
+					uc.problems = append(uc.problems, problem(f, kindUnitEnvironment, lineAt(content, set.keyOff), "EnvironmentFile=: %v", err))
 					continue
 				}
 				refs = append(refs, p)
@@ -431,10 +431,10 @@ func envFileRefs(l Layout, refs []string, files map[string][]byte) []envFileRef 
 	kindOf := func(p string) (SourceKind, bool) {
 		for _, d := range l.DistroEnvFiles() {
 			if p == d {
-				return KindDistroEnvFile, false
+				return kindDistroEnvFile, false
 			}
 		}
-		return KindEnvFile, p != l.EnvFile()
+		return kindEnvFile, p != l.EnvFile()
 	}
 	var out []envFileRef
 	for i, p := range refs {
@@ -483,7 +483,7 @@ func parseEnvironment(file string, set unitSetting, content []byte, unit string)
 	v, unknown := expandSpecifiers(set.val, unit)
 	words, err := splitWords(v)
 	if err != nil {
-		return []TokenSource{problem(file, KindUnitEnvironment, lineAt(content, set.keyOff), "Environment=: %v", err)}
+		return []TokenSource{problem(file, kindUnitEnvironment, lineAt(content, set.keyOff), "Environment=: %v", err)}
 	}
 	var out []TokenSource
 	for _, w := range words {
@@ -492,7 +492,7 @@ func parseEnvironment(file string, set unitSetting, content []byte, unit string)
 		if !ok || !known {
 			continue
 		}
-		s := newSource(file, KindUnitEnvironment, name, setting, w.from(len(name)+1), content, set.keyOff)
+		s := newSource(file, kindUnitEnvironment, name, setting, w.from(len(name)+1), content, set.keyOff)
 		if w.usesAny(unknown) || w.odd {
 			s.Warning = "uses unit specifiers or escapes fleetcert keeps verbatim"
 		}

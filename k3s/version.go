@@ -46,8 +46,8 @@ func ParseVersion(s string) (Version, error) {
 	return v, nil
 }
 
-// MustParseVersion is ParseVersion for constants; it panics on error.
-func MustParseVersion(s string) Version {
+// mustParseVersion is ParseVersion for constants; it panics on error.
+func mustParseVersion(s string) Version {
 	v, err := ParseVersion(s)
 	if err != nil {
 		panic(err)
@@ -67,10 +67,10 @@ func (v Version) String() string {
 	return s
 }
 
-// Compare returns -1, 0 or +1 as v is older than, the same as or newer
+// compare returns -1, 0 or +1 as v is older than, the same as or newer
 // than w: by major, minor, patch, then a pre-release before the release,
 // then the k3s revision.
-func (v Version) Compare(w Version) int {
+func (v Version) compare(w Version) int {
 	for _, d := range []int{v.Major - w.Major, v.Minor - w.Minor, v.Patch - w.Patch} {
 		if d != 0 {
 			return sign(d)
@@ -87,8 +87,8 @@ func (v Version) Compare(w Version) int {
 	return sign(v.Revision - w.Revision)
 }
 
-// Less reports whether v is older than w.
-func (v Version) Less(w Version) bool { return v.Compare(w) < 0 }
+// less reports whether v is older than w.
+func (v Version) less(w Version) bool { return v.compare(w) < 0 }
 
 func sign(d int) int {
 	switch {
@@ -126,13 +126,13 @@ type gate []string
 
 // has reports whether v is at or after the gate in its minor line.
 func (g gate) has(v Version) bool {
-	newest := MustParseVersion(g[0])
+	newest := mustParseVersion(g[0])
 	for _, s := range g {
-		f := MustParseVersion(s)
+		f := mustParseVersion(s)
 		if f.Minor == v.Minor && f.Major == v.Major {
-			return !v.Less(f)
+			return !v.less(f)
 		}
-		if newest.Less(f) {
+		if newest.less(f) {
 			newest = f
 		}
 	}
@@ -194,9 +194,9 @@ func KnownRotationBugs(v Version) []string {
 // releases (inferred from that month's Kubernetes patch releases).
 var certificateCheckGate = gate{"v1.30.0+k3s1", "v1.29.4+k3s1", "v1.28.9+k3s1", "v1.27.13+k3s1"}
 
-// SupportsCertificateCheck reports whether `k3s certificate check` exists.
+// supportsCertificateCheck reports whether `k3s certificate check` exists.
 // Older versions need the certificate files read and parsed instead.
-func SupportsCertificateCheck(v Version) bool { return certificateCheckGate.has(v) }
+func supportsCertificateCheck(v Version) bool { return certificateCheckGate.has(v) }
 
 // `certificate check --output` since v1.32.0/v1.31.5/v1.30.9
 // (docs/k3s-behaviour.md#versions).
@@ -205,18 +205,18 @@ var checkOutputGate = gate{"v1.32.0+k3s1", "v1.31.5+k3s1", "v1.30.9+k3s1"}
 // CheckHasOutputFlag reports whether `k3s certificate check` takes
 // -o/--output (json, yaml, table).
 func CheckHasOutputFlag(v Version) bool {
-	return SupportsCertificateCheck(v) && checkOutputGate.has(v)
+	return supportsCertificateCheck(v) && checkOutputGate.has(v)
 }
 
 // The May 2025 releases moved renewal from 90 to 120 days
 // (docs/k3s-behaviour.md#renewal).
 var renewal120Gate = gate{"v1.33.1+k3s1", "v1.32.5+k3s1", "v1.31.9+k3s1", "v1.30.13+k3s1"}
 
-// RenewalThresholdDays is how close to expiry a leaf certificate must be
+// renewalThresholdDays is how close to expiry a leaf certificate must be
 // for k3s to renew it at start (and for `certificate check` to warn): 120
 // days since the May 2025 releases (v1.33.1, v1.32.5, v1.31.9, v1.30.13),
 // 90 before.
-func RenewalThresholdDays(v Version) int {
+func renewalThresholdDays(v Version) int {
 	if renewal120Gate.has(v) {
 		return 120
 	}

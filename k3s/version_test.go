@@ -28,7 +28,7 @@ func TestParseVersion(t *testing.T) {
 			t.Errorf("ParseVersion(%q) = %+v, %v", tt.in, got, err)
 		}
 	}
-	if s := MustParseVersion("v1.32.0-rc2+k3s1").String(); s != "v1.32.0-rc2+k3s1" {
+	if s := mustParseVersion("v1.32.0-rc2+k3s1").String(); s != "v1.32.0-rc2+k3s1" {
 		t.Errorf("String = %q", s)
 	}
 }
@@ -38,9 +38,9 @@ func TestVersionCompare(t *testing.T) {
 		"v1.26.2+k3s1", "v1.26.2+k3s2", "v1.26.10+k3s1", "v1.27.0+k3s1", "v2.0.0+k3s1"}
 	for i := range ordered {
 		for j := range ordered {
-			a, b := MustParseVersion(ordered[i]), MustParseVersion(ordered[j])
+			a, b := mustParseVersion(ordered[i]), mustParseVersion(ordered[j])
 			want := sign(i - j)
-			if got := a.Compare(b); got != want {
+			if got := a.compare(b); got != want {
 				t.Errorf("%s vs %s = %d, want %d", a, b, got, want)
 			}
 		}
@@ -57,7 +57,7 @@ func TestSupportsRotateCA(t *testing.T) {
 		"v1.27.0+k3s1": true, "v1.33.1+k3s1": true,
 	}
 	for v, want := range tests {
-		if got := SupportsRotateCA(MustParseVersion(v)); got != want {
+		if got := SupportsRotateCA(mustParseVersion(v)); got != want {
 			t.Errorf("SupportsRotateCA(%s) = %v", v, got)
 		}
 	}
@@ -83,7 +83,7 @@ func TestKnownRotationBugs(t *testing.T) {
 		"v1.33.0+k3s1":  nil,
 	}
 	for v, want := range tests {
-		got := KnownRotationBugs(MustParseVersion(v))
+		got := KnownRotationBugs(mustParseVersion(v))
 		if len(got) != len(want) {
 			t.Errorf("%s: %q, want %q", v, got, want)
 			continue
@@ -123,15 +123,15 @@ func TestCertificateCheckGates(t *testing.T) {
 		{"v1.34.1+k3s1", true, true, 120},
 	}
 	for _, tt := range tests {
-		v := MustParseVersion(tt.v)
-		if got := SupportsCertificateCheck(v); got != tt.check {
-			t.Errorf("SupportsCertificateCheck(%s) = %v", v, got)
+		v := mustParseVersion(tt.v)
+		if got := supportsCertificateCheck(v); got != tt.check {
+			t.Errorf("supportsCertificateCheck(%s) = %v", v, got)
 		}
 		if got := CheckHasOutputFlag(v); got != tt.output {
 			t.Errorf("CheckHasOutputFlag(%s) = %v", v, got)
 		}
-		if got := RenewalThresholdDays(v); got != tt.threshold {
-			t.Errorf("RenewalThresholdDays(%s) = %d", v, got)
+		if got := renewalThresholdDays(v); got != tt.threshold {
+			t.Errorf("renewalThresholdDays(%s) = %d", v, got)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"path"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -181,7 +182,7 @@ func TestRotateCAFileChangedBeforeWrite(t *testing.T) {
 	}
 	f, _ := fa.File(env)
 	if !strings.Contains(string(f.Data), "# managed by cfgmgmt\n") || !strings.Contains(string(f.Data), "K10"+target+"::") {
-		t.Errorf("env file lost the concurrent edit or the new hash: %q", pki.RedactToken(string(f.Data)))
+		t.Errorf("env file lost the concurrent edit or the new hash: %q", redactTokens(f.Data))
 	}
 	warned := false
 	for _, e := range rec.Events() {
@@ -191,6 +192,14 @@ func TestRotateCAFileChangedBeforeWrite(t *testing.T) {
 		t.Error("the refused write was not reported")
 	}
 }
+
+// tokenSecret is a secure token up to its secret (after the user and ':',
+// or the bootstrap id and '.'), and the secret.
+var tokenSecret = regexp.MustCompile(`(K10[0-9a-f]*::[^\s'":.]+[:.])[^\s'"]+`)
+
+// redactTokens is a file with the secret of every token in it hidden, for
+// failure messages.
+func redactTokens(data []byte) string { return tokenSecret.ReplaceAllString(string(data), "${1}****") }
 
 func fleetCluster(fl *fleettest.Fleet, name string) *fleettest.Cluster {
 	for _, c := range fl.Clusters {
@@ -213,7 +222,7 @@ func checkRotatedNode(t *testing.T, fn *fleettest.Node, n *Node, runID, fleetHas
 	}
 	env, ok := fn.File(l.EnvFile())
 	if !ok || !strings.Contains(string(env.Data), "K10"+target+"::server:") {
-		t.Errorf("%s: %s does not pin the target: %q", n.ID(), l.EnvFile(), pki.RedactToken(string(env.Data)))
+		t.Errorf("%s: %s does not pin the target: %q", n.ID(), l.EnvFile(), redactTokens(env.Data))
 	}
 	if n.Role == inventory.Agent {
 		ca, _ := fn.File(l.AgentServerCA())

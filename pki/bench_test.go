@@ -43,7 +43,7 @@ func reportSpread(b *testing.B, op func() error) {
 // cross-signed and a new RSA 2048 service-account key. Goal: median under
 // 150 ms.
 func BenchmarkCrossSignWithServiceKey(b *testing.B) {
-	current := k3sDefaultSet(b)
+	current := k3sDefaultSet()
 	env := Env{}
 	reportSpread(b, func() error {
 		s, err := env.CrossSign(current)
@@ -57,7 +57,7 @@ func BenchmarkCrossSignWithServiceKey(b *testing.B) {
 
 // BenchmarkCrossSign is the CA part alone (ECDSA P-256 only).
 func BenchmarkCrossSign(b *testing.B) {
-	current := k3sDefaultSet(b)
+	current := k3sDefaultSet()
 	reportSpread(b, func() error {
 		_, err := Env{}.CrossSign(current)
 		return err
@@ -67,7 +67,7 @@ func BenchmarkCrossSign(b *testing.B) {
 // BenchmarkGenerateCustomRSA4096 is a full custom topology with a fresh
 // RSA 4096 root and intermediate, five cluster CAs and a service.key.
 func BenchmarkGenerateCustomRSA4096(b *testing.B) {
-	sk := serviceKey(b)
+	sk := serviceKey()
 	reportSpread(b, func() error {
 		_, err := Env{}.GenerateCustom(CustomInput{KeyType: RSA4096, ServiceKey: sk})
 		return err

@@ -31,13 +31,13 @@ type CAType struct {
 	Etcd bool
 }
 
-// CAName is the CN prefix the contrib scripts give a generated cluster CA:
+// caName is the CN prefix the contrib scripts give a generated cluster CA:
 // k3s-<type>-ca, with "/" in the type written "-".
-func (t CAType) CAName() string { return "k3s-" + t.flatName() + "-ca" }
+func (t CAType) caName() string { return "k3s-" + t.flatName() + "-ca" }
 
-// RootName is the CN prefix of the per-type root made by cross-signed
+// rootName is the CN prefix of the per-type root made by cross-signed
 // rotation: k3s-<type>-root.
-func (t CAType) RootName() string { return "k3s-" + t.flatName() + "-root" }
+func (t CAType) rootName() string { return "k3s-" + t.flatName() + "-root" }
 
 func (t CAType) flatName() string { return strings.ReplaceAll(t.Name, "/", "-") }
 
@@ -64,7 +64,7 @@ func CATypeByName(name string) (CAType, bool) {
 // The service-account issuer key file and its k3s field name.
 const (
 	ServiceKeyFile  = "service.key"
-	ServiceKeyField = "ServiceKey"
+	serviceKeyField = "ServiceKey"
 )
 
 // TLSDir is the directory under a rotate-ca --path (and under server/) that
@@ -81,10 +81,10 @@ func Files() []string {
 	return append(fs, ServiceKeyFile)
 }
 
-// FieldOf returns k3s's field name for a rotatable file, "" for others.
-func FieldOf(file string) string {
+// fieldOf returns k3s's field name for a rotatable file, "" for others.
+func fieldOf(file string) string {
 	if file == ServiceKeyFile {
-		return ServiceKeyField
+		return serviceKeyField
 	}
 	for _, t := range CATypes {
 		switch file {
@@ -107,7 +107,7 @@ type CASet map[string][]byte
 func NewCASet(files map[string][]byte) (CASet, error) {
 	s := CASet{}
 	for name, data := range files {
-		if FieldOf(name) == "" {
+		if fieldOf(name) == "" {
 			return nil, fmt.Errorf("%s is not a file k3s rotate-ca reads (want one of %s)", name, strings.Join(Files(), ", "))
 		}
 		if len(data) > 0 {

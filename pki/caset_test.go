@@ -18,15 +18,15 @@ func TestFilesAndFields(t *testing.T) {
 	}
 	for file, field := range map[string]string{"etcd/peer-ca.key": "ETCDPeerCAKey", "server-ca.crt": "ServerCA",
 		"request-header-ca.key": "RequestHeaderCAKey", "service.key": "ServiceKey", "server-ca.pem": ""} {
-		if got := FieldOf(file); got != field {
-			t.Errorf("FieldOf(%s) = %q, want %q", file, got, field)
+		if got := fieldOf(file); got != field {
+			t.Errorf("fieldOf(%s) = %q, want %q", file, got, field)
 		}
 	}
 	names := map[string][2]string{"etcd/peer": {"k3s-etcd-peer-ca", "k3s-etcd-peer-root"}, "request-header": {"k3s-request-header-ca", "k3s-request-header-root"}}
 	for n, want := range names {
 		ct, ok := CATypeByName(n)
-		if !ok || ct.CAName() != want[0] || ct.RootName() != want[1] {
-			t.Errorf("%s: %q %q", n, ct.CAName(), ct.RootName())
+		if !ok || ct.caName() != want[0] || ct.rootName() != want[1] {
+			t.Errorf("%s: %q %q", n, ct.caName(), ct.rootName())
 		}
 	}
 	if _, ok := CATypeByName("etcd-peer"); ok {
@@ -64,7 +64,7 @@ func TestChangedAndOverlay(t *testing.T) {
 }
 
 func TestWriteReadDir(t *testing.T) {
-	set := k3sDefaultSet(t)
+	set := k3sDefaultSet()
 	dir := filepath.Join(t.TempDir(), "stage")
 	if err := set.WriteDir(dir, false); err != nil {
 		t.Fatal(err)
@@ -130,7 +130,7 @@ func TestReadDirEdgeCases(t *testing.T) {
 }
 
 func TestKinds(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	crossed, err := Env{}.CrossSign(def)
 	if err != nil {
 		t.Fatal(err)
@@ -219,13 +219,13 @@ func TestParseHelpers(t *testing.T) {
 	if _, err := ParseCerts(c.Set["server-ca.key"]); err == nil || err.Error() != errNoCerts.Error() {
 		t.Errorf("key file as bundle: %v", err)
 	}
-	rootPEM, _ := EncodeKey(c.RootKey)
+	rootPEM, _ := encodeKey(c.RootKey)
 	pkcs8 := pkcs8PEM(t, c.IntermediateKey)
 	keys, err := ParseKeys(append(append(bytes.Clone(c.Set["server-ca.key"]), rootPEM...), pkcs8...))
 	if err != nil || len(keys) != 3 {
 		t.Fatalf("ParseKeys: %d, %v", len(keys), err)
 	}
-	if DescribeKey(keys[0].Public()) != "ECDSA P-256" || DescribeKey(keys[1].Public()) != "RSA 4096" || !samePublicKey(keys[2].Public(), c.IntermediateKey.Public()) {
+	if describeKey(keys[0].Public()) != "ECDSA P-256" || describeKey(keys[1].Public()) != "RSA 4096" || !samePublicKey(keys[2].Public(), c.IntermediateKey.Public()) {
 		t.Error("ParseKeys order or types wrong")
 	}
 	if _, err := ParseKeys(bundle); err == nil {

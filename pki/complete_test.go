@@ -7,7 +7,7 @@ import (
 )
 
 func TestCompleteRetiresTheOldRoots(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	once, err := Env{}.CrossSign(def)
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +39,7 @@ func TestCompleteRetiresTheOldRoots(t *testing.T) {
 			}
 			// k3s accepts it, and tokens keep their hash.
 			if res := (Env{}).Validate(current, c.Set); !res.OK() {
-				t.Fatalf("k3s would refuse the completed set: %v", res.Err())
+				t.Fatalf("k3s would refuse the completed set: %v", res.Errors)
 			}
 			server := serverCA(t)
 			if got, want := HashCA(c.Set[server]), HashCA(current[server]); got != want {
@@ -55,7 +55,7 @@ func TestCompleteRetiresTheOldRoots(t *testing.T) {
 }
 
 func TestCompleteRetiresExactlyTheCrossSignedAndOldRoots(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	next, err := Env{}.CrossSign(def)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +87,7 @@ func TestCompleteRetiresExactlyTheCrossSignedAndOldRoots(t *testing.T) {
 
 func TestCompleteRefusesWhatIsNotCrossSigned(t *testing.T) {
 	t.Run("never rotated", func(t *testing.T) {
-		if _, err := Complete(k3sDefaultSet(t)); !errors.Is(err, ErrNotCrossSigned) {
+		if _, err := Complete(k3sDefaultSet()); !errors.Is(err, ErrNotCrossSigned) {
 			t.Errorf("err = %v, want ErrNotCrossSigned", err)
 		}
 	})
@@ -99,7 +99,7 @@ func TestCompleteRefusesWhatIsNotCrossSigned(t *testing.T) {
 		}
 	})
 	t.Run("tampered bundle", func(t *testing.T) {
-		def := k3sDefaultSet(t)
+		def := k3sDefaultSet()
 		next, err := Env{}.CrossSign(def)
 		if err != nil {
 			t.Fatal(err)
@@ -116,7 +116,7 @@ func TestCompleteRefusesWhatIsNotCrossSigned(t *testing.T) {
 		}
 	})
 	t.Run("three certificates", func(t *testing.T) {
-		def := k3sDefaultSet(t)
+		def := k3sDefaultSet()
 		next, err := Env{}.CrossSign(def)
 		if err != nil {
 			t.Fatal(err)

@@ -23,10 +23,10 @@ import (
 // 20 years, intermediate and cluster CAs ~10 years; everything a
 // cross-signed rotation makes 20 years.
 const (
-	RootDays         = 7300
-	IntermediateDays = 3700
-	ClusterCADays    = 3700
-	CrossSignDays    = 7300
+	rootDays         = 7300
+	intermediateDays = 3700
+	clusterCADays    = 3700
+	crossSignDays    = 7300
 )
 
 // notBeforeSkew backdates new certificates, as newer k3s does for its own
@@ -95,8 +95,8 @@ func (e Env) rand() io.Reader {
 	return rand.Reader
 }
 
-// GenerateKey makes a new private key of type kt.
-func (e Env) GenerateKey(kt KeyType) (crypto.Signer, error) {
+// generateKey makes a new private key of type kt.
+func (e Env) generateKey(kt KeyType) (crypto.Signer, error) {
 	switch kt {
 	case RSA2048:
 		return rsa.GenerateKey(e.rand(), 2048)
@@ -245,7 +245,7 @@ func (c *Custom) IssuerFiles() (map[string][]byte, error) {
 		if it.key == nil {
 			continue
 		}
-		k, err := EncodeKey(it.key)
+		k, err := encodeKey(it.key)
 		if err != nil {
 			return nil, err
 		}
@@ -269,16 +269,16 @@ func (e Env) GenerateCustom(in CustomInput) (*Custom, error) {
 		return nil, err
 	}
 	for _, t := range CATypes {
-		key, err := e.GenerateKey(ECDSAP256)
+		key, err := e.generateKey(ECDSAP256)
 		if err != nil {
 			return nil, err
 		}
-		c, err := e.issue(caRequest{cn: t.CAName() + stamp, days: ClusterCADays, key: key, issuer: inter})
+		c, err := e.issue(caRequest{cn: t.caName() + stamp, days: clusterCADays, key: key, issuer: inter})
 		if err != nil {
 			return nil, err
 		}
 		out.Set[t.CertFile] = encodeCerts(c, out.Intermediate, out.Root)
-		if out.Set[t.KeyFile], err = EncodeKey(key); err != nil {
+		if out.Set[t.KeyFile], err = encodeKey(key); err != nil {
 			return nil, err
 		}
 	}
@@ -301,11 +301,11 @@ func (e Env) customIssuers(in CustomInput, out *Custom, stamp string) (*authorit
 	case in.Root == nil && (in.Intermediate != nil || in.RootKey != nil):
 		return nil, errors.New("an intermediate or root key needs the root certificate")
 	case in.Root == nil:
-		key, err := e.GenerateKey(kt)
+		key, err := e.generateKey(kt)
 		if err != nil {
 			return nil, err
 		}
-		if out.Root, err = e.issue(caRequest{cn: "k3s-root-ca" + stamp, days: RootDays, key: key}); err != nil {
+		if out.Root, err = e.issue(caRequest{cn: "k3s-root-ca" + stamp, days: rootDays, key: key}); err != nil {
 			return nil, err
 		}
 		out.RootKey = key
@@ -322,11 +322,11 @@ func (e Env) customIssuers(in CustomInput, out *Custom, stamp string) (*authorit
 	if in.RootKey == nil {
 		return nil, errors.New("cannot generate an intermediate certificate without the root certificate's private key")
 	}
-	key, err := e.GenerateKey(kt)
+	key, err := e.generateKey(kt)
 	if err != nil {
 		return nil, err
 	}
-	c, err := e.issue(caRequest{cn: "k3s-intermediate-ca" + stamp, days: IntermediateDays, key: key,
+	c, err := e.issue(caRequest{cn: "k3s-intermediate-ca" + stamp, days: intermediateDays, key: key,
 		issuer: &authority{cert: out.Root, key: in.RootKey}})
 	if err != nil {
 		return nil, err
@@ -398,7 +398,7 @@ func (e Env) distinctStamp(types []CAType, olds []*authority) string {
 	for clash := true; clash; {
 		clash = false
 		for i, t := range types {
-			if olds[i].cert.Subject.CommonName == fmt.Sprintf("%s@%d", t.RootName(), unix) {
+			if olds[i].cert.Subject.CommonName == fmt.Sprintf("%s@%d", t.rootName(), unix) {
 				clash = true
 				unix++
 			}
@@ -408,11 +408,11 @@ func (e Env) distinctStamp(types []CAType, olds []*authority) string {
 }
 
 func (e Env) crossSignOne(out CASet, t CAType, old *authority, stamp string) error {
-	rootKey, err := e.GenerateKey(ECDSAP256)
+	rootKey, err := e.generateKey(ECDSAP256)
 	if err != nil {
 		return err
 	}
-	rootReq := caRequest{cn: t.RootName() + stamp, days: CrossSignDays, key: rootKey}
+	rootReq := caRequest{cn: t.rootName() + stamp, days: crossSignDays, key: rootKey}
 	selfSigned, err := e.issue(rootReq)
 	if err != nil {
 		return err
@@ -433,11 +433,11 @@ func (e Env) crossSignOne(out CASet, t CAType, old *authority, stamp string) err
 
 // intermediateUnder makes the ECDSA P-256 cluster CA of type t under root.
 func (e Env) intermediateUnder(t CAType, root *authority, stamp string) (*x509.Certificate, crypto.Signer, error) {
-	key, err := e.GenerateKey(ECDSAP256)
+	key, err := e.generateKey(ECDSAP256)
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := e.issue(caRequest{cn: t.CAName() + stamp, days: CrossSignDays, key: key, issuer: root})
+	c, err := e.issue(caRequest{cn: t.caName() + stamp, days: crossSignDays, key: key, issuer: root})
 	return c, key, err
 }
 
@@ -455,11 +455,11 @@ func (e Env) NewRoot(includeEtcd bool) (CASet, error) {
 		if t.Etcd && !includeEtcd {
 			continue
 		}
-		rootKey, err := e.GenerateKey(ECDSAP256)
+		rootKey, err := e.generateKey(ECDSAP256)
 		if err != nil {
 			return nil, err
 		}
-		root, err := e.issue(caRequest{cn: t.RootName() + stamp, days: CrossSignDays, key: rootKey})
+		root, err := e.issue(caRequest{cn: t.rootName() + stamp, days: crossSignDays, key: rootKey})
 		if err != nil {
 			return nil, err
 		}
@@ -492,11 +492,11 @@ func (e Env) RotateServiceKey(current []byte, keep int) ([]byte, error) {
 	if keep > 0 && len(blocks) > keep {
 		blocks = blocks[:keep]
 	}
-	key, err := e.GenerateKey(RSA2048)
+	key, err := e.generateKey(RSA2048)
 	if err != nil {
 		return nil, err
 	}
-	out, err := EncodeKey(key)
+	out, err := encodeKey(key)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleetcert/fleetcert/internal/certtest"
 )
 
 var fixedNow = time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
@@ -40,7 +42,7 @@ func TestGenerateCustomDefaults(t *testing.T) {
 	c := defaultCustom(t)
 	for _, k := range []any{c.Root.PublicKey, c.Intermediate.PublicKey} {
 		if p, ok := k.(*rsa.PublicKey); !ok || p.N.BitLen() != 4096 {
-			t.Errorf("root/intermediate key %s, want RSA 4096", DescribeKey(k))
+			t.Errorf("root/intermediate key %s, want RSA 4096", describeKey(k))
 		}
 	}
 	if c.RootKey == nil || c.IntermediateKey == nil {
@@ -70,11 +72,11 @@ func checkCustomSet(t *testing.T, c *Custom) {
 			t.Fatalf("%s: want cluster CA + intermediate + root, got %d certs", ct.CertFile, len(certs))
 		}
 		ca := certs[0]
-		if !strings.HasPrefix(ca.Subject.CommonName, ct.CAName()+"@") {
-			t.Errorf("%s: CN %q, want %s@<unix>", ct.CertFile, ca.Subject.CommonName, ct.CAName())
+		if !strings.HasPrefix(ca.Subject.CommonName, ct.caName()+"@") {
+			t.Errorf("%s: CN %q, want %s@<unix>", ct.CertFile, ca.Subject.CommonName, ct.caName())
 		}
 		if p, ok := ca.PublicKey.(*ecdsa.PublicKey); !ok || p.Curve != elliptic.P256() {
-			t.Errorf("%s: key %s, want ECDSA P-256", ct.CertFile, DescribeKey(ca.PublicKey))
+			t.Errorf("%s: key %s, want ECDSA P-256", ct.CertFile, describeKey(ca.PublicKey))
 		}
 		if err := ca.CheckSignatureFrom(c.Intermediate); err != nil {
 			t.Errorf("%s: not signed by the intermediate: %v", ct.CertFile, err)
@@ -98,7 +100,7 @@ func checkCustomSet(t *testing.T, c *Custom) {
 
 func TestGenerateCustomInputs(t *testing.T) {
 	base := fastCustom(t, CustomInput{})
-	sk := serviceKey(t)
+	sk := serviceKey()
 	t.Run("root and key", func(t *testing.T) {
 		c := fastCustom(t, CustomInput{Root: base.Root, RootKey: base.RootKey, ServiceKey: sk})
 		if !c.Root.Equal(base.Root) || c.Intermediate.Equal(base.Intermediate) || c.RootKey != nil || c.IntermediateKey == nil {
@@ -154,7 +156,7 @@ func TestGenerateKeyTypes(t *testing.T) {
 		}
 		t.Run(string(kt), func(t *testing.T) {
 			c := fastCustom(t, CustomInput{KeyType: kt})
-			if got := DescribeKey(c.Root.PublicKey); got != want[kt] {
+			if got := describeKey(c.Root.PublicKey); got != want[kt] {
 				t.Errorf("root key %s, want %s", got, want[kt])
 			}
 			opensslVerify(t, c.Root, mustCerts(t, c.Set["server-ca.crt"])[0], c.Intermediate)
@@ -176,20 +178,20 @@ func TestClockInCNsAndValidity(t *testing.T) {
 	stamp := fmt.Sprintf("@%d", fixedNow.Unix())
 	for _, ct := range CATypes {
 		ca := mustCerts(t, c.Set[ct.CertFile])[0]
-		if ca.Subject.CommonName != ct.CAName()+stamp {
-			t.Errorf("CN %q, want %q", ca.Subject.CommonName, ct.CAName()+stamp)
+		if ca.Subject.CommonName != ct.caName()+stamp {
+			t.Errorf("CN %q, want %q", ca.Subject.CommonName, ct.caName()+stamp)
 		}
 		if !ca.NotBefore.Equal(fixedNow.Add(-time.Hour)) {
 			t.Errorf("NotBefore %v, want the clock minus an hour", ca.NotBefore)
 		}
 	}
-	if c.Root.Subject.CommonName != "k3s-root-ca"+stamp || !c.Root.NotAfter.Equal(fixedNow.AddDate(0, 0, RootDays)) {
+	if c.Root.Subject.CommonName != "k3s-root-ca"+stamp || !c.Root.NotAfter.Equal(fixedNow.AddDate(0, 0, rootDays)) {
 		t.Errorf("root %q until %v", c.Root.Subject.CommonName, c.Root.NotAfter)
 	}
 }
 
 func TestCrossSign(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	env := fixedEnv()
 	env.Now = time.Now
 	got, err := env.CrossSign(def)
@@ -256,7 +258,7 @@ func checkCrossSigned(t *testing.T, current, got CASet) {
 		if !oldRoot.Equal(old.cert) {
 			t.Errorf("%s: 4th cert is not the old root", ct.CertFile)
 		}
-		if !strings.HasPrefix(inter.Subject.CommonName, ct.CAName()+"@") || !strings.HasPrefix(root.Subject.CommonName, ct.RootName()+"@") {
+		if !strings.HasPrefix(inter.Subject.CommonName, ct.caName()+"@") || !strings.HasPrefix(root.Subject.CommonName, ct.rootName()+"@") {
 			t.Errorf("%s: CNs %q %q", ct.CertFile, inter.Subject.CommonName, root.Subject.CommonName)
 		}
 		if root.Subject.String() != xroot.Subject.String() || root.Subject.String() == oldRoot.Subject.String() {
@@ -274,15 +276,15 @@ func checkCrossSigned(t *testing.T, current, got CASet) {
 		for _, c := range certs[:3] {
 			checkCAExtensions(t, c)
 			if p, ok := c.PublicKey.(*ecdsa.PublicKey); !ok || p.Curve != elliptic.P256() {
-				t.Errorf("%s: %s", c.Subject.CommonName, DescribeKey(c.PublicKey))
+				t.Errorf("%s: %s", c.Subject.CommonName, describeKey(c.PublicKey))
 			}
 		}
 		keys := mustKeys(t, got[ct.KeyFile])
 		if len(keys) != 2 || !samePublicKey(keys[0].Public(), inter.PublicKey) || !samePublicKey(keys[1].Public(), root.PublicKey) {
 			t.Errorf("%s: want intermediate key then new root key", ct.KeyFile)
 		}
-		if got.KindOf(ct) != KindCrossSigned {
-			t.Errorf("%s: kind %s", ct.CertFile, got.KindOf(ct))
+		if got.kindOf(ct) != KindCrossSigned {
+			t.Errorf("%s: kind %s", ct.CertFile, got.kindOf(ct))
 		}
 		// openssl: new intermediate -> cross-signed root -> old root, and
 		// new intermediate -> new self-signed root.
@@ -292,7 +294,7 @@ func checkCrossSigned(t *testing.T, current, got CASet) {
 }
 
 func TestNewRoot(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	for _, etcd := range []bool{false, true} {
 		s, err := Env{}.NewRoot(etcd)
 		if err != nil {
@@ -315,8 +317,8 @@ func TestNewRoot(t *testing.T) {
 			if old := mustCerts(t, def[ct.CertFile])[0]; certs[0].CheckSignatureFrom(old) == nil || certs[1].CheckSignatureFrom(old) == nil {
 				t.Errorf("%s chains to the old root", ct.CertFile)
 			}
-			if s.KindOf(ct) != KindCrossSigned {
-				t.Errorf("%s: kind %s, want cross-signable next time", ct.CertFile, s.KindOf(ct))
+			if s.kindOf(ct) != KindCrossSigned {
+				t.Errorf("%s: kind %s, want cross-signable next time", ct.CertFile, s.kindOf(ct))
 			}
 		}
 	}
@@ -328,7 +330,7 @@ func TestRotateServiceKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if keys := mustKeys(t, k1); len(keys) != 1 || DescribeKey(keys[0].Public()) != "RSA 2048" {
+	if keys := mustKeys(t, k1); len(keys) != 1 || describeKey(keys[0].Public()) != "RSA 2048" {
 		t.Fatalf("first service.key: %d keys", len(keys))
 	}
 	if !bytes.HasPrefix(k1, []byte("-----BEGIN RSA PRIVATE KEY-----")) {
@@ -349,9 +351,7 @@ func TestRotateServiceKey(t *testing.T) {
 		t.Error("negative keep accepted")
 	}
 	// PKCS#8 and EC keys in the current file are kept as they are.
-	ec, _ := k3sDefaultCA(t, "x", time.Now())
-	_ = ec
-	_, ecKey := k3sDefaultCA(t, "x", time.Now())
+	ecKey := certtest.KeyPEM(certtest.NewECKey())
 	mixed, err := env.RotateServiceKey(append(bytes.Clone(k1), ecKey...), 0)
 	if err != nil || !bytes.HasSuffix(mixed, ecKey) {
 		t.Errorf("mixed key file: %v", err)

@@ -30,7 +30,7 @@ func defaultCustom(t testing.TB) *Custom {
 }
 
 func TestHashCA(t *testing.T) {
-	def := k3sDefaultSet(t)
+	def := k3sDefaultSet()
 	single := def["server-ca.crt"]
 	custom := defaultCustom(t)
 	crossed, err := Env{}.CrossSign(def)

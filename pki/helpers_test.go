@@ -3,14 +3,9 @@ package pki
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,76 +13,24 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fleetcert/fleetcert/internal/certtest"
 )
 
-// k3sDefaultCA makes a CA the way k3s does for itself (dynamiclistener
-// NewSelfSignedCACert): ECDSA P-256, CN <prefix>@<unix>, serial 0, 10 years,
-// CA:true, digitalSignature|keyEncipherment|certSign, Go's automatic SKI and
-// no AKI.
-func k3sDefaultCA(t testing.TB, cn string, now time.Time) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(0),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             now.UTC(),
-		NotAfter:              now.Add(3650 * 24 * time.Hour).UTC(),
-		KeyUsage:              x509.KeyUsageKeyEncipherment | x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err = EncodeKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return encodeCerts(c), keyPEM
-}
-
+// Made once per test binary: an RSA key takes long to generate.
 var (
-	defaultOnce sync.Once
-	defaultSet  CASet
-	saKeyOnce   sync.Once
-	saKey       []byte
+	saKey      = sync.OnceValue(func() *rsa.PrivateKey { return certtest.NewRSAKey(2048) })
+	defaultSet = sync.OnceValue(func() CASet {
+		return CASet(certtest.NewK3sCAs(time.Now().AddDate(-1, 0, 0)).Files(saKey()))
+	})
 )
 
-// serviceKey is an RSA 2048 service.key, made once per test binary.
-func serviceKey(t testing.TB) []byte {
-	saKeyOnce.Do(func() {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			t.Fatal(err)
-		}
-		saKey, _ = EncodeKey(k)
-	})
-	return bytes.Clone(saKey)
-}
+// serviceKey is an RSA 2048 service.key.
+func serviceKey() []byte { return certtest.KeyPEM(saKey()) }
 
 // k3sDefaultSet is the CA material of a fresh k3s server with default CAs,
-// made a year ago, once per test binary.
-func k3sDefaultSet(t testing.TB) CASet {
-	t.Helper()
-	defaultOnce.Do(func() {
-		s := CASet{}
-		made := time.Now().AddDate(-1, 0, 0)
-		for _, ct := range CATypes {
-			s[ct.CertFile], s[ct.KeyFile] = k3sDefaultCA(t, ct.DefaultCN+"@1700000000", made)
-		}
-		s[ServiceKeyFile] = serviceKey(t)
-		defaultSet = s
-	})
-	return clone(defaultSet)
-}
+// made a year ago.
+func k3sDefaultSet() CASet { return clone(defaultSet()) }
 
 func clone(s CASet) CASet {
 	out := CASet{}

@@ -35,7 +35,7 @@ type FileInfo struct {
 	Keys  []KeyInfo  `json:"keys,omitempty"`
 	// CAHash is, for server-ca.crt, the hash join tokens pin (HashCA).
 	CAHash string `json:"caHash,omitempty"`
-	// Kind is, for a CA certificate file, what KindOf tells.
+	// Kind is, for a CA certificate file, what kindOf tells.
 	Kind Kind `json:"kind,omitempty"`
 	// Error says why the file could not be read.
 	Error string `json:"error,omitempty"`
@@ -45,7 +45,7 @@ type FileInfo struct {
 func (s CASet) Inspect() []FileInfo {
 	var out []FileInfo
 	for _, f := range s.Names() {
-		fi := FileInfo{File: f, Field: FieldOf(f)}
+		fi := FileInfo{File: f, Field: fieldOf(f)}
 		if isCertFile(f) {
 			inspectCerts(&fi, s[f])
 		} else {
@@ -56,7 +56,7 @@ func (s CASet) Inspect() []FileInfo {
 	for i := range out {
 		for _, t := range CATypes {
 			if out[i].File == t.CertFile && out[i].Error == "" {
-				out[i].Kind = s.KindOf(t)
+				out[i].Kind = s.kindOf(t)
 			}
 		}
 		if out[i].File == "server-ca.crt" && out[i].Error == "" {
@@ -77,7 +77,7 @@ func inspectCerts(fi *FileInfo, data []byte) {
 		return
 	}
 	for _, c := range certs {
-		fi.Certs = append(fi.Certs, DescribeCert(c))
+		fi.Certs = append(fi.Certs, describeCert(c))
 	}
 }
 
@@ -88,18 +88,18 @@ func inspectKeys(fi *FileInfo, data []byte) {
 		return
 	}
 	for _, k := range keys {
-		fi.Keys = append(fi.Keys, KeyInfo{KeyType: DescribeKey(k.Public())})
+		fi.Keys = append(fi.Keys, KeyInfo{KeyType: describeKey(k.Public())})
 	}
 }
 
-// DescribeCert summarises a certificate.
-func DescribeCert(c *x509.Certificate) CertInfo {
+// describeCert summarises a certificate.
+func describeCert(c *x509.Certificate) CertInfo {
 	return CertInfo{
 		Subject:    c.Subject.String(),
 		Issuer:     c.Issuer.String(),
 		NotBefore:  c.NotBefore.UTC(),
 		NotAfter:   c.NotAfter.UTC(),
-		KeyType:    DescribeKey(c.PublicKey),
+		KeyType:    describeKey(c.PublicKey),
 		IsCA:       c.BasicConstraintsValid && c.IsCA,
 		SelfSigned: string(c.RawSubject) == string(c.RawIssuer) && c.CheckSignatureFrom(c) == nil,
 		SHA256:     Fingerprint(c),

@@ -26,8 +26,8 @@ const (
 // CrossSignable reports whether the kind is rotated by cross-signing.
 func (k Kind) CrossSignable() bool { return k == KindDefault || k == KindCrossSigned }
 
-// KindOf tells what the set's CA of type t is.
-func (s CASet) KindOf(t CAType) Kind {
+// kindOf tells what the set's CA of type t is.
+func (s CASet) kindOf(t CAType) Kind {
 	certs, err := ParseCerts(s[t.CertFile])
 	if err != nil {
 		return KindMissing
@@ -42,11 +42,11 @@ func (s CASet) KindOf(t CAType) Kind {
 	return KindCustom
 }
 
-// Kinds returns KindOf for every CA type, by type name.
+// Kinds returns kindOf for every CA type, by type name.
 func (s CASet) Kinds() map[string]Kind {
 	m := map[string]Kind{}
 	for _, t := range CATypes {
-		m[t.Name] = s.KindOf(t)
+		m[t.Name] = s.kindOf(t)
 	}
 	return m
 }
@@ -86,7 +86,7 @@ func (s CASet) oldRoot(t CAType) (*authority, error) {
 		return nil, fmt.Errorf("%s: %w", t.KeyFile, err)
 	}
 	i := 0
-	switch s.KindOf(t) {
+	switch s.kindOf(t) {
 	case KindDefault:
 	case KindCrossSigned:
 		i = 1

@@ -141,9 +141,9 @@ func encodeCerts(certs ...*x509.Certificate) []byte {
 	return out
 }
 
-// EncodeKey returns the PEM form of a private key as k3s and its contrib
+// encodeKey returns the PEM form of a private key as k3s and its contrib
 // scripts write it: SEC1 for ECDSA, PKCS#1 for RSA, PKCS#8 for Ed25519.
-func EncodeKey(k crypto.Signer) ([]byte, error) {
+func encodeKey(k crypto.Signer) ([]byte, error) {
 	var b *pem.Block
 	switch k := k.(type) {
 	case *ecdsa.PrivateKey:
@@ -168,7 +168,7 @@ func EncodeKey(k crypto.Signer) ([]byte, error) {
 func encodeKeys(keys ...crypto.Signer) ([]byte, error) {
 	var out []byte
 	for _, k := range keys {
-		p, err := EncodeKey(k)
+		p, err := encodeKey(k)
 		if err != nil {
 			return nil, err
 		}
@@ -177,9 +177,9 @@ func encodeKeys(keys ...crypto.Signer) ([]byte, error) {
 	return out, nil
 }
 
-// DescribeKey names a public key's algorithm and size: "RSA 2048",
+// describeKey names a public key's algorithm and size: "RSA 2048",
 // "ECDSA P-256", "Ed25519".
-func DescribeKey(pub crypto.PublicKey) string {
+func describeKey(pub crypto.PublicKey) string {
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
 		return fmt.Sprintf("RSA %d", p.N.BitLen())

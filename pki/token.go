@@ -95,8 +95,8 @@ func (t *Token) parseCreds(creds string) error {
 // Secure reports whether the token pins a CA hash.
 func (t Token) Secure() bool { return t.CAHash != "" }
 
-// Bootstrap reports whether the credentials are a bootstrap token.
-func (t Token) Bootstrap() bool { return t.BootstrapID != "" }
+// bootstrap reports whether the credentials are a bootstrap token.
+func (t Token) bootstrap() bool { return t.BootstrapID != "" }
 
 // String formats the token as k3s writes it; a token that pins no hash is
 // returned exactly as it was written.
@@ -107,21 +107,12 @@ func (t Token) String() string {
 	return tokenPrefix + t.CAHash + "::" + t.raw
 }
 
-// WithCAHash returns the token pinning hash instead, the credentials kept
-// byte for byte. A short token pins nothing and is returned unchanged.
-func (t Token) WithCAHash(hash string) Token {
-	if t.Secure() {
-		t.CAHash = hash
-	}
-	return t
-}
-
 // Redacted is the token safe to log or report: the hash and user stay, the
 // secret goes (K10<hash>::server:****).
 func (t Token) Redacted() string {
 	var creds string
 	switch {
-	case t.Bootstrap():
+	case t.bootstrap():
 		creds = t.BootstrapID + ".****"
 	case t.Username != "":
 		creds = t.Username + ":****"
@@ -132,16 +123,6 @@ func (t Token) Redacted() string {
 		return creds
 	}
 	return tokenPrefix + t.CAHash + "::" + creds
-}
-
-// RedactToken redacts s if it parses as a token, and hides it entirely
-// otherwise, so that no caller can leak a malformed secret by accident.
-func RedactToken(s string) string {
-	t, err := ParseToken(s)
-	if err != nil {
-		return "****"
-	}
-	return t.Redacted()
 }
 
 // ValidCAHash reports whether h looks like a CA hash (64 lower-case hex).

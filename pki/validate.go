@@ -8,18 +8,16 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
 // The texts of k3s's rotate-ca validation errors (pkg/server/handlers/cert.go;
 // "X590" is k3s's typo, kept so that operators can search for it).
 const (
-	msgSingleCert     = "new CA bundle contains only a single certificate but should include root or intermediate CA certificates"
-	msgNotVerified    = "new CA cert cannot be verified using old CA chain"
-	msgKeyPair        = "new CA cert and key cannot be loaded as X590KeyPair"
-	msgServiceKey     = "old ServiceAccount signing key not in new ServiceAccount key list"
-	msgValidateFailed = "failed to validate new CA certificates and keys"
+	msgSingleCert  = "new CA bundle contains only a single certificate but should include root or intermediate CA certificates"
+	msgNotVerified = "new CA cert cannot be verified using old CA chain"
+	msgKeyPair     = "new CA cert and key cannot be loaded as X590KeyPair"
+	msgServiceKey  = "old ServiceAccount signing key not in new ServiceAccount key list"
 )
 
 // Problem is one finding about one staged file.
@@ -52,19 +50,6 @@ type Result struct {
 
 // OK reports whether k3s would accept the material without --force.
 func (r Result) OK() bool { return len(r.Errors) == 0 }
-
-// Err is nil when OK, else the error as the k3s server logs it:
-// "failed to validate new CA certificates and keys: ServerCA: ..., ...".
-func (r Result) Err() error {
-	if r.OK() {
-		return nil
-	}
-	msgs := make([]string, len(r.Errors))
-	for i, p := range r.Errors {
-		msgs[i] = p.Field + ": " + p.Message
-	}
-	return errors.New(msgValidateFailed + ": " + strings.Join(msgs, ", "))
-}
 
 func (r *Result) fail(file, field, msg string) {
 	r.Errors = append(r.Errors, Problem{File: file, Field: field, Message: msg})
@@ -168,22 +153,22 @@ func validateServiceKey(r *Result, current, staged CASet) {
 	if !ok {
 		return
 	}
-	lintKeys(r, ServiceKeyFile, ServiceKeyField, newData)
+	lintKeys(r, ServiceKeyFile, serviceKeyField, newData)
 	oldKeys, err := ParseKeys(current[ServiceKeyFile])
 	if err != nil {
-		r.fail(ServiceKeyFile, ServiceKeyField, "current file: "+err.Error())
+		r.fail(ServiceKeyFile, serviceKeyField, "current file: "+err.Error())
 		return
 	}
 	newPubs := parsePublicKeys(newData)
 	for _, p := range newPubs {
 		if samePublicKey(oldKeys[0].Public(), p) {
 			if samePublicKey(oldKeys[0].Public(), newPubs[0]) {
-				r.warn(ServiceKeyFile, ServiceKeyField, "the signing (first) key is the current one: nothing is rotated")
+				r.warn(ServiceKeyFile, serviceKeyField, "the signing (first) key is the current one: nothing is rotated")
 			}
 			return
 		}
 	}
-	r.fail(ServiceKeyFile, ServiceKeyField, msgServiceKey)
+	r.fail(ServiceKeyFile, serviceKeyField, msgServiceKey)
 }
 
 // lintBundle warns about what k3s accepts but operators should know about a
@@ -273,7 +258,7 @@ func weakKey(pub any) string {
 		}
 	case *ecdsa.PublicKey:
 		if p.Curve.Params().BitSize < 256 {
-			return "weak key: " + DescribeKey(p)
+			return "weak key: " + describeKey(p)
 		}
 	}
 	return ""

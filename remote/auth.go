@@ -16,17 +16,18 @@ import (
 	"golang.org/x/term"
 )
 
-// PassphraseEnv is the environment variable PassphraseFromEnvOrTTY reads.
+// PassphraseEnv is the environment variable that holds the passphrase of
+// an encrypted identity file when Config.Passphrase is nil.
 const PassphraseEnv = "FLEETCERT_SSH_PASSPHRASE"
 
 // ErrAuth means no offered credential was accepted.
 var ErrAuth = errors.New("authentication failed")
 
-// PassphraseFromEnvOrTTY is the default Config.Passphrase: $FLEETCERT_SSH_PASSPHRASE
+// passphraseFromEnvOrTTY is the default Config.Passphrase: $FLEETCERT_SSH_PASSPHRASE
 // if set, else a prompt on /dev/tty when stdin is a terminal, else an error
 // that says how to provide one. It is called at most once per key file and
 // process (see loadIdentity), however many nodes use that key.
-func PassphraseFromEnvOrTTY(keyFile string) ([]byte, error) {
+func passphraseFromEnvOrTTY(keyFile string) ([]byte, error) {
 	if p, ok := os.LookupEnv(PassphraseEnv); ok {
 		return []byte(p), nil
 	}

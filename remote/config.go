@@ -30,9 +30,9 @@ const (
 	PolicyInsecure HostKeyPolicy = "insecure"
 )
 
-// ParseHostKeyPolicy validates a policy name as given on the command line;
+// parseHostKeyPolicy validates a policy name as given on the command line;
 // "" means the default, strict.
-func ParseHostKeyPolicy(s string) (HostKeyPolicy, error) {
+func parseHostKeyPolicy(s string) (HostKeyPolicy, error) {
 	switch p := HostKeyPolicy(s); p {
 	case "":
 		return PolicyStrict, nil
@@ -44,10 +44,10 @@ func ParseHostKeyPolicy(s string) (HostKeyPolicy, error) {
 
 // Defaults applied by Dial to fields left zero.
 const (
-	DefaultPort           = 22
-	DefaultConnectTimeout = 15 * time.Second
-	DefaultKeepAlive      = 30 * time.Second
-	DefaultMaxOutput      = 16 << 20
+	defaultPort           = 22
+	defaultConnectTimeout = 15 * time.Second
+	defaultKeepAlive      = 30 * time.Second
+	defaultMaxOutput      = 16 << 20
 
 	// keepAliveCountMax is how many keepalive intervals may pass without an
 	// answer before the connection is declared dead (OpenSSH's
@@ -88,7 +88,8 @@ type Config struct {
 	SudoPassword string
 	// HostKeyPolicy is strict when empty.
 	HostKeyPolicy HostKeyPolicy
-	// ConnectTimeout bounds TCP connect plus SSH handshake, per hop.
+	// ConnectTimeout bounds TCP connect plus SSH handshake, per hop; zero
+	// means 15 s.
 	ConnectTimeout time.Duration
 	// CommandTimeout, when positive, bounds every command, read and write
 	// (a context with an earlier deadline still wins): no remote operation
@@ -96,10 +97,10 @@ type Config struct {
 	CommandTimeout time.Duration
 	// KeepAlive is the interval between keepalive@openssh.com requests; a
 	// request unanswered for three intervals closes the connection (the
-	// next operation then redials). Negative disables.
+	// next operation then redials). Zero means 30 s; negative disables.
 	KeepAlive time.Duration
 	// MaxOutput caps stdout and stderr of a command (each); beyond it the
-	// command is killed and Run fails.
+	// command is killed and Run fails. Zero means 16 MiB.
 	MaxOutput int64
 	// Logger receives warnings (insecure host keys, accepted new keys,
 	// reconnects). nil means slog.Default().
@@ -118,7 +119,8 @@ type Config struct {
 	// means do not use an agent.
 	AgentSocket string
 	// Passphrase unlocks an encrypted identity file. nil means
-	// PassphraseFromEnvOrTTY.
+	// $FLEETCERT_SSH_PASSPHRASE (PassphraseEnv) if set, else a prompt on the
+	// terminal.
 	Passphrase func(keyFile string) ([]byte, error)
 }
 
@@ -161,7 +163,7 @@ func resolve(cfg Config) (*settings, error) {
 	if cfg.Host == "" {
 		return nil, errors.New("ssh: no host given")
 	}
-	policy, err := ParseHostKeyPolicy(string(cfg.HostKeyPolicy))
+	policy, err := parseHostKeyPolicy(string(cfg.HostKeyPolicy))
 	if err != nil {
 		return nil, err
 	}
@@ -176,10 +178,10 @@ func resolve(cfg Config) (*settings, error) {
 	s := &settings{
 		home:           home,
 		policy:         policy,
-		connectTimeout: orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
+		connectTimeout: orDefault(cfg.ConnectTimeout, defaultConnectTimeout),
 		commandTimeout: cfg.CommandTimeout,
-		keepAlive:      orDefault(cfg.KeepAlive, DefaultKeepAlive),
-		maxOutput:      orDefault(cfg.MaxOutput, DefaultMaxOutput),
+		keepAlive:      orDefault(cfg.KeepAlive, defaultKeepAlive),
+		maxOutput:      orDefault(cfg.MaxOutput, defaultMaxOutput),
 		sudo:           cfg.Sudo,
 		sudoPassword:   cfg.SudoPassword,
 		log:            cfg.Logger,
@@ -189,7 +191,7 @@ func resolve(cfg Config) (*settings, error) {
 		s.log = slog.Default()
 	}
 	if s.passphrase == nil {
-		s.passphrase = PassphraseFromEnvOrTTY
+		s.passphrase = passphraseFromEnvOrTTY
 	}
 	s.knownHosts = expandHome(orDefault(cfg.KnownHostsFile, filepath.Join(home, ".ssh", "known_hosts")), home)
 	s.systemKnown = noneToEmpty(orDefault(cfg.SystemKnownHostsFile, "/etc/ssh/ssh_known_hosts"))
@@ -339,7 +341,7 @@ func (sc sshConfig) endpoint(alias string, port int, login, identity, home strin
 		}
 	}
 	if ep.port == 0 {
-		ep.port = DefaultPort
+		ep.port = defaultPort
 	}
 	if ep.user == "" {
 		ep.user = sc.get(alias, "User")

@@ -55,7 +55,7 @@ func TestResolveDefaults(t *testing.T) {
 	if s.knownHosts != filepath.Join(home, ".ssh", "known_hosts") || s.systemKnown != "/etc/ssh/ssh_known_hosts" {
 		t.Fatalf("known hosts %q %q", s.knownHosts, s.systemKnown)
 	}
-	if s.policy != PolicyStrict || s.connectTimeout != DefaultConnectTimeout || s.keepAlive != DefaultKeepAlive || s.maxOutput != DefaultMaxOutput {
+	if s.policy != PolicyStrict || s.connectTimeout != defaultConnectTimeout || s.keepAlive != defaultKeepAlive || s.maxOutput != defaultMaxOutput {
 		t.Fatalf("defaults %+v", s)
 	}
 	if len(s.target.identityFiles) != 0 || len(s.hops) != 0 {

@@ -256,7 +256,7 @@ func keyFileKind(t string) string {
 func splitAddr(addr string) (string, int) {
 	host, p, err := net.SplitHostPort(addr)
 	if err != nil {
-		return addr, DefaultPort
+		return addr, defaultPort
 	}
 	port, _ := strconv.Atoi(p)
 	return host, port

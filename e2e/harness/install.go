@@ -3,9 +3,10 @@ package harness
 import (
 	"fmt"
 	"path"
-	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/fleetcert/fleetcert/internal/installsh"
 )
 
 // This file renders the files install.sh leaves on a k3s node (docs/k3s-behaviour.md#install-sh),
@@ -14,7 +15,6 @@ import (
 
 // Paths of a stock install.sh node.
 const (
-	binPath          = "/usr/local/bin/k3s"
 	systemdDir       = "/etc/systemd/system"
 	configFile       = "/etc/rancher/k3s/config.yaml"
 	configDropInDir  = configFile + ".d"
@@ -84,10 +84,10 @@ func (in installation) files() []file {
 		{unitPath, 0o644, []byte(unitText(in.Role, in.Unit, in.ExecType, in.Args))},
 		// install.sh always creates the env file, mode 0600 (it may hold the
 		// token), even when no K3S_ variable was set.
-		{unitFile + ".env", 0o600, []byte(envFileText(in.Env))},
+		{unitFile + ".env", 0o600, []byte(installsh.EnvFile(in.Env))},
 	}
 	if len(in.Distro) > 0 {
-		fs = append(fs, file{path.Join("/etc/default", in.Unit), 0o600, []byte(envFileText(in.Distro))})
+		fs = append(fs, file{path.Join("/etc/default", in.Unit), 0o600, []byte(installsh.EnvFile(in.Distro))})
 	}
 	if len(in.Config) > 0 {
 		fs = append(fs, file{configFile, 0o600, []byte(strings.Join(in.Config, "\n") + "\n")})
@@ -101,102 +101,14 @@ func (in installation) files() []file {
 	return append(fs, in.Extra...)
 }
 
-// unitText is the systemd unit install.sh writes (create_systemd_service_file).
-// The details fleetcert depends on:
-//
-//   - Type=notify: k3s sends READY=1 once it is up, so a blocking
-//     `systemctl restart k3s` waits for it, possibly forever, which is why
-//     fleetcert uses --no-block. Agents installed before 2022 are Type=exec
-//     (execType): "active" then only means the binary was started.
-//   - EnvironmentFile lines in this order, each optional ("-"): /etc/default,
-//     /etc/sysconfig, then the .env file beside the unit; the last one to set
-//     a variable wins. %N is the unit name without ".service".
-//   - KillMode=process: stopping k3s leaves containers (pods) running.
-//   - Restart=always, RestartSec=5s: a k3s that exits fatally (a token with the
-//     wrong CA hash on a server, a file newer than the datastore) is restarted
-//     every 5 s, and TimeoutStartSec=0 lets a start wait for etcd for ever.
-//   - ExecStart continuation lines (see execStart).
-//   - The ExecStartPre lines: the nm-cloud-setup guard (a quoted shell line a
-//     unit parser must survive), and modprobe lines "-" prefixed, ignored
-//     when modprobe is missing, as in this image.
+// unitText is the systemd unit install.sh writes for the node's unit:
+// Type=notify, or Type=exec for an agent installed before 2022 (execType).
 func unitText(role Role, unit string, execType bool, args []string) string {
-	typ := "notify"
+	u := installsh.Unit{Role: string(role), EnvFile: path.Join(systemdDir, unit+".service.env"), Args: args}
 	if role == Agent && execType {
-		typ = "exec"
+		u.Type = "exec"
 	}
-	var b strings.Builder
-	b.WriteString(`[Unit]
-Description=Lightweight Kubernetes
-Documentation=https://k3s.io
-Wants=network-online.target
-After=network-online.target
-
-[Install]
-WantedBy=multi-user.target
-
-[Service]
-Type=` + typ + `
-EnvironmentFile=-/etc/default/%N
-EnvironmentFile=-/etc/sysconfig/%N
-EnvironmentFile=-` + path.Join(systemdDir, unit+".service.env") + `
-KillMode=process
-Delegate=yes
-User=root
-# Having non-zero Limit*s causes performance problems due to accounting overhead
-# in the kernel. We recommend using cgroups to do container-local accounting.
-LimitNOFILE=1048576
-LimitNPROC=infinity
-LimitCORE=infinity
-TasksMax=infinity
-TimeoutStartSec=0
-Restart=always
-RestartSec=5s
-ExecStartPre=/bin/sh -xc '! /usr/bin/systemctl is-enabled --quiet nm-cloud-setup.service 2>/dev/null'
-ExecStartPre=-/sbin/modprobe br_netfilter
-ExecStartPre=-/sbin/modprobe overlay
-`)
-	b.WriteString(execStart(string(role), args))
-	return b.String()
-}
-
-// execStart renders the ExecStart of install.sh: the binary on the first
-// line, the role on the second indented by four spaces, then every argument
-// single-quoted on its own TAB-indented line; every line but the last ends in
-// " \", and the last argument line is followed by an empty line, which ends
-// the continuation for systemd. A value with a single quote has it written
-// as '\” (install.sh's quote()).
-func execStart(role string, args []string) string {
-	var b strings.Builder
-	b.WriteString("ExecStart=" + binPath + " \\\n")
-	b.WriteString("    " + role + " \\\n")
-	for _, a := range args {
-		b.WriteString("\t" + shQuote(a) + " \\\n")
-	}
-	b.WriteString("\n")
-	return b.String()
-}
-
-// shQuote quotes like install.sh's quote(): 'it'\”s'.
-func shQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-// envFileText renders variables as install.sh saves them: it runs
-// `sh -c export` (dash on Debian, busybox on Alpine) and keeps the K3S_ lines
-// without the "export " prefix, so each is NAME='value', sorted by name, a
-// single quote written '"'"' as dash's export -p does. systemd's
-// EnvironmentFile parser removes the quotes.
-func envFileText(env map[string]string) string {
-	names := make([]string, 0, len(env))
-	for k := range env {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, k := range names {
-		b.WriteString(k + "='" + strings.ReplaceAll(env[k], "'", `'"'"'`) + "'\n")
-	}
-	return b.String()
+	return u.Text()
 }
 
 // yamlString quotes a value for config.yaml. A token holds ':' (K10…::server:…),

@@ -188,6 +188,14 @@ func (f *Fleet) Logs(ctx context.Context, node string) (string, error) {
 	return r.Stdout, r.Err()
 }
 
+// shQuote quotes a word for sh: in single quotes, a single quote is closed,
+// escaped and reopened:
+//
+//	'it'\''s'
+func shQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
 // Checksums returns "mode sha256" for every regular file under the given
 // paths (files or directories; missing ones are skipped), keyed by path: two
 // equal maps mean nothing was added, removed, rewritten with other content

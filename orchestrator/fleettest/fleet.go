@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fleetcert/fleetcert/internal/installsh"
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/pki"
@@ -231,19 +232,21 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 		n.leafs[p] = File{Data: data, Mode: mode}
 	}
 	token := pki.FormatToken(m.Hash, "server", password)
-	env := "K3S_TOKEN='" + token + "'\n"
-	args := "    server \\\n"
+	env := map[string]string{"K3S_TOKEN": token}
+	// Agents are Type=exec, as installs from before 2022 left them, and
+	// behave so: "active" while they retry a CA they do not trust.
+	unit := installsh.Unit{Role: string(role), EnvFile: l.EnvFile()}
 	switch {
 	case role == k3s.RoleAgent:
-		env += "K3S_URL='https://" + firstServer + ".fleet.test:6443'\n"
-		args = "    agent \\\n"
+		env["K3S_URL"] = "https://" + firstServer + ".fleet.test:6443"
+		unit.Type = "exec"
 	case etcd && in.Primary:
-		args += "\t'--cluster-init' \\\n"
+		unit.Args = []string{"--cluster-init"}
 	case etcd:
-		args += "\t'--server' \\\n\t'https://" + firstServer + ".fleet.test:6443' \\\n"
+		unit.Args = []string{"--server", "https://" + firstServer + ".fleet.test:6443"}
 	}
-	put(l.UnitFile(), []byte(unitFile(role, l.EnvFile(), args)), 0o644)
-	put(l.EnvFile(), []byte(env), 0o600)
+	put(l.UnitFile(), []byte(unit.Text()), 0o644)
+	put(l.EnvFile(), []byte(installsh.EnvFile(env)), 0o600)
 	agentDir := l.AgentDir()
 	put(path.Join(agentDir, "server-ca.crt"), m.CAs["server-ca.crt"], 0o644)
 	put(path.Join(agentDir, "client-ca.crt"), m.CAs["client-ca.crt"], 0o644)
@@ -251,9 +254,7 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 		leaf(path.Join(agentDir, name), data, 0o644)
 		leaf(path.Join(agentDir, strings.TrimSuffix(name, ".crt")+".key"), m.LeafKey, 0o600)
 	}
-	if kubelet, err := m.KubeletCert(n.hostname); err == nil {
-		leaf(path.Join(agentDir, "client-kubelet.crt"), kubelet, 0o644)
-	}
+	leaf(path.Join(agentDir, "client-kubelet.crt"), m.KubeletCert(n.hostname), 0o644)
 	n.dirs[agentDir] = true
 	n.units = map[string]string{in.Service: "active"}
 	if role == k3s.RoleServer {
@@ -287,42 +288,6 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 	f.nodes[in.ID()] = n
 	c.Nodes = append(c.Nodes, n)
 	return n
-}
-
-// unitFile is the unit install.sh writes.
-func unitFile(role k3s.Role, envFile, args string) string {
-	typ := "notify"
-	if role == k3s.RoleAgent {
-		typ = "exec"
-	}
-	return `[Unit]
-Description=Lightweight Kubernetes
-Documentation=https://k3s.io
-Wants=network-online.target
-After=network-online.target
-
-[Install]
-WantedBy=multi-user.target
-
-[Service]
-Type=` + typ + `
-EnvironmentFile=-/etc/default/%N
-EnvironmentFile=-/etc/sysconfig/%N
-EnvironmentFile=-` + envFile + `
-KillMode=process
-Delegate=yes
-LimitNOFILE=1048576
-LimitNPROC=infinity
-LimitCORE=infinity
-TasksMax=infinity
-TimeoutStartSec=0
-Restart=always
-RestartSec=5s
-ExecStartPre=-/sbin/modprobe br_netfilter
-ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/local/bin/k3s \
-` + args + `
-`
 }
 
 // clock is the nodes' clock, in whole seconds as stat and date show it.

@@ -40,7 +40,7 @@ func TestFactsAsFleetcertReadsThem(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", in.ID(), err)
 		}
-		facts := k3s.Describe(l, snap, nil)
+		facts := k3s.DescribeWith(l, snap, k3s.ScanNode(l, snap, nil))
 		if facts.Role != want || facts.UnitState != "active" || facts.Hostname != in.Name || !facts.Installed {
 			t.Errorf("%s: facts %+v", in.ID(), facts)
 		}

@@ -591,6 +591,11 @@ func (n *Node) etcdSnapshot(script string) remote.Result {
 	return remote.Result{Stdout: []byte("Snapshot " + full + " saved.\n")}
 }
 
+// agentClientCA is the client CA an agent downloads from its server at
+// every start. fleetcert itself never names this file, so k3s.Layout
+// does not.
+func agentClientCA(l k3s.Layout) string { return path.Join(l.AgentDir(), "client-ca.crt") }
+
 // restart is `date +%s && systemctl --no-block restart UNIT`: the node's
 // clock, then a start (see start).
 func (n *Node) restart(unit string) remote.Result {
@@ -644,7 +649,7 @@ func (n *Node) start(now time.Time) {
 		c.served = ca
 		n.startSupervisor()
 		n.files[n.layout.AgentServerCA()] = &File{Data: ca, Mode: 0o644, MTime: now}
-		n.files[n.layout.AgentClientCA()] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
+		n.files[agentClientCA(n.layout)] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
 	} else {
 		hash := n.fleet.hashCA(c.served)
 		if pinned != "" && pinned != hash {
@@ -653,7 +658,7 @@ func (n *Node) start(now time.Time) {
 			return
 		}
 		n.files[n.layout.AgentServerCA()] = &File{Data: c.served, Mode: 0o644, MTime: now}
-		n.files[n.layout.AgentClientCA()] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
+		n.files[agentClientCA(n.layout)] = &File{Data: c.datastore["client-ca.crt"], Mode: 0o644, MTime: now}
 	}
 	for p, f := range n.leafs {
 		if _, ok := n.files[p]; !ok {

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -108,7 +110,7 @@ func issueServing(bundle []byte, keyFile *File) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	leafKey, err := pki.Env{}.GenerateKey(pki.ECDSAP256)
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}

@@ -11,21 +11,14 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"sync/atomic"
 
 	"github.com/fleetcert/fleetcert/remote"
 )
 
 // Local is a remote.Host that is this machine.
-type Local struct {
-	runs atomic.Int64
-}
-
-// Runs counts the commands run so far (round trips, for a real host).
-func (l *Local) Runs() int64 { return l.runs.Load() }
+type Local struct{}
 
 func (l *Local) Run(ctx context.Context, script string, stdin []byte) (remote.Result, error) {
-	l.runs.Add(1)
 	cmd := exec.CommandContext(ctx, "sh", "-c", script)
 	var out, errb bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &out, &errb
@@ -40,14 +33,12 @@ func (l *Local) Run(ctx context.Context, script string, stdin []byte) (remote.Re
 }
 
 func (l *Local) ReadFile(ctx context.Context, p string) ([]byte, error) {
-	l.runs.Add(1)
 	return os.ReadFile(p)
 }
 
 // WriteFile is atomic like the SSH host's: temp file beside, rename. It
 // honours IfUnchanged and IfAbsent, checking right before the rename.
 func (l *Local) WriteFile(ctx context.Context, p string, data []byte, mode fs.FileMode, opts ...remote.WriteOption) error {
-	l.runs.Add(1)
 	o, err := remote.WriteOptionsOf(opts...)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p, err)

@@ -41,8 +41,8 @@ func GenerateKey(t KeyType) (crypto.Signer, error) {
 	return nil, fmt.Errorf("sshtest: unknown key type %q", t)
 }
 
-// GenerateSigner returns a new SSH signer of type t.
-func GenerateSigner(t KeyType) (ssh.Signer, error) {
+// generateSigner returns a new SSH signer of type t.
+func generateSigner(t KeyType) (ssh.Signer, error) {
 	k, err := GenerateKey(t)
 	if err != nil {
 		return nil, err
@@ -50,10 +50,11 @@ func GenerateSigner(t KeyType) (ssh.Signer, error) {
 	return ssh.NewSignerFromSigner(k)
 }
 
-// NewSigner is GenerateSigner for tests.
+// NewSigner returns a new SSH signer of type t; it fails the test when it
+// cannot.
 func NewSigner(tb testing.TB, t KeyType) ssh.Signer {
 	tb.Helper()
-	s, err := GenerateSigner(t)
+	s, err := generateSigner(t)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -110,9 +111,9 @@ func KnownHostsLine(addr string, key ssh.PublicKey, hashed bool) string {
 	return knownhosts.HashHostname(knownhosts.Normalize(addr)) + " " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
 }
 
-// KnownHosts returns known_hosts lines (newline-terminated) for the
+// knownHosts returns known_hosts lines (newline-terminated) for the
 // server's host keys, or only those of the given types.
-func (s *Server) KnownHosts(hashed bool, types ...KeyType) string {
+func (s *Server) knownHosts(hashed bool, types ...KeyType) string {
 	var b strings.Builder
 	for _, k := range s.HostKeys() {
 		if len(types) > 0 && !hasType(k, types) {
@@ -132,7 +133,8 @@ func hasType(k ssh.PublicKey, types []KeyType) bool {
 	return false
 }
 
-// AppendKnownHosts appends the server's KnownHosts lines to file.
+// AppendKnownHosts appends known_hosts lines for the server's host keys
+// (or only those of the given types) to file.
 func (s *Server) AppendKnownHosts(tb testing.TB, file string, hashed bool, types ...KeyType) {
 	tb.Helper()
 	f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
@@ -140,7 +142,7 @@ func (s *Server) AppendKnownHosts(tb testing.TB, file string, hashed bool, types
 		tb.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := f.WriteString(s.KnownHosts(hashed, types...)); err != nil {
+	if _, err := f.WriteString(s.knownHosts(hashed, types...)); err != nil {
 		tb.Fatal(err)
 	}
 }

@@ -122,16 +122,16 @@ type Server struct {
 // Start starts a server for a test or benchmark and stops it at cleanup.
 func Start(tb testing.TB, opts Options) *Server {
 	tb.Helper()
-	s, err := New(opts)
+	s, err := newServer(opts)
 	if err != nil {
 		tb.Fatalf("sshtest: %v", err)
 	}
-	tb.Cleanup(s.Close)
+	tb.Cleanup(s.close)
 	return s
 }
 
-// New starts a server; the caller must Close it.
-func New(opts Options) (*Server, error) {
+// newServer starts a server; the caller must close it.
+func newServer(opts Options) (*Server, error) {
 	s := &Server{
 		opts:       opts,
 		authorized: map[string]bool{},
@@ -146,7 +146,7 @@ func New(opts Options) (*Server, error) {
 			types = []KeyType{ED25519}
 		}
 		for _, t := range types {
-			k, err := GenerateSigner(t)
+			k, err := generateSigner(t)
 			if err != nil {
 				return nil, err
 			}
@@ -232,7 +232,7 @@ func (s *Server) Records() []Record {
 
 // DropConnections closes every client connection abruptly, as a network
 // failure or sshd restart would. Running commands are left running, as
-// OpenSSH leaves commands without a tty; Close kills them.
+// OpenSSH leaves commands without a tty; they end when the test does.
 func (s *Server) DropConnections() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -241,9 +241,9 @@ func (s *Server) DropConnections() {
 	}
 }
 
-// Close stops the server, drops all connections and kills every command
+// close stops the server, drops all connections and kills every command
 // still running.
-func (s *Server) Close() {
+func (s *Server) close() {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

@@ -122,11 +122,11 @@ func TestHandlerAndForwarding(t *testing.T) {
 
 func TestKnownHostsLines(t *testing.T) {
 	s := Start(t, Options{HostKeyTypes: []KeyType{ED25519, ECDSA}})
-	lines := strings.Split(strings.TrimSpace(s.KnownHosts(false)), "\n")
+	lines := strings.Split(strings.TrimSpace(s.knownHosts(false)), "\n")
 	if len(lines) != 2 || !strings.HasPrefix(lines[0], "[127.0.0.1]:") {
 		t.Fatalf("%q", lines)
 	}
-	hashed := s.KnownHosts(true, ECDSA)
+	hashed := s.knownHosts(true, ECDSA)
 	if !strings.HasPrefix(hashed, "|1|") || !strings.Contains(hashed, "ecdsa-sha2-nistp256") || strings.Count(hashed, "\n") != 1 {
 		t.Fatalf("%q", hashed)
 	}

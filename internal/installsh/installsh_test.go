@@ -1,0 +1,48 @@
+package installsh
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestExecStartMatchesInstallSh(t *testing.T) {
+	got := execStart("server", []string{"--cluster-init", "--token", "K10ab::server:pw", "--token=x'y"})
+	want := "ExecStart=/usr/local/bin/k3s \\\n" +
+		"    server \\\n" +
+		"\t'--cluster-init' \\\n" +
+		"\t'--token' \\\n" +
+		"\t'K10ab::server:pw' \\\n" +
+		"\t'--token=x'\\''y' \\\n" +
+		"\n"
+	if got != want {
+		t.Errorf("execStart:\n%q\nwant\n%q", got, want)
+	}
+	if got := execStart("agent", nil); got != "ExecStart=/usr/local/bin/k3s \\\n    agent \\\n\n" {
+		t.Errorf("execStart without args = %q", got)
+	}
+}
+
+func TestEnvFileQuotedAsDashExport(t *testing.T) {
+	got := EnvFile(map[string]string{"K3S_URL": "https://s1:6443", "K3S_TOKEN": "K10ab::server:it's"})
+	want := "K3S_TOKEN='K10ab::server:it'\"'\"'s'\nK3S_URL='https://s1:6443'\n"
+	if got != want {
+		t.Errorf("EnvFile = %q, want %q", got, want)
+	}
+}
+
+func TestUnitText(t *testing.T) {
+	for _, tc := range []struct{ typ, want string }{{"", "Type=notify\n"}, {"exec", "Type=exec\n"}} {
+		text := Unit{Role: "agent", Type: tc.typ, EnvFile: "/etc/systemd/system/k3s-agent.service.env"}.Text()
+		for _, want := range []string{tc.want,
+			"EnvironmentFile=-/etc/default/%N\nEnvironmentFile=-/etc/sysconfig/%N\nEnvironmentFile=-/etc/systemd/system/k3s-agent.service.env\n",
+			"KillMode=process\n", "TimeoutStartSec=0\n", "Restart=always\n", "RestartSec=5s\n",
+			"ExecStartPre=-/sbin/modprobe overlay\nExecStart=/usr/local/bin/k3s \\\n    agent \\\n\n"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("unit lacks %q:\n%s", want, text)
+			}
+		}
+		if !strings.HasSuffix(text, " \\\n\n") {
+			t.Errorf("unit does not end its ExecStart with an empty line:\n%q", text)
+		}
+	}
+}
