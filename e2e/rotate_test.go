@@ -746,6 +746,19 @@ func TestRotateCARefusals(t *testing.T) {
 		check(t, 3, []string{"v1.25.6+k3s1 is too old"}, "-i", f.InventoryPath())
 	})
 
+	// The primary's disk is full where fleetcert keeps its files (a small
+	// tmpfs, filled): refused before the lock, nothing written anywhere.
+	t.Run("primary disk full", func(t *testing.T) {
+		dir := path.Join(s.DataDir, "server/fleetcert")
+		fill := "mkdir -p " + dir + " && mount -t tmpfs -o size=64k tmpfs " + dir +
+			" && (dd if=/dev/zero of=" + dir + "/fill bs=4k count=64 2>/dev/null; true)"
+		if r, err := f.Exec(ctx, s.Name, fill); err != nil || r.ExitCode != 0 {
+			t.Fatalf("fill %s: %v %+v", dir, err, r)
+		}
+		t.Cleanup(func() { _, _ = f.Exec(context.Background(), s.Name, "umount "+dir) })
+		check(t, 3, []string{s.Name + ": 0 KiB free where fleetcert keeps its files"}, "-i", f.InventoryPath())
+	})
+
 	// Consent: no terminal and no --yes is a refusal; on a terminal
 	// (a pseudo-terminal from script(1)) the plan shows and "n" changes
 	// nothing.

@@ -108,3 +108,12 @@ func (l Layout) nodeStateDir() string {
 func (l Layout) CertificateCheckCmd() string {
 	return remote.Quotef(k3sBin+" certificate check -d %s --output json", l.dataDir())
 }
+
+// SpaceCmd prints two numbers, in KiB: the space free where fleetcert
+// keeps its files on a server (its own directory, or the server directory
+// before the first run made it) and the size of server/tls, which a
+// backup copies.
+func (l Layout) SpaceCmd() string {
+	return remote.Quotef(`d=%s; [ -d "$d" ] || d=%s; df -Pk -- "$d" | awk 'NR==2 {print $4}'; du -sk -- %s | cut -f1`,
+		l.FleetcertDir(), l.ServerDir(), l.ServerTLSDir())
+}

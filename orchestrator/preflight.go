@@ -9,6 +9,7 @@ import (
 	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/pki"
+	"github.com/fleetcert/fleetcert/remote"
 )
 
 // Checks the operations' preflight phases are made of. Each adds what it
@@ -178,6 +179,31 @@ func (op *clusterOp) checkUnlisted(ctx context.Context, bad func(string, ...any)
 		}
 	}
 }
+
+// checkSpace refuses a primary without room for what a rotation writes
+// there before loading: the backup of server/tls and the staged material
+// (each at most the size of server/tls), the run state and the lock. A
+// disk that filled half-way would stop the run after it took the lock.
+func (op *clusterOp) checkSpace(ctx context.Context, bad func(string, ...any)) {
+	p := op.run.Primary()
+	out, err := remote.Output(ctx, p.Conn, p.Layout.SpaceCmd())
+	var free, tls int
+	if err == nil {
+		_, err = fmt.Sscan(string(out), &free, &tls)
+	}
+	if err != nil {
+		bad("%s: cannot tell the free disk space: %v", p.Name, err)
+		return
+	}
+	if need := 2*tls + spareKiB; free < need {
+		bad("%s: %d KiB free where fleetcert keeps its files (%s), but the backup and the staged material need about %d KiB: free some space first",
+			p.Name, free, p.Layout.FleetcertDir(), need)
+	}
+}
+
+// spareKiB is the room kept beyond the backup and the staged material, for
+// the run state, the lock and their temporary copies.
+const spareKiB = 1024
 
 // problems collects what the checks find.
 type problems []string

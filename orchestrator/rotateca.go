@@ -225,6 +225,7 @@ func (p loadPreflight) Run(ctx context.Context, _ *clusterRun) error {
 	}
 	r.served = r.servedCA(ctx, found.bad)
 	r.checkTokens(r.allowedHashes(r.served), found.bad)
+	r.checkSpace(ctx, found.bad)
 	if !r.AllowUnlistedNodes {
 		r.checkUnlisted(ctx, found.bad)
 	}

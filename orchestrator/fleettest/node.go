@@ -58,6 +58,9 @@ type Node struct {
 	// DialErr, when set, is what dialling the node fails with: a node
 	// that is down or unreachable.
 	DialErr error
+	// FreeKiB, when set, is the space free where fleetcert keeps its
+	// files (default: plenty).
+	FreeKiB int
 
 	mu      sync.Mutex
 	files   map[string]*File
@@ -219,6 +222,8 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 			return fail(1, "The connection to the server localhost:8080 was refused"), nil
 		}
 		return remote.Result{Stdout: n.cluster.nodesJSON}, nil
+	case strings.HasPrefix(script, "d=") && strings.Contains(script, "df -Pk"):
+		return n.space(), nil
 	case strings.HasPrefix(script, "journalctl "):
 		return n.journalSince(script), nil
 	case strings.HasPrefix(script, "rm -rf -- "), strings.HasPrefix(script, "rm -f -- "):
@@ -867,4 +872,22 @@ func (n *Node) MkdirAll(p string) {
 	for d := path.Clean(p); d != "/" && d != "."; d = path.Dir(d) {
 		n.dirs[d] = true
 	}
+}
+
+// space is `df` of fleetcert's directory and `du` of server/tls, in KiB.
+func (n *Node) space() remote.Result {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	free := n.FreeKiB
+	if free == 0 {
+		free = 1 << 20
+	}
+	used := 0
+	prefix := n.layout.ServerTLSDir() + "/"
+	for p, f := range n.files {
+		if strings.HasPrefix(p, prefix) {
+			used += len(f.Data)
+		}
+	}
+	return remote.Result{Stdout: []byte(fmt.Sprintf("%d\n%d\n", free, (used+1023)/1024))}
 }
