@@ -136,7 +136,7 @@ func cmdCertRotate(e *Env, args []string, now time.Time) error {
 		}
 	}
 	if isServer && containsString(services, "k3s-server") {
-		if err := os.WriteFile(filepath.Join(serverTLS, "dynamic-cert-regenerate"), []byte("true"), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(serverTLS, servingCertTrigger), []byte{}, 0o600); err != nil {
 			return err
 		}
 	}

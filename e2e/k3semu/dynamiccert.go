@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/sha1"
 	"crypto/tls"
@@ -19,8 +18,21 @@ import (
 )
 
 // dynamicCert is the :6443 serving cert, cached in server/tls/dynamic-cert.json
-// as a JSON core/v1 Secret (like dynamiclistener). SANs requested through
-// SNI are added on the fly.
+// as a JSON core/v1 Secret (like dynamiclistener's file storage). SANs
+// requested through SNI are added on the fly.
+//
+// What is stored and served follows rancher/dynamiclistener (factory/gen.go,
+// listener.go) as k3s configures it (pkg/cluster/https.go), see
+// docs/k3s-behaviour.md#complete-cross-signed:
+//   - tls.crt is the leaf followed by every certificate of server-ca.crt as it
+//     was when the leaf was signed (generateCert marshals leaf + TLS.CACert,
+//     the whole bundle k3s loads with LoadCertsChain at start);
+//   - the handshake presents tls.crt as stored (tls.X509KeyPair of the secret),
+//     never a chain rebuilt from the current bundle;
+//   - nothing checks whether the cached cert still comes from the current CA
+//     (TLS.Verify only logs a warning when a cert is re-signed): it changes
+//     only when missing, when dynamic-cert-regenerate exists (new key), when it
+//     expires within the renewal threshold (same key) or lacks a SAN (same key).
 type dynamicCert struct {
 	mu      sync.Mutex
 	path    string
@@ -28,11 +40,14 @@ type dynamicCert struct {
 	key     crypto.Signer
 	dns     []string
 	ips     []net.IP
+	chain   [][]byte // tls.crt as stored: leaf, then the CA bundle it was issued with
 	tlsCert *tls.Certificate
 	log     *Logger
-	days    int
-	certDER []byte
 }
+
+// servingCertTrigger in server/tls makes the next start re-issue the
+// serving cert with a new key (k3s's RegenerateCerts callback).
+const servingCertTrigger = "dynamic-cert-regenerate"
 
 type secretJSON struct {
 	Kind       string            `json:"kind"`
@@ -48,30 +63,30 @@ type secretMeta struct {
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
-// loadDynamicCert loads dynamic-cert.json and regenerates it when missing,
-// expiring, no longer issued by the current server CA, lacking a SAN, or
-// when the dynamic-cert-regenerate trigger file exists (deleted here).
+// loadDynamicCert loads dynamic-cert.json and re-issues it, signed by the
+// current server CA with the current bundle as its chain, only for
+// dynamiclistener's reasons: missing or unreadable, or the
+// dynamic-cert-regenerate trigger file exists (deleted here; both get a new
+// key), expiring within days, or lacking a SAN (both keep the key). A cert
+// from a CA that is no longer current is kept and served as it is.
 func loadDynamicCert(tlsDir string, ca *signingCA, dns []string, ips []net.IP, days int, now time.Time, log *Logger) (*dynamicCert, error) {
-	d := &dynamicCert{path: filepath.Join(tlsDir, "dynamic-cert.json"), ca: ca, dns: dns, ips: ips, log: log, days: days}
-	reason := ""
-	trigger := filepath.Join(tlsDir, "dynamic-cert-regenerate")
+	d := &dynamicCert{path: filepath.Join(tlsDir, "dynamic-cert.json"), ca: ca, dns: dns, ips: ips, log: log}
+	forced := false
+	trigger := filepath.Join(tlsDir, servingCertTrigger)
 	if fileExists(trigger) {
-		reason = "regeneration requested"
+		forced = true
 		if err := os.Remove(trigger); err != nil {
 			return nil, err
 		}
 	}
-	leaf, key, err := readDynamicSecret(d.path)
-	switch {
-	case err != nil:
+	chain, key, err := readDynamicSecret(d.path)
+	reason := ""
+	if err != nil {
 		reason = "missing or unreadable"
-	case reason != "":
-		key = nil // a forced regeneration gets a new key
-	case leaf.NotAfter.Sub(now) <= time.Duration(days)*24*time.Hour:
-		reason = "expiring"
-	case !bytes.Equal(leaf.AuthorityKeyId, ca.Cert.SubjectKeyId) || leaf.CheckSignatureFrom(ca.Cert) != nil:
-		reason = "issuer changed"
-	default:
+		key = nil
+	} else {
+		// Regenerate, Renew and AddCN all keep the names already on the cert.
+		leaf := chain[0]
 		for _, n := range leaf.DNSNames {
 			if !slices.Contains(d.dns, n) {
 				d.dns = append(d.dns, n)
@@ -82,7 +97,13 @@ func loadDynamicCert(tlsDir string, ca *signingCA, dns []string, ips []net.IP, d
 				d.ips = append(d.ips, ip)
 			}
 		}
-		if !coversAll(leaf, dns, ips) {
+		switch {
+		case forced:
+			reason = "regeneration requested"
+			key = nil // Regenerate starts from an empty secret: a new key
+		case leaf.NotAfter.Sub(now) <= time.Duration(days)*24*time.Hour:
+			reason = "expiring"
+		case !coversAll(leaf, dns, ips):
 			reason = "SANs changed"
 		}
 	}
@@ -95,11 +116,33 @@ func loadDynamicCert(tlsDir string, ca *signingCA, dns []string, ips []net.IP, d
 	}
 	d.key = key
 	if reason == "" {
-		d.certDER = leaf.Raw
+		for _, c := range chain {
+			d.chain = append(d.chain, c.Raw)
+		}
 		return d, d.buildTLS()
+	}
+	if err == nil && !forced {
+		// Renew verifies the cert it replaces; Regenerate starts empty.
+		d.warnIfIssuerChanges(chain[0])
 	}
 	log.Infof("Regenerating serving certificate dynamic-cert.json: %s", reason)
 	return d, d.regenerate(now)
+}
+
+// warnIfIssuerChanges logs what dynamiclistener's generateCert logs when the
+// cert it is about to replace does not verify against the current CA bundle.
+func (d *dynamicCert) warnIfIssuerChanges(leaf *x509.Certificate) {
+	roots := x509.NewCertPool()
+	certs, err := parseCertsPEM(d.ca.Bundle)
+	if err != nil {
+		return
+	}
+	for _, c := range certs {
+		roots.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		d.log.Warnf("unable to verify existing certificate: %v - signing operation may change certificate issuer", err)
+	}
 }
 
 func containsIP(ips []net.IP, ip net.IP) bool {
@@ -120,7 +163,9 @@ func coversAll(c *x509.Certificate, dns []string, ips []net.IP) bool {
 	return true
 }
 
-func readDynamicSecret(path string) (*x509.Certificate, crypto.Signer, error) {
+// readDynamicSecret returns the certificates of tls.crt (leaf first) and
+// the key of tls.key.
+func readDynamicSecret(path string) ([]*x509.Certificate, crypto.Signer, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, err
@@ -140,16 +185,29 @@ func readDynamicSecret(path string) (*x509.Certificate, crypto.Signer, error) {
 	if !publicKeysEqual(certs[0].PublicKey, keys[0].Public()) {
 		return nil, nil, errors.New("tls.crt and tls.key do not match")
 	}
-	return certs[0], keys[0], nil
+	return certs, keys[0], nil
 }
 
-// regenerate issues a new serving cert (caller holds mu or is the constructor).
+// regenerate signs a serving cert for d.key with the server CA loaded at
+// start and stores it with that CA's whole bundle as its chain (caller
+// holds mu or is the constructor).
 func (d *dynamicCert) regenerate(now time.Time) error {
 	der, err := d.ca.sign(d.key.Public(), leafSpec{CN: "k3s", Orgs: []string{"k3s"}, DNS: d.dns, IPs: d.ips, Server: true}, now)
 	if err != nil {
 		return err
 	}
-	d.certDER = der
+	bundle, err := parseCertsPEM(d.ca.Bundle)
+	if err != nil {
+		return err
+	}
+	chain := [][]byte{der}
+	for _, c := range bundle {
+		chain = append(chain, c.Raw)
+	}
+	var crt []byte
+	for _, c := range chain {
+		crt = append(crt, encodeCertPEM(c)...)
+	}
 	keyPEM, err := encodeKeyPEM(d.key)
 	if err != nil {
 		return err
@@ -166,7 +224,7 @@ func (d *dynamicCert) regenerate(now time.Time) error {
 	s := secretJSON{
 		Kind: "Secret", APIVersion: "v1",
 		Metadata: secretMeta{Name: "k3s-serving", Namespace: "kube-system", Annotations: ann},
-		Data:     map[string][]byte{"tls.crt": append(encodeCertPEM(der), encodeCertPEM(d.ca.Cert.Raw)...), "tls.key": keyPEM},
+		Data:     map[string][]byte{"tls.crt": crt, "tls.key": keyPEM},
 		Type:     "kubernetes.io/tls",
 	}
 	b, err := json.Marshal(s)
@@ -176,6 +234,7 @@ func (d *dynamicCert) regenerate(now time.Time) error {
 	if err := writeFileAtomic(d.path, b, 0o600); err != nil {
 		return err
 	}
+	d.chain = chain
 	return d.buildTLS()
 }
 
@@ -183,22 +242,13 @@ func sanitizeAnnotation(s string) string {
 	return strings.NewReplacer(":", "_", "*", "_").Replace(s)
 }
 
-// buildTLS makes the served chain: leaf + the whole server CA bundle, so
-// clients pinned to an old root can verify through a cross-signed cert.
+// buildTLS makes what the handshake presents: tls.crt as stored.
 func (d *dynamicCert) buildTLS() error {
-	chain := [][]byte{d.certDER}
-	certs, err := parseCertsPEM(d.ca.Bundle)
+	leaf, err := x509.ParseCertificate(d.chain[0])
 	if err != nil {
 		return err
 	}
-	for _, c := range certs {
-		chain = append(chain, c.Raw)
-	}
-	leaf, err := x509.ParseCertificate(d.certDER)
-	if err != nil {
-		return err
-	}
-	d.tlsCert = &tls.Certificate{Certificate: chain, PrivateKey: d.key, Leaf: leaf}
+	d.tlsCert = &tls.Certificate{Certificate: d.chain, PrivateKey: d.key, Leaf: leaf}
 	return nil
 }
 
@@ -209,6 +259,7 @@ func (d *dynamicCert) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certifica
 	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
 	if name != "" && net.ParseIP(name) == nil && d.tlsCert.Leaf.VerifyHostname(name) != nil {
 		d.dns = append(d.dns, name)
+		d.warnIfIssuerChanges(d.tlsCert.Leaf)
 		if err := d.regenerate(time.Now()); err != nil {
 			d.log.Errorf("failed to add %s to the serving certificate: %v", name, err)
 		} else {

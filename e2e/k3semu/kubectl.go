@@ -140,6 +140,13 @@ func cmdKubectl(e *Env, args []string) error {
 	get := func(p string) ([]byte, error) {
 		resp, err := client.Get(base + p)
 		if err != nil {
+			// kubectl names a certificate it cannot verify (a server still
+			// presenting a cert from a replaced CA); anything else reads as
+			// a refused connection here.
+			var verr *tls.CertificateVerificationError
+			if errors.As(err, &verr) {
+				return nil, fmt.Errorf("Unable to connect to the server: %v", verr)
+			}
 			host := strings.TrimPrefix(base, "https://")
 			return nil, fmt.Errorf("The connection to the server %s was refused - did you specify the right host or port?", host)
 		}

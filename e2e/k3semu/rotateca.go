@@ -72,6 +72,13 @@ func (s *server) caCertReplace(payload bootstrapData, force bool) error {
 	if err := s.ds.saveBootstrap(s.password, merged); err != nil {
 		return err
 	}
+	if rotateCARegeneratesServingCert(s.version) {
+		// k3s #12978: only this server's serving cert is re-issued at its
+		// next start (docs/k3s-behaviour.md#complete-cross-signed).
+		if err := os.WriteFile(filepath.Join(s.tlsDir, servingCertTrigger), []byte{}, 0o600); err != nil {
+			return err
+		}
+	}
 	s.log.Infof("certificate: Cluster Certificate Authority data has been updated, k3s must be restarted.")
 	return nil
 }

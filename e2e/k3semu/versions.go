@@ -87,3 +87,13 @@ func partialRotateBug(version string) bool {
 func joinedServerRotationBug(version string) bool {
 	return !since(version, map[int]int{29: 15, 30: 11, 31: 7, 32: 3})
 }
+
+// rotateCARegeneratesServingCert (#13006, fixed by #12978; backports
+// validated 2025-10-14, so the emulator assumes the next patch release of
+// each line): the rotate-ca handler writes dynamic-cert-regenerate into the
+// tls dir of the server that handled it, so that server's next start
+// re-issues the :6443 cert. Before, and on every other server, nothing
+// re-issues it after a rotation.
+func rotateCARegeneratesServingCert(version string) bool {
+	return since(version, map[int]int{31: 14, 32: 10, 33: 6, 34: 2})
+}
