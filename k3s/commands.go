@@ -117,3 +117,14 @@ func (l Layout) SpaceCmd() string {
 	return remote.Quotef(`d=%s; [ -d "$d" ] || d=%s; df -Pk -- "$d" | awk 'NR==2 {print $4}'; du -sk -- %s | cut -f1`,
 		l.FleetcertDir(), l.ServerDir(), l.ServerTLSDir())
 }
+
+// RegenerateServingCertCmd asks k3s for a new :6443 serving certificate at
+// its next start, as `k3s certificate rotate` does: dynamiclistener never
+// compares the certificate it keeps with the CA, so after a rotation to an
+// unrelated root a server would go on presenting a certificate of the old
+// one, which agents and new kubeconfigs reject (k3s #13006; the rotate-ca
+// handler writes the trigger itself only on newer releases, and only on
+// the server that handled it). docs/k3s-behaviour.md#complete-cross-signed
+func (l Layout) RegenerateServingCertCmd() string {
+	return remote.Quotef("touch -- %s", path.Join(l.ServerTLSDir(), "dynamic-cert-regenerate"))
+}

@@ -409,6 +409,9 @@ func (r *loadRotation) restartStep(gates func(context.Context, *Node, time.Time)
 		begin: func(ctx context.Context, n *Node) (time.Time, bool, error) {
 			files, err := r.rewriteTokens(ctx, n)
 			r.nodeRep[n.Name].Files = files
+			if err == nil {
+				err = r.regenerateServing(ctx, n)
+			}
 			if err != nil {
 				return time.Time{}, false, err
 			}
@@ -417,6 +420,18 @@ func (r *loadRotation) restartStep(gates func(context.Context, *Node, time.Time)
 		},
 		gates: gates,
 	}
+}
+
+// regenerateServing: after a rotation to an unrelated root (--force), a
+// server must present a serving certificate of the new CA, which k3s does
+// not re-issue on its own; the trigger asks it to at the restart.
+func (r *loadRotation) regenerateServing(ctx context.Context, n *Node) error {
+	if r.mode != ModeNewRoot || n.Role != inventory.Server {
+		return nil
+	}
+	return r.run.Wet(n, "ask for a new :6443 serving certificate at the restart", func() error {
+		return runOK(ctx, n, n.Layout.RegenerateServingCertCmd())
+	})
 }
 
 // rewriteTokens makes every secure token of n pin the target hash, then

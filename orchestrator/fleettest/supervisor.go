@@ -34,7 +34,8 @@ import (
 //     was issued with (leaf + the whole server CA bundle of that moment).
 //     It is issued at the first connection after a start and kept across
 //     restarts while the bundle's first certificate (its issuer) stays;
-//     `k3s certificate rotate` drops it, so the next start issues anew.
+//     `k3s certificate rotate`, or the trigger file dynamic-cert-regenerate
+//     present at a start, drops it, so that start issues anew.
 //
 // Without it the fake has no forwarding, as a node whose sshd refuses it.
 
@@ -87,6 +88,12 @@ func (n *Node) supervisor() (*tls.Certificate, []byte, error) {
 // first certificate. Called with n.mu held.
 func (n *Node) startSupervisor() {
 	n.cacerts = nil
+	trigger := path.Join(n.layout.ServerTLSDir(), "dynamic-cert-regenerate")
+	if _, ok := n.files[trigger]; ok {
+		delete(n.files, trigger)
+		n.serving = nil
+		return
+	}
 	if n.serving == nil || len(n.serving.Certificate) < 2 {
 		return
 	}
