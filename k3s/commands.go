@@ -120,11 +120,12 @@ func (l Layout) SpaceCmd() string {
 
 // RegenerateServingCertCmd asks k3s for a new :6443 serving certificate at
 // its next start, as `k3s certificate rotate` does: dynamiclistener never
-// compares the certificate it keeps with the CA, so after a rotation to an
-// unrelated root a server would go on presenting a certificate of the old
-// one, which agents and new kubeconfigs reject (k3s #13006; the rotate-ca
-// handler writes the trigger itself only on newer releases, and only on
-// the server that handled it). docs/k3s-behaviour.md#complete-cross-signed
+// compares the certificate it keeps with the CA, so after a CA rotation a
+// server would go on presenting a certificate of the old CA, which agents
+// and new kubeconfigs reject once the bundle no longer holds its root
+// (k3s #13006; the rotate-ca handler writes the trigger itself only on
+// newer releases, and only on the server that handled it).
+// docs/k3s-behaviour.md#complete-cross-signed
 func (l Layout) RegenerateServingCertCmd() string {
 	return remote.Quotef("touch -- %s", path.Join(l.ServerTLSDir(), "dynamic-cert-regenerate"))
 }

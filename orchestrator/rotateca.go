@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/fleetcert/fleetcert/inventory"
@@ -422,11 +423,15 @@ func (r *loadRotation) restartStep(gates func(context.Context, *Node, time.Time)
 	}
 }
 
-// regenerateServing: after a rotation to an unrelated root (--force), a
-// server must present a serving certificate of the new CA, which k3s does
-// not re-issue on its own; the trigger asks it to at the restart.
+// regenerateServing: after a rotation of the server CA a server must
+// present a serving certificate of the new CA, which k3s does not re-issue
+// on its own (it never compares the certificate it keeps with the CA). The
+// old one verifies against the new bundle only while that bundle still
+// holds the root it was issued under: never after --force, and not after a
+// second cross-signed rotation, whose bundle no longer holds the first
+// root. The trigger asks k3s for a new one at the restart.
 func (r *loadRotation) regenerateServing(ctx context.Context, n *Node) error {
-	if r.mode != ModeNewRoot || n.Role != inventory.Server {
+	if n.Role != inventory.Server || !slices.Contains([]Mode{ModeCrossSign, ModeCustom, ModeNewRoot}, r.mode) {
 		return nil
 	}
 	return r.run.Wet(n, "ask for a new :6443 serving certificate at the restart", func() error {
