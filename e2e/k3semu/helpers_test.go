@@ -69,8 +69,23 @@ func newTestEnv(t *testing.T, root string, vars map[string]string) (*Env, *syncB
 	}, logs, out
 }
 
-// startServer prepares and serves a server; stop it with the returned func.
+// startServer prepares and serves a server until its API is ready (etcd
+// quorum); stop it with the returned func.
 func startServer(t *testing.T, e *Env, cfg *nodeConfig) (*server, func()) {
+	t.Helper()
+	s, stop := startServing(t, e, cfg)
+	select {
+	case <-s.apiReady:
+	case <-time.After(5 * time.Second):
+		stop()
+		t.Fatal("server API not ready (etcd quorum)")
+	}
+	return s, stop
+}
+
+// startServing prepares a server and waits until it listens, not for its
+// API to be ready.
+func startServing(t *testing.T, e *Env, cfg *nodeConfig) (*server, func()) {
 	t.Helper()
 	s := newServer(e, cfg)
 	if err := s.prepare(); err != nil {
