@@ -244,6 +244,35 @@ func DiffChecksums(before, after map[string]string) []string {
 	return diff
 }
 
+// SetClockOffset makes the node's clock look off by d (whole seconds) to
+// whatever reads it through date or stat, as fleetcert does: the image's
+// /usr/local/bin/date and stat shims add the seconds in
+// /etc/k3semu/node-clock to the time they show and to file modification
+// times (%Y), and k3s (the emulator) follows it too. The kernel, journald
+// and the container's other programs keep the real clock: containers share
+// the host's. 0 removes the offset.
+func (f *Fleet) SetClockOffset(ctx context.Context, node string, d time.Duration) error {
+	return f.setSwitch(ctx, node, nodeClockFile, d != 0, fmt.Sprint(int64(d.Round(time.Second)/time.Second)))
+}
+
+// SetK3sClock sets /etc/k3semu/clock: k3s (the emulator) judges and issues
+// certificates at the real time plus d, read at every use, so a running
+// k3s follows at once; the node's clock stays right. 0 removes it.
+func (f *Fleet) SetK3sClock(ctx context.Context, node string, d time.Duration) error {
+	return f.setSwitch(ctx, node, emuClockFile, d != 0, d.String())
+}
+
+func (f *Fleet) setSwitch(ctx context.Context, node, path string, set bool, value string) error {
+	if set {
+		return f.WriteFile(ctx, node, path, []byte(value+"\n"), 0o644)
+	}
+	r, err := f.Exec(ctx, node, "rm -f "+shQuote(path))
+	if err == nil {
+		err = r.Err()
+	}
+	return err
+}
+
 // InventoryPath is the fleetcert inventory (hosts.yaml) of the fleet.
 func (f *Fleet) InventoryPath() string { return f.inv }
 
