@@ -107,7 +107,7 @@ func (e *Env) version() string {
 }
 
 // now is k3s's clock on this node: the real one, moved by <EmuDir>/node-clock
-// (whole seconds, signed: the node's own clock is off, as the image's date
+// (whole seconds, signed: the node's own clock is off, as the harness's date
 // and stat shims show it to fleetcert) and by <EmuDir>/clock (a Go duration,
 // signed: k3s alone lives at another time, e.g. -8784h runs a cluster as it
 // was 366 days ago). Everything k3s judges certificates by follows it:
