@@ -38,7 +38,7 @@ import (
 // expire); peers are checked for their chain and validity, not for their
 // SANs; membership is every etcd server that ever started in the cluster
 // (etcd-members.json in the datastore, with the address each last started
-// with), never removed.
+// with: its host name in the e2e fleet, not an IP), never removed.
 
 // peerLine is what a member answers a peer whose handshake it accepted.
 const peerLine = "ok\n"
@@ -98,8 +98,9 @@ type etcdPeer struct {
 	addr string // advertised
 }
 
-// startPeer listens for peers and records this member's address.
-func (s *server) startPeer(ctx context.Context) (*etcdPeer, error) {
+// startPeer listens for peers and records this member's address; the
+// caller closes the listener (close) when the server stops.
+func (s *server) startPeer() (*etcdPeer, error) {
 	etcdDir := filepath.Join(s.tlsDir, "etcd")
 	cert, err := tls.LoadX509KeyPair(filepath.Join(etcdDir, "peer-server-client.crt"), filepath.Join(etcdDir, "peer-server-client.key"))
 	if err != nil {
@@ -117,27 +118,35 @@ func (s *server) startPeer(ctx context.Context) (*etcdPeer, error) {
 	if p.ln, err = net.Listen("tcp", listen); err != nil {
 		return nil, fmt.Errorf("etcd peer listener: %w", err)
 	}
-	p.addr = advertised(p.ln.Addr().(*net.TCPAddr))
+	p.addr = advertised(p.ln.Addr().(*net.TCPAddr), s.env.Hostname)
 	if err := s.ds.addMember(s.cfg.NodeName, p.addr); err != nil {
 		p.ln.Close()
 		return nil, err
 	}
-	go func() { <-ctx.Done(); p.ln.Close() }()
 	go p.serve()
 	return p, nil
 }
 
 // advertised is the address peers reach a listener on: its own, or for a
-// wildcard listener the first interface address.
-func advertised(a *net.TCPAddr) string {
-	if !a.IP.IsUnspecified() {
+// wildcard listener the host name (in the e2e fleet the node's name on the
+// Docker network, which follows the container to a new address after a
+// restart or a reconnect, where a real member keeps its IP), else the first
+// interface address.
+func advertised(a *net.TCPAddr, hostname string) string {
+	port := fmt.Sprint(a.Port)
+	switch {
+	case !a.IP.IsUnspecified():
 		return a.String()
+	case hostname != "":
+		return net.JoinHostPort(hostname, port)
 	}
 	if ips := localIPs(); len(ips) > 0 {
-		return net.JoinHostPort(ips[0].String(), fmt.Sprint(a.Port))
+		return net.JoinHostPort(ips[0].String(), port)
 	}
-	return net.JoinHostPort("127.0.0.1", fmt.Sprint(a.Port))
+	return net.JoinHostPort("127.0.0.1", port)
 }
+
+func (p *etcdPeer) close() { p.ln.Close() }
 
 func (p *etcdPeer) serverConfig() *tls.Config {
 	return &tls.Config{

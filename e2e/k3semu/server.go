@@ -356,18 +356,19 @@ func (s *server) serve(ctx context.Context) error {
 		MinVersion:     tls.VersionTLS12,
 		Time:           s.env.now,
 	}
-	var peer *etcdPeer
-	if s.etcd {
-		var err error
-		if peer, err = s.startPeer(ctx); err != nil {
-			return err
-		}
-	}
 	ln, err := net.Listen("tcp", s.env.ListenAddr)
 	if err != nil {
 		return err
 	}
 	s.listener = ln
+	var peer *etcdPeer
+	if s.etcd {
+		if peer, err = s.startPeer(); err != nil {
+			ln.Close()
+			return err
+		}
+		defer peer.close()
+	}
 	srv := &http.Server{Handler: s.routes(), TLSConfig: tlsCfg, ErrorLog: log.New(logWriter{s.log}, "", 0), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsCfg)) }()
