@@ -73,6 +73,15 @@ func TestExpiredClusterRotate(t *testing.T) {
 				}
 				Findings []struct{ Node, Kind, Message string }
 				Counts   struct{ Expired int }
+				Nodes    []struct {
+					Node         string
+					Certificates []struct {
+						File, Status string
+						Index        int
+						CA, Bundle   bool
+						NotAfter     time.Time
+					}
+				}
 			}
 		}
 		if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Clusters) != 1 {
@@ -84,9 +93,27 @@ func TestExpiredClusterRotate(t *testing.T) {
 		} else if !strings.HasPrefix(cr.Expired.Fix, "fleetcert rotate") || !strings.Contains(cr.Expired.Fix, "--cluster exp") {
 			t.Errorf("fix %q: want fleetcert rotate for cluster exp", cr.Expired.Fix)
 		}
-		if cr.Counts.Expired == 0 {
-			t.Error("no certificate counted EXPIRED")
+		// Every leaf on every node, agents included, expired about a day
+		// ago; the CAs (made a year ago, for ten years) did not.
+		leafs := 0
+		for _, nr := range cr.Nodes {
+			for _, cert := range nr.Certificates {
+				if cert.Index != 0 || cert.CA || cert.Bundle {
+					if cert.Status != "OK" {
+						t.Errorf("%s: %s[%d] (CA) is %s", nr.Node, cert.File, cert.Index, cert.Status)
+					}
+					continue
+				}
+				leafs++
+				if ago := time.Since(cert.NotAfter); cert.Status != "EXPIRED" || ago < 23*time.Hour || ago > 25*time.Hour {
+					t.Errorf("%s: %s is %s, expired %s ago; want EXPIRED a day ago", nr.Node, cert.File, cert.Status, ago.Round(time.Minute))
+				}
+			}
 		}
+		if len(cr.Nodes) != 3 || leafs == 0 || cr.Counts.Expired < leafs {
+			t.Errorf("%d nodes, %d leafs, %d counted EXPIRED", len(cr.Nodes), leafs, cr.Counts.Expired)
+		}
+		t.Logf("%d leaf certificates on 3 nodes, all EXPIRED", leafs)
 		for _, fd := range cr.Findings {
 			if fd.Kind == "clockSkew" {
 				t.Errorf("the node clocks are right, yet: %+v", fd)
