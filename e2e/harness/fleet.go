@@ -11,7 +11,7 @@
 //
 // The contract with the emulator is e2e/README.md: a Docker volume per
 // cluster at /var/lib/k3semu/shared on its servers is the datastore, the
-// hostname is the node name, /etc/k3semu/{version,fault} are switches.
+// hostname is the node name, /etc/k3semu/{version,fault,clock} are switches.
 //
 // Everything is labelled fleetcert.e2e.fleet=<name>; Close removes it, and
 // Start registers Close with t.Cleanup when given a testing.TB, so a failing
@@ -316,6 +316,9 @@ func (f *Fleet) boot(ctx context.Context, c *Cluster, n *Node, extra []file) err
 	}
 	if n.spec.Fault != "" {
 		files = append(files, file{Path: emuFaultFile, Mode: 0o644, Data: []byte(n.spec.Fault + "\n")})
+	}
+	if n.spec.K3sClock != 0 {
+		files = append(files, file{Path: emuClockFile, Mode: 0o644, Data: []byte(n.spec.K3sClock.String() + "\n")})
 	}
 	files = append(files, extra...)
 

@@ -23,6 +23,8 @@ const (
 	defaultDataDir   = "/var/lib/rancher/k3s"
 	emuVersionFile   = "/etc/k3semu/version"
 	emuFaultFile     = "/etc/k3semu/fault"
+	emuClockFile     = "/etc/k3semu/clock"
+	nodeClockFile    = "/etc/k3semu/node-clock"
 	authorizedKeys   = "/etc/ssh/authorized_keys/" + sshUser
 	sshUser          = "fleet"
 	sharedDatastore  = "/var/lib/k3semu/shared"

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"embed"
 	"fmt"
 	"os"
 	"sort"
@@ -242,6 +243,65 @@ func DiffChecksums(before, after map[string]string) []string {
 	}
 	sort.Strings(diff)
 	return diff
+}
+
+// SetClockOffset makes the node's clock look off by d (whole seconds) to
+// whatever reads it through date or stat, as fleetcert does. Containers
+// share the host's clock and cannot set their own, so it installs shims as
+// /usr/local/bin/date and /usr/local/bin/stat (clockshim/; first in every
+// PATH) that add the seconds in /etc/k3semu/node-clock to the time date
+// shows and to file modification times (stat's %Y), which fleetcert's
+// restart gates compare; k3s (the emulator) follows the file too. The
+// kernel, journald and the node's other programs keep the real clock. 0
+// removes the offset and the shims (nodes without an offset never pay for
+// them).
+func (f *Fleet) SetClockOffset(ctx context.Context, node string, d time.Duration) error {
+	n, err := f.node(node)
+	if err != nil {
+		return err
+	}
+	if d == 0 {
+		r, err := execIn(ctx, f.cli, n.id, nil, "rm", "-f", nodeClockFile, shimDir+"/date", shimDir+"/stat")
+		if err == nil {
+			err = r.Err()
+		}
+		return err
+	}
+	files := []file{{Path: nodeClockFile, Mode: 0o644, Data: []byte(fmt.Sprintf("%d\n", int64(d.Round(time.Second)/time.Second)))}}
+	for _, name := range []string{"date", "stat"} {
+		data, err := clockShims.ReadFile("clockshim/" + name)
+		if err != nil {
+			return err
+		}
+		files = append(files, file{Path: shimDir + "/" + name, Mode: 0o755, Data: data})
+	}
+	return putFiles(ctx, f.cli, n.id, files)
+}
+
+// clockShims are the date and stat SetClockOffset installs.
+//
+//go:embed clockshim/date clockshim/stat
+var clockShims embed.FS
+
+// shimDir comes before /usr/bin and /bin in every PATH on a node.
+const shimDir = "/usr/local/bin"
+
+// SetK3sClock sets /etc/k3semu/clock: k3s (the emulator) judges and issues
+// certificates at the real time plus d, read at every use, so a running
+// k3s follows at once; the node's clock stays right. 0 removes it.
+func (f *Fleet) SetK3sClock(ctx context.Context, node string, d time.Duration) error {
+	return f.setSwitch(ctx, node, emuClockFile, d != 0, d.String())
+}
+
+func (f *Fleet) setSwitch(ctx context.Context, node, path string, set bool, value string) error {
+	if set {
+		return f.WriteFile(ctx, node, path, []byte(value+"\n"), 0o644)
+	}
+	r, err := f.Exec(ctx, node, "rm -f "+shQuote(path))
+	if err == nil {
+		err = r.Err()
+	}
+	return err
 }
 
 // InventoryPath is the fleetcert inventory (hosts.yaml) of the fleet.

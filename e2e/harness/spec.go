@@ -68,6 +68,11 @@ type NodeSpec struct {
 	// Fault is written to /etc/k3semu/fault: fail-start, hang-start or
 	// crash-after=SECONDS.
 	Fault string
+	// K3sClock is written to /etc/k3semu/clock before the first start: k3s
+	// (the emulator) runs this far from the real time, e.g. -366 days to
+	// bring a cluster up as it was a year and a day ago. SetK3sClock(node,
+	// 0) later is the time passing. The node's own clock is untouched.
+	K3sClock time.Duration
 	// ExpectUnready: Start does not wait for this node to become Ready
 	// (a node that must fail to join, or a fault).
 	ExpectUnready bool

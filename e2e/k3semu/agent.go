@@ -42,7 +42,10 @@ func httpGet(client *http.Client, url, user, pw string) ([]byte, error) {
 	return body, nil
 }
 
-func tlsClient(cfg *tls.Config) *http.Client {
+// tlsClient is an HTTPS client that judges certificates at now (k3s's
+// clock, Env.now).
+func tlsClient(now func() time.Time, cfg *tls.Config) *http.Client {
+	cfg.Time = now
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
 }
 
@@ -56,17 +59,17 @@ func poolFromPEM(b []byte) *x509.CertPool {
 // way k3s checks a join token (docs/k3s-behaviour.md#tokens): trusted by the host -> no hash
 // check; else fetch /cacerts insecurely, re-fetch trusting that bundle,
 // compare hashCA with the token's hash (a short token only warns).
-func validateServer(serverURL string, tok joinToken, log *Logger) ([]byte, error) {
+func validateServer(now func() time.Time, serverURL string, tok joinToken, log *Logger) ([]byte, error) {
 	url := strings.TrimRight(serverURL, "/") + "/cacerts"
-	if body, err := httpGet(tlsClient(&tls.Config{}), url, "", ""); err == nil {
+	if body, err := httpGet(tlsClient(now, &tls.Config{}), url, "", ""); err == nil {
 		log.Warnf("Cluster CA certificate is trusted by the host CA bundle. Token CA hash will not be validated.")
 		return body, nil
 	}
-	cacerts, err := httpGet(tlsClient(&tls.Config{InsecureSkipVerify: true}), url, "", "")
+	cacerts, err := httpGet(tlsClient(now, &tls.Config{InsecureSkipVerify: true}), url, "", "")
 	if err != nil {
 		return nil, err
 	}
-	if _, err := httpGet(tlsClient(&tls.Config{RootCAs: poolFromPEM(cacerts)}), url, "", ""); err != nil {
+	if _, err := httpGet(tlsClient(now, &tls.Config{RootCAs: poolFromPEM(cacerts)}), url, "", ""); err != nil {
 		return nil, fmt.Errorf("CA cert validation failed: %w", err)
 	}
 	serverHash := hashCA(cacerts)
@@ -145,11 +148,11 @@ func (a *agent) run(ctx context.Context) error {
 
 // join validates the server and fetches the CA files and leaf certs.
 func (a *agent) join() error {
-	cacerts, err := validateServer(a.cfg.ServerURL, a.token, a.log)
+	cacerts, err := validateServer(a.env.now, a.cfg.ServerURL, a.token, a.log)
 	if err != nil {
 		return err
 	}
-	client := tlsClient(&tls.Config{RootCAs: poolFromPEM(cacerts)})
+	client := tlsClient(a.env.now, &tls.Config{RootCAs: poolFromPEM(cacerts)})
 	base := strings.TrimRight(a.cfg.ServerURL, "/")
 	files := map[string][]byte{}
 	for _, name := range []string{"server-ca.crt", "client-ca.crt"} {
@@ -218,7 +221,7 @@ func (a *agent) heartbeatLoop(ctx context.Context) {
 		a.log.Errorf("Failed to load kubelet client certificate: %v", err)
 		return
 	}
-	client := tlsClient(&tls.Config{RootCAs: poolFromPEM(a.serverCA), Certificates: []tls.Certificate{cert}})
+	client := tlsClient(a.env.now, &tls.Config{RootCAs: poolFromPEM(a.serverCA), Certificates: []tls.Certificate{cert}})
 	body, _ := json.Marshal(heartbeatRequest{Roles: "<none>", Version: a.version})
 	failing := false
 	for {

@@ -24,6 +24,7 @@ const (
 	defaultEmuDir     = "/etc/k3semu"
 	defaultListen     = "0.0.0.0:6443"
 	defaultLocalURL   = "https://127.0.0.1:6443"
+	defaultPeerListen = "0.0.0.0:2380"
 	defaultVersion    = "v1.33.5+k3s1"
 
 	// k3s's util.ReadFile waits this long for a missing token file.
@@ -39,11 +40,14 @@ type Env struct {
 	Getenv         func(string) string
 	Hostname       string
 	SharedDir      string // cluster datastore
-	EmuDir         string // /etc/k3semu (version, fault)
+	EmuDir         string // /etc/k3semu (version, fault, clock, node-clock)
 	KubeconfigPath string // /etc/rancher/k3s/k3s.yaml
 	ConfigFile     string // default config.yaml
 	ListenAddr     string // server listen address
 	LocalURL       string // how the server's own agent reaches it
+	// PeerListenAddr is where an etcd member listens for its peers (etcd's
+	// :2380); empty: 127.0.0.1 on a free port (in-process tests).
+	PeerListenAddr string
 	Log            *Logger
 	Stdout         io.Writer
 
@@ -67,6 +71,7 @@ func defaultEnv(getenv func(string) string) *Env {
 		ConfigFile:        defaultConfigFile,
 		ListenAddr:        defaultListen,
 		LocalURL:          defaultLocalURL,
+		PeerListenAddr:    defaultPeerListen,
 		Log:               newLogger(os.Stderr),
 		Stdout:            os.Stdout,
 		HeartbeatInterval: 5 * time.Second,
@@ -75,11 +80,12 @@ func defaultEnv(getenv func(string) string) *Env {
 		TokenFileWait:     defaultTokenFileWait,
 	}
 	for env, field := range map[string]*string{
-		"K3SEMU_SHARED_DIR": &e.SharedDir,
-		"K3SEMU_ETC_DIR":    &e.EmuDir,
-		"K3SEMU_KUBECONFIG": &e.KubeconfigPath,
-		"K3SEMU_LISTEN":     &e.ListenAddr,
-		"K3SEMU_LOCAL_URL":  &e.LocalURL,
+		"K3SEMU_SHARED_DIR":  &e.SharedDir,
+		"K3SEMU_ETC_DIR":     &e.EmuDir,
+		"K3SEMU_KUBECONFIG":  &e.KubeconfigPath,
+		"K3SEMU_LISTEN":      &e.ListenAddr,
+		"K3SEMU_LOCAL_URL":   &e.LocalURL,
+		"K3SEMU_PEER_LISTEN": &e.PeerListenAddr,
 	} {
 		if v := getenv(env); v != "" {
 			*field = v
@@ -98,6 +104,35 @@ func (e *Env) version() string {
 		return v
 	}
 	return defaultVersion
+}
+
+// now is k3s's clock on this node: the real one, moved by <EmuDir>/node-clock
+// (whole seconds, signed: the node's own clock is off, as the harness's date
+// and stat shims show it to fleetcert) and by <EmuDir>/clock (a Go duration,
+// signed: k3s alone lives at another time, e.g. -8784h runs a cluster as it
+// was 366 days ago). Everything k3s judges certificates by follows it:
+// issuing and renewing them, verifying peers and clients in TLS handshakes,
+// `certificate check`. Both files are read at every call, so removing them
+// moves a running k3s to the real time at once: a cluster brought up a
+// "year ago" is then expired without anyone restarting it. File times, the
+// node registry and the log keep the real clock.
+func (e *Env) now() time.Time {
+	return time.Now().Add(e.clockOffset())
+}
+
+func (e *Env) clockOffset() time.Duration {
+	var d time.Duration
+	if b, err := os.ReadFile(filepath.Join(e.EmuDir, "node-clock")); err == nil {
+		if sec, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			d += time.Duration(sec) * time.Second
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(e.EmuDir, "clock")); err == nil {
+		if v, err := time.ParseDuration(strings.TrimSpace(string(b))); err == nil {
+			d += v
+		}
+	}
+	return d
 }
 
 // flagDef is one command-line flag. Long names work with one or two

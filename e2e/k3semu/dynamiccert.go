@@ -43,6 +43,7 @@ type dynamicCert struct {
 	chain   [][]byte // tls.crt as stored: leaf, then the CA bundle it was issued with
 	tlsCert *tls.Certificate
 	log     *Logger
+	now     func() time.Time // k3s's clock for certificates issued while serving; nil: time.Now
 }
 
 // servingCertTrigger in server/tls makes the next start re-issue the
@@ -260,7 +261,11 @@ func (d *dynamicCert) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certifica
 	if name != "" && net.ParseIP(name) == nil && d.tlsCert.Leaf.VerifyHostname(name) != nil {
 		d.dns = append(d.dns, name)
 		d.warnIfIssuerChanges(d.tlsCert.Leaf)
-		if err := d.regenerate(time.Now()); err != nil {
+		now := time.Now
+		if d.now != nil {
+			now = d.now
+		}
+		if err := d.regenerate(now()); err != nil {
 			d.log.Errorf("failed to add %s to the serving certificate: %v", name, err)
 		} else {
 			d.log.Infof("Updated serving certificate with new SAN %s", name)

@@ -37,19 +37,31 @@ func (b *syncBuffer) String() string {
 
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePorts(t, 1)[0]
+}
+
+// freePorts returns n distinct free 127.0.0.1 ports, held open together
+// while they are picked so that none is picked twice.
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addrs
 }
 
 // newTestEnv is an Env rooted in a temp dir, listening on a free 127.0.0.1
 // port, with fast timers.
 func newTestEnv(t *testing.T, root string, vars map[string]string) (*Env, *syncBuffer, *syncBuffer) {
 	t.Helper()
-	addr := freePort(t)
+	ports := freePorts(t, 2)
+	addr := ports[0]
 	logs, out := &syncBuffer{}, &syncBuffer{}
 	return &Env{
 		Getenv:            func(k string) string { return vars[k] },
@@ -60,6 +72,7 @@ func newTestEnv(t *testing.T, root string, vars map[string]string) (*Env, *syncB
 		ConfigFile:        filepath.Join(root, "config.yaml"),
 		ListenAddr:        addr,
 		LocalURL:          "https://" + addr,
+		PeerListenAddr:    ports[1],
 		Log:               newLogger(logs),
 		Stdout:            out,
 		HeartbeatInterval: 100 * time.Millisecond,
@@ -69,8 +82,23 @@ func newTestEnv(t *testing.T, root string, vars map[string]string) (*Env, *syncB
 	}, logs, out
 }
 
-// startServer prepares and serves a server; stop it with the returned func.
+// startServer prepares and serves a server until its API is ready (etcd
+// quorum); stop it with the returned func.
 func startServer(t *testing.T, e *Env, cfg *nodeConfig) (*server, func()) {
+	t.Helper()
+	s, stop := startServing(t, e, cfg)
+	select {
+	case <-s.apiReady:
+	case <-time.After(5 * time.Second):
+		stop()
+		t.Fatal("server API not ready (etcd quorum)")
+	}
+	return s, stop
+}
+
+// startServing prepares a server and waits until it listens, not for its
+// API to be ready.
+func startServing(t *testing.T, e *Env, cfg *nodeConfig) (*server, func()) {
 	t.Helper()
 	s := newServer(e, cfg)
 	if err := s.prepare(); err != nil {

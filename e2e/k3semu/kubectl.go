@@ -87,7 +87,7 @@ var kubectlFlags = []flagDef{
 }
 
 // kubectlClient builds an HTTPS client from the kubeconfig.
-func kubectlClient(path string) (*http.Client, string, error) {
+func kubectlClient(e *Env, path string) (*http.Client, string, error) {
 	k, err := readKubeconfig(path)
 	if err != nil {
 		return nil, "", err
@@ -115,7 +115,7 @@ func kubectlClient(path string) (*http.Client, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	return tlsClient(&tls.Config{RootCAs: poolFromPEM(ca), Certificates: []tls.Certificate{pair}}), strings.TrimRight(c.Server, "/"), nil
+	return tlsClient(e.now, &tls.Config{RootCAs: poolFromPEM(ca), Certificates: []tls.Certificate{pair}}), strings.TrimRight(c.Server, "/"), nil
 }
 
 func cmdKubectl(e *Env, args []string) error {
@@ -133,7 +133,7 @@ func cmdKubectl(e *Env, args []string) error {
 	if len(pos) == 0 || pos[0] != "get" {
 		return errors.New("k3s emulator: only `kubectl get nodes` and `kubectl get --raw PATH` are supported")
 	}
-	client, base, err := kubectlClient(path)
+	client, base, err := kubectlClient(e, path)
 	if err != nil {
 		return err
 	}
@@ -152,7 +152,15 @@ func cmdKubectl(e *Env, args []string) error {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
+		switch resp.StatusCode {
+		case http.StatusOK:
+		case http.StatusUnauthorized:
+			// What kubectl says when the apiserver rejects its client
+			// certificate (expired, or from another CA).
+			return nil, errors.New("error: You must be logged in to the server (Unauthorized)")
+		case http.StatusServiceUnavailable:
+			return nil, fmt.Errorf("Error from server (ServiceUnavailable): %s", strings.TrimSpace(string(b)))
+		default:
 			return nil, fmt.Errorf("Error from server: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 		}
 		return b, nil

@@ -119,7 +119,7 @@ func runCertificate(e *Env, args []string) error {
 	case "rotate":
 		return cmdCertRotate(e, args[1:], time.Now())
 	case "check":
-		return cmdCertCheck(e, args[1:], time.Now())
+		return cmdCertCheck(e, args[1:], e.now())
 	}
 	return fmt.Errorf("No help topic for '%s'", args[0])
 }

@@ -249,7 +249,7 @@ func cmdRotateCA(e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cacerts, err := validateServer(vals["server"], tok, e.Log)
+	cacerts, err := validateServer(e.now, vals["server"], tok, e.Log)
 	if err != nil {
 		return err
 	}
@@ -263,7 +263,7 @@ func cmdRotateCA(e *Env, args []string) error {
 		return err
 	}
 	req.SetBasicAuth("server", tok.Password)
-	client := tlsClient(&tls.Config{RootCAs: poolFromPEM(cacerts)})
+	client := tlsClient(e.now, &tls.Config{RootCAs: poolFromPEM(cacerts)})
 	client.Timeout = 30 * time.Second
 	resp, err := client.Do(req)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -42,7 +43,10 @@ type server struct {
 	cacertsErr  error
 
 	// ready is closed once the listener serves; tests wait on it.
-	ready    chan struct{}
+	ready chan struct{}
+	// apiReady is closed once etcd has quorum (at once without etcd): the
+	// API answers and systemd is told READY=1.
+	apiReady chan struct{}
 	listener net.Listener
 }
 
@@ -56,6 +60,7 @@ func newServer(e *Env, cfg *nodeConfig) *server {
 		agentDir: filepath.Join(cfg.DataDir, "agent"),
 		version:  e.version(),
 		ready:    make(chan struct{}),
+		apiReady: make(chan struct{}),
 	}
 }
 
@@ -71,7 +76,7 @@ func runServer(ctx context.Context, e *Env, cfg *nodeConfig) error {
 }
 
 func (s *server) prepare() error {
-	now := time.Now()
+	now := s.env.now()
 	for _, d := range []string{s.tlsDir, filepath.Join(s.tlsDir, "etcd"), filepath.Join(s.dir, "cred"), filepath.Join(s.dir, "db"), s.agentDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
@@ -96,7 +101,7 @@ func (s *server) prepare() error {
 			if err != nil {
 				return err
 			}
-			if _, err := validateServer(s.cfg.ServerURL, tok, s.log); err != nil {
+			if _, err := validateServer(s.env.now, s.cfg.ServerURL, tok, s.log); err != nil {
 				return fmt.Errorf("failed to validate token: %w", err)
 			}
 		}
@@ -140,6 +145,7 @@ func (s *server) prepare() error {
 	if s.serving, err = loadDynamicCert(s.tlsDir, serverCA, dns, ips, renewDays(s.version), now, s.log); err != nil {
 		return err
 	}
+	s.serving.now = s.env.now
 	clientBundle, err := os.ReadFile(filepath.Join(s.tlsDir, "client-ca.crt"))
 	if err != nil {
 		return err
@@ -341,22 +347,49 @@ func (s *server) roles() string {
 
 // serve listens on :6443, notifies systemd and runs until ctx ends.
 func (s *server) serve(ctx context.Context) error {
+	// A client certificate is asked for but judged per request, as
+	// kube-apiserver's x509 authenticator does (authClient): one that does
+	// not verify is a 401, not a failed handshake.
 	tlsCfg := &tls.Config{
 		GetCertificate: s.serving.getCertificate,
-		ClientAuth:     tls.VerifyClientCertIfGiven,
-		ClientCAs:      s.clientCAs,
+		ClientAuth:     tls.RequestClientCert,
 		MinVersion:     tls.VersionTLS12,
+		Time:           s.env.now,
 	}
 	ln, err := net.Listen("tcp", s.env.ListenAddr)
 	if err != nil {
 		return err
 	}
 	s.listener = ln
+	var peer *etcdPeer
+	if s.etcd {
+		if peer, err = s.startPeer(); err != nil {
+			ln.Close()
+			return err
+		}
+		defer peer.close()
+	}
 	srv := &http.Server{Handler: s.routes(), TLSConfig: tlsCfg, ErrorLog: log.New(logWriter{s.log}, "", 0), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(ln, tlsCfg)) }()
 	s.log.Infof("Running supervisor and apiserver on %s", s.env.ListenAddr)
 	close(s.ready)
+	stopServing := func() {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx)
+	}
+	if peer != nil {
+		// k3s notifies systemd only once etcd is up (etcd.go).
+		if err := peer.waitQuorum(ctx); err != nil {
+			stopServing()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	close(s.apiReady)
 	if err := s.env.sdNotify("READY=1"); err != nil {
 		s.log.Warnf("Failed to notify systemd: %v", err)
 	}
@@ -367,9 +400,7 @@ func (s *server) serve(ctx context.Context) error {
 	defer func() { stopAgent(); <-agentDone }()
 	select {
 	case <-ctx.Done():
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(shutdownCtx)
+		stopServing()
 		return nil
 	case err := <-errc:
 		return err
@@ -385,7 +416,7 @@ func (s *server) runLocalAgent(ctx context.Context) {
 		tok, err := parseToken(tokenText)
 		if err == nil && tok.CAHash != "" {
 			for {
-				if _, err = validateServer(s.env.LocalURL, tok, s.log); err == nil {
+				if _, err = validateServer(s.env.now, s.env.LocalURL, tok, s.log); err == nil {
 					break
 				}
 				s.log.Errorf("Failed to validate connection to cluster at %s: %v", s.env.LocalURL, err)
@@ -395,9 +426,29 @@ func (s *server) runLocalAgent(ctx context.Context) {
 			}
 		}
 	}
+	// The kubelet authenticates with agent/client-kubelet.crt as written at
+	// this start: once that is no longer valid at k3s's clock, the
+	// apiserver answers Unauthorized and the node goes NotReady.
+	var kubelet *x509.Certificate
+	if certs, err := certsFromFile(filepath.Join(s.agentDir, "client-kubelet.crt")); err == nil {
+		kubelet = certs[0]
+	}
+	failing := false
 	for {
-		if err := s.ds.heartbeat(s.cfg.NodeName, s.roles(), s.version, time.Now()); err != nil {
-			s.log.Warnf("Failed to update node %s: %v", s.cfg.NodeName, err)
+		var err error
+		if now := s.env.now(); kubelet != nil && (now.After(kubelet.NotAfter) || now.Before(kubelet.NotBefore)) {
+			err = fmt.Errorf("Unauthorized (kubelet client certificate: x509: certificate has expired or is not yet valid: current time %s is outside %s to %s)",
+				now.UTC().Format(time.RFC3339), kubelet.NotBefore.UTC().Format(time.RFC3339), kubelet.NotAfter.UTC().Format(time.RFC3339))
+		} else {
+			err = s.ds.heartbeat(s.cfg.NodeName, s.roles(), s.version, time.Now())
+		}
+		switch {
+		case err != nil && !failing:
+			s.log.Warnf("Failed to update node %s status, will retry: %v", s.cfg.NodeName, err)
+			failing = true
+		case err == nil && failing:
+			s.log.Infof("Node %s status update succeeded again", s.cfg.NodeName)
+			failing = false
 		}
 		if !sleepCtx(ctx, s.env.HeartbeatInterval) {
 			return
@@ -425,9 +476,9 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /v1-k3s/client-ca.crt", s.requireNode(s.serveFile("client-ca.crt")))
 	mux.HandleFunc("GET /v1-k3s/readyz", s.requireNode(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	mux.HandleFunc("POST /v1-k3s/sign/{name}", s.requireNode(s.handleSign))
-	mux.HandleFunc("POST /v1-k3s/heartbeat", s.handleHeartbeat)
-	mux.HandleFunc("GET /readyz", s.requireAdmin(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	mux.HandleFunc("GET /api/v1/nodes", s.requireAdmin(s.handleNodes))
+	mux.HandleFunc("POST /v1-k3s/heartbeat", s.requireAPI(s.handleHeartbeat))
+	mux.HandleFunc("GET /readyz", s.requireAPI(s.requireAdmin(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })))
+	mux.HandleFunc("GET /api/v1/nodes", s.requireAPI(s.requireAdmin(s.handleNodes)))
 	return mux
 }
 
@@ -453,6 +504,19 @@ func (s *server) serveFile(name string) http.HandlerFunc {
 			return
 		}
 		w.Write(b)
+	}
+}
+
+// requireAPI answers 503 "apiserver not ready", as k3s's router does, until
+// etcd has quorum.
+func (s *server) requireAPI(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-s.apiReady:
+			h(w, r)
+		default:
+			http.Error(w, "apiserver not ready", http.StatusServiceUnavailable)
+		}
 	}
 }
 
@@ -484,26 +548,44 @@ func (s *server) requireNode(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// verifiedClient returns the CN and orgs of a verified client certificate.
-func verifiedClient(r *http.Request) (string, []string, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		return "", nil, false
+// errNoClientCert: the request came without a client certificate.
+var errNoClientCert = errors.New("no client certificate")
+
+// authClient authenticates a request by its client certificate as
+// kube-apiserver's x509 authenticator does: verified against the client CA
+// bundle this process loaded at start, at k3s's clock, for client auth
+// (and, as before, only a leaf that names client auth). A certificate that
+// does not verify is logged as kube-apiserver logs it ("Unable to
+// authenticate the request due to an error: x509: certificate has expired
+// or is not yet valid: ...", k3s-io/k3s#4047, #9787) and answered 401.
+func (s *server) authClient(r *http.Request) (cn string, orgs []string, err error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return "", nil, errNoClientCert
 	}
-	c := r.TLS.VerifiedChains[0][0]
-	usable := false
-	for _, u := range c.ExtKeyUsage {
-		if u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny {
-			usable = true
-		}
+	certs := r.TLS.PeerCertificates
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
 	}
-	return c.Subject.CommonName, c.Subject.Organization, usable
+	_, err = certs[0].Verify(x509.VerifyOptions{Roots: s.clientCAs, Intermediates: inter, CurrentTime: s.env.now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err == nil && !slices.ContainsFunc(certs[0].ExtKeyUsage, func(u x509.ExtKeyUsage) bool {
+		return u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny
+	}) {
+		err = errors.New("x509: certificate specifies an incompatible key usage")
+	}
+	if err != nil {
+		s.log.Errorf("Unable to authenticate the request due to an error: %v", err)
+		return "", nil, err
+	}
+	return certs[0].Subject.CommonName, certs[0].Subject.Organization, nil
 }
 
 // requireAdmin allows a client cert of group system:masters (kubectl).
 func (s *server) requireAdmin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		_, orgs, ok := verifiedClient(r)
-		if !ok || !containsString(orgs, "system:masters") {
+		_, orgs, err := s.authClient(r)
+		if err != nil || !containsString(orgs, "system:masters") {
 			unauthorized(w)
 			return
 		}
@@ -570,7 +652,7 @@ func (s *server) handleSign(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	der, err := ca.sign(csr.PublicKey, spec, time.Now())
+	der, err := ca.sign(csr.PublicKey, spec, s.env.now())
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -587,8 +669,8 @@ type heartbeatRequest struct {
 // authenticates with its client-kubelet cert, verified against the client
 // CA bundle this process loaded at start.
 func (s *server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
-	cn, orgs, ok := verifiedClient(r)
-	if !ok || !strings.HasPrefix(cn, "system:node:") || !containsString(orgs, "system:nodes") {
+	cn, orgs, err := s.authClient(r)
+	if err != nil || !strings.HasPrefix(cn, "system:node:") || !containsString(orgs, "system:nodes") {
 		unauthorized(w)
 		return
 	}

@@ -14,7 +14,7 @@ import (
 
 func getCACerts(t *testing.T, url string) []byte {
 	t.Helper()
-	b, err := httpGet(tlsClient(&tls.Config{InsecureSkipVerify: true}), url+"/cacerts", "", "")
+	b, err := httpGet(tlsClient(time.Now, &tls.Config{InsecureSkipVerify: true}), url+"/cacerts", "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestServerAndAgentJoin(t *testing.T) {
 	if !bytes.Equal(getCACerts(t, e.LocalURL), ca) {
 		t.Fatal("/cacerts differs from server-ca.crt")
 	}
-	if b, err := httpGet(tlsClient(&tls.Config{RootCAs: poolFromPEM(ca)}), e.LocalURL+"/ping", "", ""); err != nil || string(b) != "pong" {
+	if b, err := httpGet(tlsClient(time.Now, &tls.Config{RootCAs: poolFromPEM(ca)}), e.LocalURL+"/ping", "", ""); err != nil || string(b) != "pong" {
 		t.Fatalf("/ping through the server CA: %q %v", b, err)
 	}
 

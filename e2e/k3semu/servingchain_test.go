@@ -424,7 +424,7 @@ func TestForcedRotationServingCertByVersion(t *testing.T) {
 				ke.Stdout = &syncBuffer{}
 				return cmdKubectl(&ke, []string{"get", "--raw", "/readyz"})
 			}
-			_, validateErr := validateServer(e.LocalURL, joinToken{Username: "server", Password: "secret"}, newLogger(&syncBuffer{}))
+			_, validateErr := validateServer(time.Now, e.LocalURL, joinToken{Username: "server", Password: "secret"}, newLogger(&syncBuffer{}))
 			if c.fixed {
 				if err := readyz(); err != nil {
 					t.Fatalf("kubectl after a forced rotation: %v", err)
