@@ -90,8 +90,8 @@ func TestExpiredClusterRotate(t *testing.T) {
 		cr := rep.Clusters[0]
 		if cr.Expired == nil || strings.Join(cr.Expired.Servers, ",") != s1.Name+","+s2.Name {
 			t.Errorf("expired: %+v, want servers %s and %s", cr.Expired, s1.Name, s2.Name)
-		} else if !strings.HasPrefix(cr.Expired.Fix, "fleetcert rotate") || !strings.Contains(cr.Expired.Fix, "--cluster exp") {
-			t.Errorf("fix %q: want fleetcert rotate for cluster exp", cr.Expired.Fix)
+		} else if want := "fleetcert rotate -i " + f.InventoryPath() + " --cluster exp"; cr.Expired.Fix != want {
+			t.Errorf("fix %q, want %q: the command as it can be run", cr.Expired.Fix, want)
 		}
 		// Every leaf on every node, agents included, expired about a day
 		// ago; the CAs (made a year ago, for ten years) did not.
