@@ -4,7 +4,7 @@ BIN      ?= bin/fleetcert
 PKGS_UNIT = $(shell $(GO) list ./... | grep -v '/e2e$$')
 export TESTCONTAINERS_RYUK_DISABLED = true
 
-.PHONY: build test unit lint e2e e2e-image e2e-host demo demo-up demo-down bench clean
+.PHONY: build test unit lint e2e e2e-image e2e-host demo demo-up demo-down bench bench-fleet clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) .
@@ -41,6 +41,13 @@ e2e-host:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS_UNIT)
+
+# check against real OpenSSH: N loopback sshd nodes chrooted into the e2e
+# node rootfs (make e2e-image caches it), check and a bare x/crypto/ssh
+# fan-out in alternating rounds. Needs root. Flags: BENCH_FLEET_FLAGS,
+# e.g. "-nodes 500 -rounds 3" (see go run ./bench/fleet -h).
+bench-fleet: build
+	$(GO) run ./bench/fleet -bin $(BIN) $(BENCH_FLEET_FLAGS)
 
 demo: e2e-image
 	$(GO) run ./e2e/demo
