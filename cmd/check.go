@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/orchestrator"
 )
@@ -85,10 +86,14 @@ func (a *app) runCheck(c *cobra.Command, f *checkFlags) error {
 	if err != nil {
 		return err
 	}
-	nodes := a.connect(c.Context(), clusters)
-	defer orchestrator.CloseAll(nodes)
+	var inv []inventory.Node
+	for _, cl := range clusters {
+		inv = append(inv, cl.Nodes...)
+	}
 	now := time.Now()
-	checked := orchestrator.Check(c.Context(), nodes, orchestrator.CheckOptions{
+	// Node by node (connect, read, judge, close): at most --concurrency
+	// connections open, and only the verdicts kept.
+	checked := orchestrator.CheckFleet(c.Context(), inv, a.dialer(), orchestrator.CheckOptions{
 		Now: now, Within: f.within.value(), Limit: a.g.concurrency,
 		ProbeTimeout: min(a.g.timeout.value(), 30*time.Second), CrossCheck: f.crossCheck, MaxClockSkew: f.maxSkew.value(),
 	})
