@@ -120,6 +120,9 @@ type Config struct {
 	// Passphrase unlocks an encrypted identity file. nil means
 	// PassphraseFromEnvOrTTY.
 	Passphrase func(keyFile string) ([]byte, error)
+	// Jumps shares bastion connections between nodes; nil means
+	// DefaultJumps, shared by every Dial of the process.
+	Jumps *Jumps
 }
 
 // endpoint is one SSH server to authenticate to: a bastion hop or the node.
@@ -154,6 +157,7 @@ type settings struct {
 	sudoPassword   string
 	log            *slog.Logger
 	passphrase     func(string) ([]byte, error)
+	jumps          *Jumps
 }
 
 // resolve fills in Config from ssh_config and the defaults.
@@ -184,6 +188,10 @@ func resolve(cfg Config) (*settings, error) {
 		sudoPassword:   cfg.SudoPassword,
 		log:            cfg.Logger,
 		passphrase:     cfg.Passphrase,
+		jumps:          cfg.Jumps,
+	}
+	if s.jumps == nil {
+		s.jumps = DefaultJumps
 	}
 	if s.log == nil {
 		s.log = slog.Default()
