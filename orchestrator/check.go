@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
+	"unique"
 
 	"golang.org/x/sync/errgroup"
 
@@ -218,7 +220,15 @@ func (p *probe) wait() {
 func checkNode(ctx context.Context, n *Node, opts CheckOptions, p *probe) (*CheckedNode, ServedBy) {
 	cn := &CheckedNode{Node: n}
 	nc := k3s.CheckNode(n.Layout, n.Snapshot, n.Facts, opts.Now, opts.Within)
-	cn.Certs, cn.Findings = nc.Certs, nc.Findings
+	// The verdicts are what a check keeps of every node until the end:
+	// no spare capacity, and one copy of each file name, subject and
+	// issuer, which the nodes of a fleet (and of a cluster) share, rather
+	// than one per node.
+	cn.Certs, cn.Findings = slices.Clone(nc.Certs), nc.Findings
+	for i := range cn.Certs {
+		c := &cn.Certs[i]
+		c.File, c.Subject, c.Issuer = unique.Make(c.File).Value(), unique.Make(c.Subject).Value(), unique.Make(c.Issuer).Value()
+	}
 	cn.Findings = append(cn.Findings, roleFindings(n)...)
 	cn.Findings = append(cn.Findings, clockFinding(n.Facts, opts.MaxClockSkew)...)
 	if opts.CrossCheck {
