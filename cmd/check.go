@@ -90,11 +90,22 @@ func (a *app) runCheck(c *cobra.Command, f *checkFlags) error {
 	for _, cl := range clusters {
 		inv = append(inv, cl.Nodes...)
 	}
-	now := time.Now()
 	// Node by node (connect, read, judge, close): at most --concurrency
-	// connections open, and only the verdicts kept.
+	// connections open, and only the verdicts kept. Connections that the
+	// open-file limit has no room for would fail as unreachable nodes, so
+	// the concurrency is lowered to fit, and said so.
+	conc := a.g.concurrency
+	if limit, ok := openFileLimit(); ok {
+		fit, need := fitConcurrency(conc, limit)
+		if fit < conc {
+			a.log.Error(fmt.Sprintf("--concurrency %d needs about %d open files, but this process may open only %d (ulimit -n): checking %d nodes at a time instead; raise the limit (e.g. ulimit -n %d) to check faster",
+				conc, need, limit, fit, need), "concurrency", fit)
+			conc = fit
+		}
+	}
+	now := time.Now()
 	checked := orchestrator.CheckFleet(c.Context(), inv, a.dialer(), orchestrator.CheckOptions{
-		Now: now, Within: f.within.value(), Limit: a.g.concurrency,
+		Now: now, Within: f.within.value(), Limit: conc,
 		ProbeTimeout: min(a.g.timeout.value(), 30*time.Second), CrossCheck: f.crossCheck, MaxClockSkew: f.maxSkew.value(),
 	})
 	if c.Context().Err() != nil {

@@ -749,3 +749,25 @@ func TestCheckClusterConsistency(t *testing.T) {
 		"noK3sData":                "e1 ",
 	})
 }
+
+// TestCheckConcurrencyFitsTheFileLimit: a concurrency the open-file limit
+// has no room for is lowered to what fits, never below one.
+func TestCheckConcurrencyFitsTheFileLimit(t *testing.T) {
+	for _, tt := range []struct {
+		want      int
+		limit     uint64
+		fit, need int
+	}{
+		{256, 1 << 20, 256, 544},
+		{256, 544, 256, 544},
+		{256, 256, 112, 544},
+		{64, 100, 34, 160},
+		{8, 10, 1, 48},
+		{1, 0, 1, 34},
+	} {
+		fit, need := fitConcurrency(tt.want, tt.limit)
+		if fit != tt.fit || need != tt.need {
+			t.Errorf("fitConcurrency(%d, %d) = %d, %d; want %d, %d", tt.want, tt.limit, fit, need, tt.fit, tt.need)
+		}
+	}
+}
