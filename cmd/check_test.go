@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -24,6 +25,9 @@ import (
 	"github.com/prometheus/common/model"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/orchestrator"
+	"github.com/fleetcert/fleetcert/orchestrator/fleettest"
 	"github.com/fleetcert/fleetcert/pki"
 	"github.com/fleetcert/fleetcert/remote/sshtest"
 )
@@ -768,6 +772,35 @@ func TestCheckConcurrencyFitsTheFileLimit(t *testing.T) {
 		fit, need := fitConcurrency(tt.want, tt.limit)
 		if fit != tt.fit || need != tt.need {
 			t.Errorf("fitConcurrency(%d, %d) = %d, %d; want %d, %d", tt.want, tt.limit, fit, need, tt.fit, tt.need)
+		}
+	}
+}
+
+// TestCheckJSONWrittenAsTheEncoderWould: the report streamed a cluster at
+// a time is byte for byte what json.Encoder with a two-space indent
+// writes.
+func TestCheckJSONWrittenAsTheEncoderWould(t *testing.T) {
+	m, err := fleettest.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := fleettest.New(m, fleettest.Spec{Clusters: 3, Servers: 2, Agents: 1})
+	nodes := orchestrator.Connect(t.Context(), fl.Nodes(), fl.Dial, 4)
+	nodes[1].Err, nodes[1].Conn = errors.New("gone"), nil
+	now := time.Now()
+	checked := orchestrator.Check(t.Context(), nodes, orchestrator.CheckOptions{Now: now})
+	for _, r := range []checkReport{newCheckReport(checked, now, k3s.DefaultCheckWithin), newCheckReport(nil, now, k3s.DefaultCheckWithin)} {
+		var want, got bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeCheckJSON(&got, r); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != want.String() {
+			t.Fatalf("streamed JSON differs from the encoder's:\n%s\nwant:\n%s", got.String(), want.String())
 		}
 	}
 }
