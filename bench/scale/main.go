@@ -79,7 +79,7 @@ func drive(args []string) error {
 	servers := fs.Int("servers", 3, "servers per cluster")
 	agents := fs.Int("agents", 2, "agents per cluster")
 	bin := fs.String("bin", "", "the fleetcert binary (default: built from this checkout)")
-	output := fs.String("o", "table", "check's output format (table or json), written to /dev/null")
+	output := fs.String("o", "table", "check's output format (table or json), written to a file by its standard output")
 	nofile := fs.Int("nofile", 0, "run check with this RLIMIT_NOFILE (soft and hard); 0 leaves the limit alone")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -128,17 +128,21 @@ func drive(args []string) error {
 	}
 
 	// check, measured as a process of its own.
-	argv := []string{*bin, "check", "-i", filepath.Join(work, "hosts.yaml"), "--concurrency", strconv.Itoa(*conc),
-		"-o", *output, "--output-file", filepath.Join(work, "report")}
+	argv := []string{*bin, "check", "-i", filepath.Join(work, "hosts.yaml"), "--concurrency", strconv.Itoa(*conc), "-o", *output}
 	var cmd *exec.Cmd
 	if *nofile > 0 {
 		cmd = exec.Command("sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, strconv.Itoa(*nofile)}, argv...)...)
 	} else {
 		cmd = exec.Command(argv[0], argv[1:]...)
 	}
+	report, err := os.Create(filepath.Join(work, "report"))
+	if err != nil {
+		return err
+	}
+	defer report.Close()
 	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	logf("running %s", strings.Join(argv, " "))
+	cmd.Stdout, cmd.Stderr = report, &stderr
+	logf("running %s > report", strings.Join(argv, " "))
 	start := time.Now()
 	err = cmd.Run()
 	wall := time.Since(start)
@@ -159,8 +163,12 @@ func drive(args []string) error {
 		return err
 	}
 	summary := ""
-	if report, err := os.ReadFile(filepath.Join(work, "report")); err == nil && *output == "table" {
-		summary, _, _ = strings.Cut(string(report), "\n")
+	if out, err := os.ReadFile(report.Name()); err == nil {
+		if *output == "table" {
+			summary, _, _ = strings.Cut(string(out), "\n")
+		} else {
+			summary = fmt.Sprintf("%.0f MiB of %s", float64(len(out))/(1<<20), *output)
+		}
 	}
 	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
 		if strings.Contains(l, "concurrency") {
