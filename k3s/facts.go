@@ -323,7 +323,7 @@ const batchEnd = "\n@data-end\n"
 
 // readBatch reads what g prints from its "@batch K N" line on: N stat
 // lines (K keys, listed, then the files), "@data", the files' bytes back
-// to back, and batchEnd. The files share out's memory.
+// to back, and batchEnd.
 func (s *Snapshot) readBatch(r *lineReader, head string) error {
 	var keys, n int
 	if _, err := fmt.Sscanf(head, "@batch %d %d", &keys, &n); err != nil || keys < 0 || n < keys {
@@ -370,6 +370,9 @@ func (s *Snapshot) readBatch(r *lineReader, head string) error {
 		// A file changed size between stat and cat.
 		return ErrFilesChanged
 	}
+	// One exact copy for all the files: they outlive the output, whose
+	// buffer grew by doubling and may be twice their size.
+	data = bytes.Clone(data)
 	for _, bf := range files {
 		bf.Data, data = data[:bf.size:bf.size], data[bf.size:]
 		s.Files[bf.Path] = bf.File
