@@ -98,6 +98,7 @@ type ClusterCheck struct {
 	Findings []k3s.Finding // the nodes' findings and the cluster's own
 }
 
+// withDefaults fills the zero fields with what the field comments say.
 func (o CheckOptions) withDefaults() CheckOptions {
 	if o.Now.IsZero() {
 		o.Now = time.Now()

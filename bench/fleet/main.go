@@ -178,7 +178,9 @@ func run(o options) error {
 		meds[t.name] = m
 		fmt.Printf("median %-9s wall %s  cpu %s  peak-rss %s  node-cpu %s\n", t.name, secs(m.wall), secs(m.cpu), mib(m.rss), secs(m.nodeCPU))
 	}
-	fmt.Printf("check/baseline wall ratio (medians): %.2fx\n", meds["check"].wall.Seconds()/meds["baseline"].wall.Seconds())
+	if o.rounds > 0 {
+		fmt.Printf("check/baseline wall ratio (medians): %.2fx\n", meds["check"].wall.Seconds()/meds["baseline"].wall.Seconds())
+	}
 
 	if o.keep {
 		fmt.Printf("\nnodes left running; inventory %s (key %s, known_hosts %s)\n  %s %s\nCtrl-C stops them.\n",
