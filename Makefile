@@ -4,7 +4,7 @@ BIN      ?= bin/fleetcert
 PKGS_UNIT = $(shell $(GO) list ./... | grep -v '/e2e$$')
 export TESTCONTAINERS_RYUK_DISABLED = true
 
-.PHONY: build test unit lint e2e e2e-image e2e-host demo demo-up demo-down bench clean
+.PHONY: build test unit lint e2e e2e-image e2e-host demo demo-up demo-down bench bench-fleet bench-scale clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) .
@@ -41,6 +41,20 @@ e2e-host:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS_UNIT)
+
+# check against real OpenSSH: N loopback sshd nodes chrooted into the e2e
+# node rootfs (make e2e-image caches it), check and a bare x/crypto/ssh
+# fan-out in alternating rounds. Needs root. Flags: BENCH_FLEET_FLAGS,
+# e.g. "-nodes 500 -rounds 3" (see go run ./bench/fleet -h).
+bench-fleet: build
+	$(GO) run ./bench/fleet -bin $(BIN) $(BENCH_FLEET_FLAGS)
+
+# check over 10,000 nodes at --concurrency 256: in-process SSH servers in
+# a process of their own, check measured as a process of its own (wall,
+# CPU, peak RSS) and the servers counting its round trips per node.
+# BENCH_SCALE_FLAGS, e.g. "-nofile 256" (see go run ./bench/scale -h).
+bench-scale: build
+	$(GO) run ./bench/scale -bin $(BIN) $(BENCH_SCALE_FLAGS)
 
 demo: e2e-image
 	$(GO) run ./e2e/demo

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +20,9 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/fleetcert/fleetcert/internal/certtest"
+	"github.com/fleetcert/fleetcert/k3s"
+	"github.com/fleetcert/fleetcert/orchestrator"
+	"github.com/fleetcert/fleetcert/orchestrator/fleettest"
 	"github.com/fleetcert/fleetcert/pki"
 	"github.com/fleetcert/fleetcert/remote/sshtest"
 )
@@ -703,4 +707,55 @@ func TestCheckClusterConsistency(t *testing.T) {
 		"heldCAMismatch":           "a1 " + filepath.Join(a1.dataDir, "agent", "server-ca.crt"),
 		"noK3sData":                "e1 ",
 	})
+}
+
+// TestCheckConcurrencyFitsTheFileLimit: a concurrency the open-file limit
+// has no room for is lowered to what fits, never below one.
+func TestCheckConcurrencyFitsTheFileLimit(t *testing.T) {
+	for _, tt := range []struct {
+		want      int
+		limit     uint64
+		fit, need int
+	}{
+		{256, 1 << 20, 256, 544},
+		{256, 544, 256, 544},
+		{256, 256, 112, 544},
+		{64, 100, 34, 160},
+		{8, 10, 1, 48},
+		{1, 0, 1, 34},
+	} {
+		fit, need := fitConcurrency(tt.want, tt.limit)
+		if fit != tt.fit || need != tt.need {
+			t.Errorf("fitConcurrency(%d, %d) = %d, %d; want %d, %d", tt.want, tt.limit, fit, need, tt.fit, tt.need)
+		}
+	}
+}
+
+// TestCheckJSONWrittenAsTheEncoderWould: the report streamed a cluster at
+// a time is byte for byte what json.Encoder with a two-space indent
+// writes.
+func TestCheckJSONWrittenAsTheEncoderWould(t *testing.T) {
+	m, err := fleettest.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := fleettest.New(m, fleettest.Spec{Clusters: 3, Servers: 2, Agents: 1})
+	nodes := orchestrator.Connect(t.Context(), fl.Nodes(), fl.Dial, 4)
+	nodes[1].Err, nodes[1].Conn = errors.New("gone"), nil
+	now := time.Now()
+	checked := orchestrator.Check(t.Context(), nodes, orchestrator.CheckOptions{Now: now})
+	for _, r := range []checkReport{newCheckReport(checked, now, k3s.DefaultCheckWithin), newCheckReport(nil, now, k3s.DefaultCheckWithin)} {
+		var want, got bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeCheckJSON(&got, r); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != want.String() {
+			t.Fatalf("streamed JSON differs from the encoder's:\n%s\nwant:\n%s", got.String(), want.String())
+		}
+	}
 }

@@ -1,10 +1,8 @@
 package k3s
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
@@ -107,38 +105,62 @@ func keyGlobs(l Layout) []string {
 }
 
 // scriptHeader starts every file-reading script: a PATH that finds k3s
-// under sudo's secure_path too, the version marker, f, which prints one
-// file as a header line (mode, uid, mtime, path) and its base64 body, and
-// g, which does the same for many files with three processes in all
-// instead of two per file: one stat for every header (with sizes), then
-// every readable file concatenated in one base64 line that the parser
-// splits by those sizes. A name that is not a readable file is reported
-// by a as @absent or @unreadable (unreadable is not empty); directories,
-// such as the "." and ".." a dotfile glob matches, are skipped.
+// under sudo's secure_path too, the version marker, a, which reports a
+// name that is not a readable file as @absent or @unreadable (unreadable
+// is not empty), and g, which reads many files with two processes in all,
+// whatever their number: one stat for every header, then one cat of every
+// readable file, raw, which the parser splits by the sizes stat gave.
+//
+// g's arguments are key files to list (never read), then "--", then the
+// files to read; directories among the latter (such as the "." and ".."
+// a dotfile glob matches) are skipped. A glob that matched nothing stays
+// literal and is reported absent (files) or left out (keys). The output
+// is "@batch K N", the clock line, the N stat lines (the K keys first),
+// "@data", the files' bytes, then a newline and "@data-end": a file that
+// changed size between stat and cat moves the end marker, which the
+// parser notices.
+//
+// The clock line is the node's time without a date process: the same stat
+// also reports /proc/self, the stat process's own /proc entry, which the
+// kernel makes when it is first looked up, stamped with the current time.
+// Where /proc is not mounted, date prints it.
+//
+// Every process a node forks costs it a millisecond or two (as much as a
+// check's whole work there on a small or busy node), so the scripts keep
+// to builtins beyond these two.
 const scriptHeader = `PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin:$PATH
 a() { [ -e "$1" ] && echo "@unreadable $1" || echo "@absent $1"; }
-f() { [ -f "$1" ] || { a "$1"; return 0; }; [ -r "$1" ] || { echo "@unreadable $1"; return 0; }; stat -L -c '@file %a %u %Y %n' -- "$1"; base64 -w0 < "$1"; echo; }
 g() {
-for x do shift; if [ -f "$x" ] && [ -r "$x" ]; then set -- "$@" "$x"; elif [ -d "$x" ]; then :; else f "$x"; fi; done
-[ $# -gt 0 ] || return 0
-echo @batch; stat -L -c '@fsz %a %u %Y %s %n' -- "$@"; echo @data; cat -- "$@" | base64 -w0; echo
+k=0 m=k
+for x do shift
+if [ $m = k ]; then
+if [ "$x" = -- ]; then m=f; elif [ -f "$x" ]; then set -- "$@" "$x"; k=$((k+1)); fi
+elif [ -f "$x" ] && [ -r "$x" ]; then set -- "$@" "$x"
+elif ! [ -d "$x" ]; then a "$x"; fi
+done
+echo "@batch $k $#"
+if [ -d /proc/self ]; then stat -L -c '@fsz %a %u %Y %s %n' -- /proc/self "$@"
+else date '+@now %s'; [ $# -gt 0 ] && stat -L -c '@fsz %a %u %Y %s %n' -- "$@"; fi
+shift $k
+echo @data; [ $# -gt 0 ] && cat -- "$@"; echo; echo @data-end
 }
 echo '` + factsVersion + `'
 `
 
 // factsScript is the single shell script that gathers a node's facts: one
 // SSH round trip, plain sh and coreutils, nothing a k3s node lacks. Files
-// come back base64-encoded so no byte of them can break the framing.
+// come back raw, framed by their sizes, so no byte of them can break the
+// framing. Where neither systemd nor k3s runs, the only processes it
+// starts are g's stat and cat; the node's clock comes with g's stat.
 func factsScript(l Layout) string {
 	p := planFor(l)
 	var b strings.Builder
 	b.WriteString(scriptHeader + `echo @hostname; { read -r h < /proc/sys/kernel/hostname; } 2>/dev/null && echo "$h" || hostname
-echo @os; ( . /etc/os-release 2>/dev/null && echo "$PRETTY_NAME" )
+echo @os; while IFS= read -r l; do case $l in PRETTY_NAME=*) echo "$l";; esac; done 2>/dev/null </etc/os-release
 echo @init
 if [ -d /run/systemd/system ]; then echo systemd
 elif [ -d /run/openrc ] || command -v openrc-run >/dev/null 2>&1; then echo openrc
 else echo unknown; fi
-echo @now; date +%s
 echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | head -n 2
 `)
 	// One systemctl for every unit: is-active prints a word per unit, in
@@ -176,9 +198,16 @@ fi
 	for _, d := range p.searchDirs() {
 		fmt.Fprintf(&b, "[ -d %s ] && ! [ -x %s ] && echo %s\n", remote.Quote(d), remote.Quote(d), remote.Quote("@unreadable "+d))
 	}
-	// Every file in one batch: a glob that matches nothing stays literal
-	// and g reports it absent, as it does every missing file.
-	b.WriteString("g \"$@\"")
+	// Every file in one batch, the keys first (listed, not read): a glob
+	// that matches nothing stays literal and g reports it absent, as it
+	// does every missing file (a key glob that matches nothing is left
+	// out).
+	b.WriteString("g")
+	for _, g := range p.keys {
+		dir, pattern := path.Split(g)
+		fmt.Fprintf(&b, " %s%s", remote.Quote(dir), pattern)
+	}
+	b.WriteString(" -- \"$@\"")
 	for _, f := range p.files {
 		fmt.Fprintf(&b, " %s", remote.Quote(f))
 	}
@@ -187,16 +216,6 @@ fi
 		fmt.Fprintf(&b, " %s%s", remote.Quote(dir), pattern)
 	}
 	b.WriteString("\n")
-	if len(p.keys) > 0 {
-		// One stat for every key: a glob that matches nothing stays literal
-		// and is filtered out with stat's error.
-		b.WriteString("stat -L -c '@key %f %u %n' --")
-		for _, g := range p.keys {
-			dir, pattern := path.Split(g)
-			fmt.Fprintf(&b, " %s%s", remote.Quote(dir), pattern)
-		}
-		b.WriteString(" 2>/dev/null\n")
-	}
 	b.WriteString("echo @end\n")
 	return b.String()
 }
@@ -211,75 +230,32 @@ func (p snapshotPlan) searchDirs() []string {
 	return slices.Compact(out)
 }
 
-// parseSnapshot reads the output of factsScript.
+// parseSnapshot reads the output of factsScript (and of ReadMore).
 func parseSnapshot(out []byte) (*Snapshot, error) {
 	s := &Snapshot{UnitStates: map[string]string{}, Dirs: map[string]bool{}, Files: map[string]File{}, Keys: map[string]File{},
 		Absent: map[string]bool{}, Unreadable: map[string]bool{}, Listed: map[string]bool{}}
 	var unitLines []string
 	sawSystemd := false
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 64*1024), 64*1024*1024)
-	if !sc.Scan() || sc.Text() != factsVersion {
+	r := lineReader{buf: out}
+	if line, ok := r.next(); !ok || line != factsVersion {
 		return nil, errors.New("facts: unexpected output from the node (is it a POSIX shell with coreutils?)")
 	}
 	section, ended := "", false
-	var pending *File
-	var batch []batchFile // headers of the batch being read
-	inBatch, batchData := false, false
-	for sc.Scan() {
-		// Data lines (base64, the bulk of the output) are decoded from the
-		// scanner's buffer, without a string copy of each first.
-		if batchData {
-			if err := s.addBatch(batch, sc.Bytes()); err != nil {
-				return nil, err
-			}
-			batch, inBatch, batchData = nil, false, false
-			continue
-		}
-		if pending != nil {
-			data, err := decodeBase64(sc.Bytes())
-			if err != nil {
-				return nil, fmt.Errorf("facts: %s: bad encoding: %w", pending.Path, err)
-			}
-			pending.Data = data
-			s.Files[pending.Path] = *pending
-			pending = nil
-			continue
-		}
-		line := sc.Text()
-		if inBatch {
-			switch {
-			case line == "@data":
-				batchData = true
-			case strings.HasPrefix(line, "@fsz "):
-				bf, err := parseBatchHeader(line)
-				if err != nil {
-					return nil, err
-				}
-				batch = append(batch, bf)
-			default:
-				return nil, fmt.Errorf("facts: unexpected line in a file batch: %q", line)
-			}
-			continue
+	for {
+		line, ok := r.next()
+		if !ok {
+			break
 		}
 		switch {
 		case line == "@end":
 			ended = true
-		case line == "@batch":
-			inBatch = true
-		case strings.HasPrefix(line, "@file "):
-			f, err := parseFileHeader(line)
-			if err != nil {
+		case strings.HasPrefix(line, "@batch "):
+			if err := s.readBatch(&r, line); err != nil {
 				return nil, err
 			}
-			pending = &f
 		case strings.HasPrefix(line, "@unit "):
 			unit, state, _ := strings.Cut(strings.TrimPrefix(line, "@unit "), " ")
 			s.UnitStates[unit] = strings.TrimSpace(state)
-		case strings.HasPrefix(line, "@key "):
-			if k, ok := parseKeyLine(line); ok {
-				s.Keys[k.Path] = k
-			}
 		case strings.HasPrefix(line, "@dir "):
 			s.Dirs[strings.TrimPrefix(line, "@dir ")] = true
 		case strings.HasPrefix(line, "@absent "):
@@ -300,16 +276,118 @@ func parseSnapshot(out []byte) (*Snapshot, error) {
 			s.addLine(section, line)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("facts: %w", err)
-	}
-	if !ended || inBatch {
+	if !ended {
 		return nil, errors.New("facts: output ended early")
 	}
 	if sawSystemd {
 		s.Unit = parseUnitShow(unitLines)
 	}
 	return s, nil
+}
+
+// lineReader hands out the lines of a node's output, and the raw bytes
+// of a file batch between them.
+type lineReader struct {
+	buf []byte
+	pos int
+}
+
+// next returns the next line without its newline; false at the end.
+func (r *lineReader) next() (string, bool) {
+	if r.pos >= len(r.buf) {
+		return "", false
+	}
+	rest := r.buf[r.pos:]
+	i := bytes.IndexByte(rest, '\n')
+	if i < 0 {
+		r.pos = len(r.buf)
+		return string(rest), true
+	}
+	r.pos += i + 1
+	return string(rest[:i]), true
+}
+
+// raw returns the next n bytes, or false when fewer are left.
+func (r *lineReader) raw(n int) ([]byte, bool) {
+	if n < 0 || len(r.buf)-r.pos < n {
+		return nil, false
+	}
+	b := r.buf[r.pos : r.pos+n : r.pos+n]
+	r.pos += n
+	return b, true
+}
+
+// batchEnd follows a batch's bytes: cat's output ends where the script's
+// echo starts a line, whatever the last file ended with.
+const batchEnd = "\n@data-end\n"
+
+// readBatch reads what g prints from its "@batch K N" line on: N stat
+// lines (K keys, listed, then the files), "@data", the files' bytes back
+// to back, and batchEnd.
+func (s *Snapshot) readBatch(r *lineReader, head string) error {
+	var keys, n int
+	if _, err := fmt.Sscanf(head, "@batch %d %d", &keys, &n); err != nil || keys < 0 || n < keys {
+		return fmt.Errorf("facts: bad batch header %q", head)
+	}
+	files := make([]batchFile, 0, n-keys)
+	total := 0
+	for i := 0; ; i++ {
+		line, ok := r.next()
+		if !ok {
+			return errors.New("facts: output ended early")
+		}
+		if t, ok := strings.CutPrefix(line, "@now "); ok {
+			s.setNow(t)
+			i--
+			continue
+		}
+		if line == "@data" {
+			if i != n {
+				// stat could not see a file the shell had just found:
+				// it went away in between.
+				return errFilesChanged
+			}
+			break
+		}
+		bf, err := parseBatchHeader(line)
+		if err != nil {
+			return err
+		}
+		if bf.Path == clockPath {
+			s.Now = bf.MTime
+			i--
+			continue
+		}
+		if i < keys {
+			s.Keys[bf.Path] = File{Path: bf.Path, Mode: bf.Mode, UID: bf.UID, MTime: bf.MTime}
+			continue
+		}
+		files = append(files, bf)
+		total += bf.size
+	}
+	data, ok := r.raw(total)
+	if end, _ := r.raw(len(batchEnd)); !ok || string(end) != batchEnd {
+		// A file changed size between stat and cat.
+		return errFilesChanged
+	}
+	// One exact copy for all the files: they outlive the output, whose
+	// buffer grew by doubling and may be twice their size.
+	data = bytes.Clone(data)
+	for _, bf := range files {
+		bf.Data, data = data[:bf.size:bf.size], data[bf.size:]
+		s.Files[bf.Path] = bf.File
+	}
+	return nil
+}
+
+// clockPath is the batch's clock line: stat's own /proc entry, made
+// (and stamped) when stat looked it up.
+const clockPath = "/proc/self"
+
+func (s *Snapshot) setNow(text string) {
+	if n, err := strconv.ParseInt(strings.TrimSpace(text), 10, 64); err == nil {
+		s.Now = time.Unix(n, 0)
+	}
 }
 
 // batchFile is one header of a file batch: the file and its size when
@@ -321,92 +399,33 @@ type batchFile struct {
 
 func parseBatchHeader(line string) (batchFile, error) {
 	fields := strings.SplitN(strings.TrimPrefix(line, "@fsz "), " ", 5)
-	if len(fields) != 5 {
+	if !strings.HasPrefix(line, "@fsz ") || len(fields) != 5 {
+		return batchFile{}, fmt.Errorf("facts: unexpected line in a file batch: %q", line)
+	}
+	mode, err1 := strconv.ParseUint(fields[0], 8, 32)
+	uid, err2 := strconv.Atoi(fields[1])
+	mtime, err3 := strconv.ParseInt(fields[2], 10, 64)
+	size, err4 := strconv.Atoi(fields[3])
+	if err := errors.Join(err1, err2, err3, err4); err != nil || size < 0 {
 		return batchFile{}, fmt.Errorf("facts: bad file header %q", line)
 	}
-	f, err := parseFileHeader("@file " + strings.Join(append(fields[:3:3], fields[4]), " "))
-	if err != nil {
-		return batchFile{}, err
-	}
-	size, err := strconv.Atoi(fields[3])
-	if err != nil || size < 0 {
-		return batchFile{}, fmt.Errorf("facts: bad file header %q", line)
-	}
-	return batchFile{File: f, size: size}, nil
+	return batchFile{File: File{Path: fields[4], Mode: uint32(mode), UID: uid, MTime: time.Unix(mtime, 0)}, size: size}, nil
 }
 
 // errFilesChanged means files changed size between their stat and their
 // read, so the batch cannot be split: read again.
 var errFilesChanged = errors.New("facts: files changed while being read")
 
-// addBatch splits the batch's concatenated contents by the sizes stat saw.
-func (s *Snapshot) addBatch(batch []batchFile, line []byte) error {
-	data, err := decodeBase64(line)
-	if err != nil {
-		return fmt.Errorf("facts: file batch: bad encoding: %w", err)
-	}
-	total := 0
-	for _, bf := range batch {
-		total += bf.size
-	}
-	if total != len(data) {
-		return errFilesChanged
-	}
-	for _, bf := range batch {
-		bf.Data, data = data[:bf.size:bf.size], data[bf.size:]
-		s.Files[bf.Path] = bf.File
-	}
-	return nil
-}
-
-// decodeBase64 is base64.StdEncoding.DecodeString for bytes.
-func decodeBase64(b []byte) ([]byte, error) {
-	out := make([]byte, base64.StdEncoding.DecodedLen(len(b)))
-	n, err := base64.StdEncoding.Decode(out, b)
-	return out[:n], err
-}
-
-func parseFileHeader(line string) (File, error) {
-	fields := strings.SplitN(strings.TrimPrefix(line, "@file "), " ", 4)
-	if len(fields) != 4 {
-		return File{}, fmt.Errorf("facts: bad file header %q", line)
-	}
-	mode, err1 := strconv.ParseUint(fields[0], 8, 32)
-	uid, err2 := strconv.Atoi(fields[1])
-	mtime, err3 := strconv.ParseInt(fields[2], 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return File{}, fmt.Errorf("facts: bad file header %q: %w", line, err)
-	}
-	return File{Path: fields[3], Mode: uint32(mode), UID: uid, MTime: time.Unix(mtime, 0)}, nil
-}
-
-// parseKeyLine reads "@key RAWMODE UID PATH" (stat's %f: the raw mode in
-// hex, so that only regular files are kept).
-func parseKeyLine(line string) (File, bool) {
-	fields := strings.SplitN(strings.TrimPrefix(line, "@key "), " ", 3)
-	if len(fields) != 3 {
-		return File{}, false
-	}
-	raw, err1 := strconv.ParseUint(fields[0], 16, 32)
-	uid, err2 := strconv.Atoi(fields[1])
-	if err1 != nil || err2 != nil || raw&0o170000 != 0o100000 {
-		return File{}, false
-	}
-	return File{Path: fields[2], Mode: uint32(raw & 0o7777), UID: uid}, true
-}
-
 func (s *Snapshot) addLine(section, line string) {
 	switch section {
 	case "hostname":
 		s.Hostname = strings.TrimSpace(line)
 	case "os":
-		s.OS = strings.TrimSpace(line)
+		s.OS = osRelease(line)
 	case "init":
 		s.Init = strings.TrimSpace(line)
-	case "now":
-		if n, err := strconv.ParseInt(strings.TrimSpace(line), 10, 64); err == nil {
-			s.Now = time.Unix(n, 0)
-		}
+	case "now": // an @now section, as fake nodes print it
+		s.setNow(line)
 	case "version":
 		if s.VersionText != "" {
 			s.VersionText += "\n"
@@ -415,12 +434,39 @@ func (s *Snapshot) addLine(section, line string) {
 	}
 }
 
+// osRelease reads the PRETTY_NAME line of os-release (the script prints
+// it as it is in the file, rather than source the file in a subshell) the
+// way a shell would: one level of quotes, and in double quotes the
+// backslash escapes os-release(5) allows. Any other line is taken as is.
+func osRelease(line string) string {
+	v, ok := strings.CutPrefix(strings.TrimSpace(line), "PRETTY_NAME=")
+	if !ok {
+		return strings.TrimSpace(line)
+	}
+	switch {
+	case len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'':
+		return v[1 : len(v)-1]
+	case len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"':
+		var b strings.Builder
+		v = v[1 : len(v)-1]
+		for i := 0; i < len(v); i++ {
+			if v[i] == '\\' && i+1 < len(v) && strings.IndexByte("\"\\$`", v[i+1]) >= 0 {
+				i++
+			}
+			b.WriteByte(v[i])
+		}
+		return b.String()
+	}
+	return v
+}
+
 // TakeSnapshot runs the facts script on h: one round trip, a second only
 // in the rare case that a file changed size while it was being read.
 func TakeSnapshot(ctx context.Context, h remote.Host, l Layout) (*Snapshot, error) {
 	script := factsScript(l)
 	for attempt := 0; ; attempt++ {
-		out, err := remote.Output(ctx, h, script)
+		// Read-only and short: no process-group wrapper needed.
+		out, err := remote.QuickOutput(ctx, h, script)
 		if err != nil {
 			return nil, fmt.Errorf("gather facts: %w", err)
 		}
@@ -455,7 +501,7 @@ func ReadMore(ctx context.Context, h remote.Host, paths []string) (*Snapshot, er
 			fmt.Fprintf(&b, "echo %s\n", remote.Quote("@listed "+dir))
 		}
 	}
-	b.WriteString("g")
+	b.WriteString("g --")
 	for _, p := range paths {
 		if dir, ok := strings.CutSuffix(p, "/"); ok {
 			fmt.Fprintf(&b, " %s/* %s/.*", remote.Quote(dir), remote.Quote(dir))
@@ -464,7 +510,7 @@ func ReadMore(ctx context.Context, h remote.Host, paths []string) (*Snapshot, er
 		}
 	}
 	b.WriteString("\necho @end\n")
-	out, err := remote.Output(ctx, h, b.String())
+	out, err := remote.QuickOutput(ctx, h, b.String())
 	if err != nil {
 		return nil, fmt.Errorf("read files: %w", err)
 	}

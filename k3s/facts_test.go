@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fleetcert/fleetcert/remote/remotetest"
 )
@@ -75,6 +76,10 @@ func TestSnapshotReadsLayoutInOneScript(t *testing.T) {
 	if s.Hostname == "" || s.Now.IsZero() || s.Init == "" {
 		t.Errorf("system facts missing: %+v", s)
 	}
+	// The node's clock comes from stat's own /proc entry.
+	if d := time.Since(s.Now); d < -2*time.Second || d > 5*time.Second {
+		t.Errorf("node clock %v, %v from the local clock", s.Now, d)
+	}
 }
 
 func TestParseSnapshotRejectsForeignOutput(t *testing.T) {
@@ -139,25 +144,65 @@ func TestSnapshotListsKeysWithoutReadingThem(t *testing.T) {
 			t.Errorf("key contents read into the snapshot: %s", p)
 		}
 	}
-	if !strings.Contains(script, "stat -L -c '@key") {
-		t.Error("the facts script does not list keys")
+	_, batch, _ := strings.Cut(script, "\ng ")
+	if keys, _, _ := strings.Cut(batch, " -- "); !strings.Contains(keys, "/*.key") {
+		t.Error("the facts script does not list keys ahead of the files it reads")
 	}
 }
 
 func TestParseSnapshotBatch(t *testing.T) {
-	head := factsVersion + "\n@batch\n@fsz 600 0 1700000000 3 /a b\n@fsz 644 0 1700000000 2 /c\n@data\n"
-	s, err := parseSnapshot([]byte(head + "YWJjZGU=\n@end\n")) // "abcde"
+	// One key (listed, not read), then two files: "abc" and "de", the
+	// second without a final newline, then the end marker.
+	head := factsVersion + "\n@batch 1 3\n@fsz 600 0 1700000000 9 /k.key\n@fsz 600 0 1700000000 3 /a b\n@fsz 644 0 1700000000 2 /c\n@data\n"
+	s, err := parseSnapshot([]byte(head + "abcde\n@data-end\n@end\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if string(s.Files["/a b"].Data) != "abc" || string(s.Files["/c"].Data) != "de" || s.Files["/a b"].Mode != 0o600 {
 		t.Errorf("batch split: %+v", s.Files)
 	}
-	// A file that grew between stat and read: the batch cannot be split.
-	if _, err := parseSnapshot([]byte(head + "YWJjZGVm\n@end\n")); !errors.Is(err, errFilesChanged) {
-		t.Errorf("torn batch: %v, want errFilesChanged", err)
+	if k, ok := s.Keys["/k.key"]; !ok || k.Data != nil || k.Mode != 0o600 || len(s.Files) != 2 {
+		t.Errorf("keys %+v, files %d", s.Keys, len(s.Files))
+	}
+	// The clock line: stat's /proc/self, or date's where /proc is absent.
+	for _, clock := range []string{"@fsz 555 0 1800000000 0 /proc/self\n", "@now 1800000000\n"} {
+		out := factsVersion + "\n@batch 0 1\n" + clock + "@fsz 644 0 1700000000 2 /c\n@data\nde\n@data-end\n@end\n"
+		if s, err := parseSnapshot([]byte(out)); err != nil || s.Now.Unix() != 1800000000 || len(s.Files) != 1 || len(s.Keys) != 0 {
+			t.Errorf("clock %q: %v %+v", clock, err, s)
+		}
+	}
+	// Bytes are bytes: NUL, newlines and framing look-alikes inside files.
+	raw := factsVersion + "\n@batch 0 2\n@fsz 600 0 1700000000 15 /x\n@fsz 600 0 1700000000 1 /y\n@data\n" +
+		"\x00\n@data-end\n@e\n" + "\n" + "\n@data-end\n@end\n"
+	if s, err := parseSnapshot([]byte(raw)); err != nil || string(s.Files["/x"].Data) != "\x00\n@data-end\n@e\n" || string(s.Files["/y"].Data) != "\n" {
+		t.Errorf("raw bytes: %v %+v", err, s)
+	}
+	// A file that grew or shrank between stat and cat, or went away: the
+	// batch cannot be split.
+	for _, torn := range []string{
+		head + "abcdef\n@data-end\n@end\n",
+		head + "abcd\n@data-end\n@end\n",
+		factsVersion + "\n@batch 0 2\n@fsz 600 0 1700000000 3 /a\n@data\nabc\n@data-end\n@end\n",
+	} {
+		if _, err := parseSnapshot([]byte(torn)); !errors.Is(err, errFilesChanged) {
+			t.Errorf("torn batch %q: %v, want errFilesChanged", torn, err)
+		}
 	}
 	if _, err := parseSnapshot([]byte(head)); err == nil {
 		t.Error("batch without data accepted")
+	}
+}
+
+func TestOSRelease(t *testing.T) {
+	for in, want := range map[string]string{
+		`PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"`: "Debian GNU/Linux 12 (bookworm)",
+		`PRETTY_NAME='Alpine Linux v3.20'`:             "Alpine Linux v3.20",
+		`PRETTY_NAME=Fedora`:                           "Fedora",
+		`PRETTY_NAME="say \"hi\" \$x \\ \n"`:           `say "hi" $x \ \n`,
+		"Ubuntu 24.04.1 LTS":                           "Ubuntu 24.04.1 LTS",
+	} {
+		if got := osRelease(in); got != want {
+			t.Errorf("osRelease(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

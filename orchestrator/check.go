@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
+	"slices"
 	"time"
+	"unique"
 
 	"golang.org/x/sync/errgroup"
 
@@ -97,84 +98,178 @@ type ClusterCheck struct {
 	Findings []k3s.Finding // the nodes' findings and the cluster's own
 }
 
+// withDefaults fills the zero fields with what the field comments say.
+func (o CheckOptions) withDefaults() CheckOptions {
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	if o.MaxClockSkew == 0 {
+		o.MaxClockSkew = DefaultMaxClockSkew
+	}
+	if o.Within == 0 {
+		o.Within = k3s.DefaultCheckWithin
+	}
+	if o.Limit < 1 {
+		o.Limit = 16
+	}
+	if o.ProbeTimeout <= 0 {
+		o.ProbeTimeout = 15 * time.Second
+	}
+	return o
+}
+
 // Check judges the connected nodes (from Connect): every certificate of
 // every reachable node classified from its facts, security findings from
 // its snapshot, and per cluster the CA its servers serve (/cacerts through
 // the SSH connection: no extra session) against every node's secure join
 // tokens and held CA bundle. Unreachable nodes are listed, never fatal.
+// CheckFleet does the same from the inventory, connecting as it goes.
 func Check(ctx context.Context, nodes []*Node, opts CheckOptions) []*ClusterCheck {
-	if opts.Now.IsZero() {
-		opts.Now = time.Now()
+	opts = opts.withDefaults()
+	checked := make([]*CheckedNode, len(nodes))
+	served := make([]ServedBy, len(nodes))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.Limit)
+	for i, n := range nodes {
+		if n.Err != nil || n.Conn == nil {
+			continue
+		}
+		g.Go(func() error {
+			probe := startProbe(gctx, n, opts)
+			checked[i], served[i] = checkNode(gctx, n, opts, probe)
+			return nil
+		})
 	}
-	if opts.MaxClockSkew == 0 {
-		opts.MaxClockSkew = DefaultMaxClockSkew
+	_ = g.Wait()
+	return judge(nodes, checked, served)
+}
+
+// CheckFleet is Check from the inventory: it connects to every node, at
+// most opts.Limit at once, and checks each as soon as its facts are in.
+// Each node is one pipeline (dial, facts with the /cacerts probe of a
+// server alongside them on the same connection, classification), so no
+// node waits for the slowest of the fleet between steps; and once judged,
+// its connection is closed and its snapshot dropped: open connections and
+// the memory held for raw files are bounded by the concurrency, not by the
+// fleet's size. What is kept per node is its verdict and its facts (the
+// tokens the cluster's CA is judged against once all its servers are in).
+func CheckFleet(ctx context.Context, inv []inventory.Node, dial Dialer, opts CheckOptions) []*ClusterCheck {
+	opts = opts.withDefaults()
+	nodes := make([]*Node, len(inv))
+	checked := make([]*CheckedNode, len(inv))
+	served := make([]ServedBy, len(inv))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.Limit)
+	for i, in := range inv {
+		n := &Node{Node: in, Layout: layoutOf(in)}
+		nodes[i] = n
+		g.Go(func() error {
+			h, err := dial(gctx, n.Node)
+			if err != nil {
+				n.Err = fmt.Errorf("connect: %w", err)
+				return nil
+			}
+			n.Conn = h
+			probe := startProbe(gctx, n, opts)
+			if n.Err = n.refresh(gctx); n.Err == nil {
+				checked[i], served[i] = checkNode(gctx, n, opts, probe)
+				n.Facts.Certs = nil // classified: the verdict holds them
+			} else {
+				probe.wait()
+			}
+			n.release()
+			return nil
+		})
 	}
-	if opts.Within == 0 {
-		opts.Within = k3s.DefaultCheckWithin
+	_ = g.Wait()
+	return judge(nodes, checked, served)
+}
+
+// probe is a server's /cacerts fetch, running while its facts are read.
+type probe struct {
+	done   chan struct{}
+	cancel context.CancelFunc
+	ca     []byte
+	err    error
+}
+
+// startProbe starts fetching /cacerts from a server (nil for an agent):
+// a direct-tcpip channel beside the facts session, so the probe costs the
+// node no process and the check no extra round trip in sequence.
+func startProbe(ctx context.Context, n *Node, opts CheckOptions) *probe {
+	if n.Role != inventory.Server {
+		return nil
 	}
-	if opts.Limit < 1 {
-		opts.Limit = 16
+	pctx, cancel := context.WithTimeout(ctx, opts.ProbeTimeout)
+	p := &probe{done: make(chan struct{}), cancel: cancel}
+	go func() {
+		p.ca, p.err = fetchCACerts(pctx, n.Conn)
+		close(p.done)
+	}()
+	return p
+}
+
+func (p *probe) wait() {
+	if p != nil {
+		<-p.done
+		p.cancel()
 	}
-	if opts.ProbeTimeout <= 0 {
-		opts.ProbeTimeout = 15 * time.Second
+}
+
+// checkNode judges one node whose facts are in: its certificates and
+// findings, the cross-check when asked, and for a server what it serves.
+func checkNode(ctx context.Context, n *Node, opts CheckOptions, p *probe) (*CheckedNode, ServedBy) {
+	cn := &CheckedNode{Node: n}
+	nc := k3s.CheckNode(n.Layout, n.Snapshot, n.Facts, opts.Now, opts.Within)
+	// The verdicts are what a check keeps of every node until the end:
+	// no spare capacity, and one copy of each file name, subject and
+	// issuer, which the nodes of a fleet (and of a cluster) share, rather
+	// than one per node.
+	cn.Certs, cn.Findings = slices.Clone(nc.Certs), nc.Findings
+	for i := range cn.Certs {
+		c := &cn.Certs[i]
+		c.File, c.Subject, c.Issuer = unique.Make(c.File).Value(), unique.Make(c.Subject).Value(), unique.Make(c.Issuer).Value()
 	}
+	cn.Findings = append(cn.Findings, roleFindings(n)...)
+	cn.Findings = append(cn.Findings, clockFinding(n.Facts, opts.MaxClockSkew)...)
+	if opts.CrossCheck {
+		cctx, cancel := context.WithTimeout(ctx, opts.ProbeTimeout)
+		cn.CrossCheck = crossCheck(cctx, cn, opts.Now)
+		cancel()
+	}
+	var s ServedBy
+	if p != nil {
+		p.wait()
+		s = servedBy(n, p.ca, p.err)
+	}
+	return cn, s
+}
+
+// judge groups the nodes by cluster (inventory order) and judges each
+// cluster: what its servers serve, and every node's tokens against it.
+// checked and served are by node index; a node not checked is unreachable.
+func judge(nodes []*Node, checked []*CheckedNode, served []ServedBy) []*ClusterCheck {
 	var clusters []*ClusterCheck
 	byName := map[string]*ClusterCheck{}
-	var servers []*Node
-	for _, n := range nodes {
+	servedBy := map[*Node]ServedBy{}
+	for i, n := range nodes {
 		cc := byName[n.Cluster]
 		if cc == nil {
 			cc = &ClusterCheck{Name: n.Cluster}
 			byName[n.Cluster] = cc
 			clusters = append(clusters, cc)
 		}
-		if n.Err != nil || n.Conn == nil {
+		if checked[i] == nil {
 			cc.Unreachable = append(cc.Unreachable, n)
 			continue
 		}
-		cc.Nodes = append(cc.Nodes, &CheckedNode{Node: n})
+		cc.Nodes = append(cc.Nodes, checked[i])
 		if n.Role == inventory.Server {
-			servers = append(servers, n)
+			servedBy[n] = served[i]
 		}
 	}
-
-	// probeFunc every reachable server and classify every node at once: the
-	// probes wait on the network, the classification on the CPU.
-	served := make(map[*Node]ServedBy, len(servers))
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opts.Limit)
-	for _, n := range servers {
-		g.Go(func() error {
-			pctx, cancel := context.WithTimeout(gctx, opts.ProbeTimeout)
-			s := probeServed(pctx, n)
-			cancel()
-			mu.Lock()
-			served[n] = s
-			mu.Unlock()
-			return nil
-		})
-	}
 	for _, cc := range clusters {
-		for _, cn := range cc.Nodes {
-			g.Go(func() error {
-				nc := k3s.CheckNode(cn.Layout, cn.Snapshot, cn.Facts, opts.Now, opts.Within)
-				cn.Certs, cn.Findings = nc.Certs, nc.Findings
-				cn.Findings = append(cn.Findings, roleFindings(cn.Node)...)
-				cn.Findings = append(cn.Findings, clockFinding(cn.Facts, opts.MaxClockSkew)...)
-				if opts.CrossCheck {
-					cctx, cancel := context.WithTimeout(gctx, opts.ProbeTimeout)
-					cn.CrossCheck = crossCheck(cctx, cn, opts.Now)
-					cancel()
-				}
-				return nil
-			})
-		}
-	}
-	_ = g.Wait()
-
-	for _, cc := range clusters {
-		cc.judgeServed(served)
+		cc.judgeServed(servedBy)
 		for _, cn := range cc.Nodes {
 			cn.judgeTokens(cc.CAHash)
 			for _, f := range cn.Findings {
@@ -216,14 +311,13 @@ func crossCheck(ctx context.Context, cn *CheckedNode, now time.Time) *CrossCheck
 	return r
 }
 
-// probeServed asks a server's supervisor for /cacerts through the node's
-// SSH connection. When forwarding is refused or the server does not
+// servedBy says what a server serves from its /cacerts answer (ca, or
+// why there is none). When forwarding is refused or the server does not
 // answer, the hash in server/token from the facts stands in (what the
 // running server pinned at its start: servedHash's own fallback, here
 // without another round trip), then the hash of server-ca.crt.
-func probeServed(ctx context.Context, n *Node) ServedBy {
+func servedBy(n *Node, ca []byte, err error) ServedBy {
 	s := ServedBy{Node: n.Name}
-	ca, err := fetchCACerts(ctx, n.Conn)
 	if err == nil {
 		s.Hash, s.Via = pki.HashCA(ca), "/cacerts"
 		return s

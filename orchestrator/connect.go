@@ -132,6 +132,16 @@ func (n *Node) refresh(ctx context.Context) error {
 	return nil
 }
 
+// release closes the node's connection and drops what was read from it,
+// once nothing more is needed from the node (CheckFleet).
+func (n *Node) release() {
+	if n.Conn != nil {
+		n.Conn.Close()
+		n.Conn = nil
+	}
+	n.Snapshot, n.more = nil, nil
+}
+
 // CloseAll closes every open connection.
 func CloseAll(nodes []*Node) error {
 	var errs []error

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/fleetcert/fleetcert/remote"
 	"github.com/fleetcert/fleetcert/remote/sshtest"
@@ -114,5 +116,108 @@ Host *
 	mustRun(t, c2, "true", nil)
 	if r := target.Records(); r[len(r)-1].User != "carol" || jump.Forwards() != 1 {
 		t.Fatalf("records %+v, jump forwards %d", r, jump.Forwards())
+	}
+}
+
+// TestBastionConnectionShared: nodes behind one bastion share its
+// connection, up to MaxChannels nodes each; a connection nobody uses
+// closes after Linger.
+func TestBastionConnectionShared(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	b := f.server(sshtest.Options{}, false)
+	jumps := &remote.Jumps{MaxChannels: 2, Linger: 50 * time.Millisecond}
+	var clients []*remote.Client
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 5 {
+		cfg := f.config(f.server(sshtest.Options{}, false))
+		cfg.Bastion, cfg.Jumps = b.Addr(), jumps
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := f.dial(cfg)
+			mustRun(t, c, "true", nil)
+			mu.Lock()
+			clients = append(clients, c)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if b.Logins() != 3 || b.Forwards() != 5 || jumps.Conns() != 3 {
+		t.Fatalf("5 nodes, 2 per connection: %d bastion logins, %d forwards, %d pooled connections; want 3, 5, 3",
+			b.Logins(), b.Forwards(), jumps.Conns())
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	waitFor(t, "idle bastion connections to close", func() bool { return jumps.Conns() == 0 })
+}
+
+// TestBastionConcurrentDialsShareOneConnection: nodes dialled all at once
+// wait for the one bastion connection being made rather than each making
+// its own.
+func TestBastionConcurrentDialsShareOneConnection(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	b := f.server(sshtest.Options{}, false)
+	jumps := &remote.Jumps{}
+	var wg sync.WaitGroup
+	for range 20 {
+		cfg := f.config(f.server(sshtest.Options{}, false))
+		cfg.Bastion, cfg.Jumps = b.Addr(), jumps
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mustRun(t, f.dial(cfg), "true", nil)
+		}()
+	}
+	wg.Wait()
+	if b.Logins() != 1 || b.Forwards() != 20 {
+		t.Fatalf("%d bastion logins, %d forwards; want 1, 20", b.Logins(), b.Forwards())
+	}
+}
+
+// TestBastionChainsShareTheirCommonHops: one connection per hop, however
+// many nodes and chains run through it.
+func TestBastionChainsShareTheirCommonHops(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	b1 := f.server(sshtest.Options{}, false)
+	b2 := f.server(sshtest.Options{}, false)
+	jumps := &remote.Jumps{}
+	for _, chain := range []string{b1.Addr() + "," + b2.Addr(), b1.Addr() + "," + b2.Addr(), b1.Addr()} {
+		cfg := f.config(f.server(sshtest.Options{}, false))
+		cfg.Bastion, cfg.Jumps = chain, jumps
+		mustRun(t, f.dial(cfg), "true", nil)
+	}
+	// b1 carries the connection to b2 and the third node; b2 the first two.
+	if b1.Logins() != 1 || b2.Logins() != 1 || b1.Forwards() != 2 || b2.Forwards() != 2 || jumps.Conns() != 2 {
+		t.Fatalf("logins %d/%d, forwards %d/%d, pooled %d", b1.Logins(), b2.Logins(), b1.Forwards(), b2.Forwards(), jumps.Conns())
+	}
+}
+
+// TestBastionDroppedNodesRedial: when the shared bastion connection
+// drops, every node behind it redials through a new one.
+func TestBastionDroppedNodesRedial(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	b := f.server(sshtest.Options{}, false)
+	jumps := &remote.Jumps{}
+	var clients []*remote.Client
+	for range 3 {
+		cfg := f.config(f.server(sshtest.Options{}, false))
+		cfg.Bastion, cfg.Jumps = b.Addr(), jumps
+		c := f.dial(cfg)
+		mustRun(t, c, "true", nil)
+		clients = append(clients, c)
+	}
+	b.DropConnections()
+	waitFor(t, "the dropped bastion connection to be forgotten", func() bool { return jumps.Conns() == 0 })
+	for _, c := range clients {
+		mustRun(t, c, "true", nil)
+	}
+	if b.Logins() != 2 || jumps.Conns() != 1 {
+		t.Fatalf("%d bastion logins, %d pooled; want 2, 1", b.Logins(), jumps.Conns())
 	}
 }

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -50,11 +48,13 @@ type Client struct {
 
 var _ Host = (*Client)(nil)
 
-// conn is one established connection: the node's client and the bastion
-// hops it runs through. dead is closed once the node's connection ends.
+// conn is one established connection: the node's client and, behind a
+// bastion, the shared bastion connection it runs through (its channel
+// there is given back when the node's connection ends). dead is closed
+// once the node's connection ends.
 type conn struct {
 	ssh  *ssh.Client
-	hops []*ssh.Client
+	jump *jumpConn
 	dead chan struct{}
 }
 
@@ -67,16 +67,7 @@ func (cn *conn) alive() bool {
 	}
 }
 
-func (cn *conn) close() {
-	cn.ssh.Close()
-	closeAll(cn.hops)
-}
-
-func closeAll(cs []*ssh.Client) {
-	for i := len(cs) - 1; i >= 0; i-- {
-		cs[i].Close()
-	}
-}
+func (cn *conn) close() { cn.ssh.Close() }
 
 // Dial connects to the node described by cfg, through its bastions if any,
 // verifying every host key on the way.
@@ -122,8 +113,10 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// connect dials every hop in turn, then the node, and starts the
-// connection's keepalive.
+// connect reaches the node, through its bastions if any, and starts the
+// connection's keepalive. Bastion connections come from the jump pool:
+// shared with the other nodes behind the same bastions, dialled only when
+// none has room.
 func (c *Client) connect(ctx context.Context) (*conn, error) {
 	s := c.s
 	ag := openAgent(s.agentSocket)
@@ -136,30 +129,31 @@ func (c *Client) connect(ctx context.Context) (*conn, error) {
 	for i, ep := range append(s.hops[:len(s.hops):len(s.hops)], s.target) {
 		creds[i] = credentialsFor(ep, ag, s.passphrase)
 	}
-	var hops []*ssh.Client
+	var jump *jumpConn
 	var via *ssh.Client
-	for i, ep := range s.hops {
-		hc, err := c.dialEndpoint(ctx, via, ep, creds[i], hk)
-		if err != nil {
-			closeAll(hops)
-			return nil, fmt.Errorf("ssh %s: via bastion %s: %w", c.name, ep, err)
+	if len(s.hops) > 0 {
+		dialHop := func(ctx context.Context, i int, via *ssh.Client) (*ssh.Client, error) {
+			return c.dialEndpoint(ctx, via, s.hops[i], creds[i], hk)
 		}
-		hops = append(hops, hc)
-		via = hc
+		var err error
+		if jump, err = s.jumps.acquire(ctx, s, len(s.hops)-1, dialHop); err != nil {
+			return nil, fmt.Errorf("ssh %s: %w", c.name, err)
+		}
+		via = jump.client
 	}
 	nc, err := c.dialEndpoint(ctx, via, s.target, creds[len(s.hops)], hk)
 	if err != nil {
-		closeAll(hops)
+		s.jumps.release(jump)
 		return nil, fmt.Errorf("ssh %s: %w", c.name, err)
 	}
-	cn := &conn{ssh: nc, hops: hops, dead: make(chan struct{})}
+	cn := &conn{ssh: nc, jump: jump, dead: make(chan struct{})}
 	go func() {
-		nc.Wait()
-		closeAll(hops)
+		_ = nc.Wait()
+		s.jumps.release(jump)
 		close(cn.dead)
 	}()
 	if s.keepAlive > 0 {
-		go keepAlive(cn, s.keepAlive, s.log, c.name)
+		go keepAlive(nc, cn.dead, s.keepAlive, s.log, c.name)
 	}
 	return cn, nil
 }
@@ -221,32 +215,6 @@ func handshakeError(ctx context.Context, ep endpoint, algos []string, creds cred
 			ErrHostKeyMismatch, strings.Join(algos, "/"), ep.addr(), err)
 	}
 	return authError(ep, creds, err)
-}
-
-// keepAlive sends keepalive@openssh.com every interval and closes the
-// connection when an answer takes longer than keepAliveCountMax intervals,
-// so that a silently dead peer fails the next operation (which redials)
-// instead of hanging it.
-func keepAlive(cn *conn, interval time.Duration, log *slog.Logger, name string) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-cn.dead:
-			return
-		case <-t.C:
-		}
-		watchdog := time.AfterFunc(interval*keepAliveCountMax, func() {
-			log.Warn("ssh keepalive unanswered, closing connection", "host", name)
-			cn.ssh.Close()
-		})
-		_, _, err := cn.ssh.SendRequest("keepalive@openssh.com", true, nil)
-		watchdog.Stop()
-		if err != nil {
-			cn.ssh.Close()
-			return
-		}
-	}
 }
 
 // opState is per-operation bookkeeping: each operation redials at most once.

@@ -122,6 +122,9 @@ type Config struct {
 	// $FLEETCERT_SSH_PASSPHRASE (PassphraseEnv) if set, else a prompt on the
 	// terminal.
 	Passphrase func(keyFile string) ([]byte, error)
+	// Jumps shares bastion connections between nodes; nil means
+	// DefaultJumps, shared by every Dial of the process.
+	Jumps *Jumps
 }
 
 // endpoint is one SSH server to authenticate to: a bastion hop or the node.
@@ -156,6 +159,7 @@ type settings struct {
 	sudoPassword   string
 	log            *slog.Logger
 	passphrase     func(string) ([]byte, error)
+	jumps          *Jumps
 }
 
 // resolve fills in Config from ssh_config and the defaults.
@@ -186,6 +190,10 @@ func resolve(cfg Config) (*settings, error) {
 		sudoPassword:   cfg.SudoPassword,
 		log:            cfg.Logger,
 		passphrase:     cfg.Passphrase,
+		jumps:          cfg.Jumps,
+	}
+	if s.jumps == nil {
+		s.jumps = DefaultJumps
 	}
 	if s.log == nil {
 		s.log = slog.Default()

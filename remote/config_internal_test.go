@@ -123,6 +123,9 @@ func TestCommandLine(t *testing.T) {
 		if !strings.HasPrefix(got, prefix) || !strings.HasSuffix(got, ` fleetcert 'echo '\''hi'\'''`) {
 			t.Errorf("mode %d: %s", mode, got)
 		}
+		if got := quickCommand(mode, "echo 'hi'"); got != prefix+`'echo '\''hi'\''' fleetcert` {
+			t.Errorf("quick, mode %d: %s", mode, got)
+		}
 	}
 }
 

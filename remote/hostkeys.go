@@ -74,7 +74,10 @@ func (h *hostKeys) load() (ssh.HostKeyCallback, []string, error) {
 	if knownHostsCache.version == version.String() {
 		return knownHostsCache.db, files, nil
 	}
-	db, err := knownhosts.New(files...)
+	db, indexed, err := indexKnownHosts(files)
+	if err == nil && !indexed {
+		db, err = knownhosts.New(files...)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("known_hosts: %w", err)
 	}

@@ -47,7 +47,16 @@ const (
 // parses a fixed, simple line; `exec` replaces that shell, so a signal from
 // sshd reaches sudo or the wrapper and not a bystander shell.
 func command(mode sudoMode, script string) string {
-	cmd := "sh -c " + Quote(wrapper) + " fleetcert " + Quote(script)
+	return sudoPrefix(mode, "sh -c "+Quote(wrapper)+" fleetcert "+Quote(script))
+}
+
+// quickCommand is command without the wrapper, for RunQuick: the script is
+// the session's own process (under sudo, sudo's child).
+func quickCommand(mode sudoMode, script string) string {
+	return sudoPrefix(mode, "sh -c "+Quote(script)+" fleetcert")
+}
+
+func sudoPrefix(mode sudoMode, cmd string) string {
 	switch mode {
 	case sudoNoPrompt:
 		cmd = "sudo -n -- " + cmd
@@ -78,6 +87,31 @@ func (c *Client) run(ctx context.Context, script string, stdin []byte, op *opSta
 		in = io.MultiReader(&secretLine{s: c.s.sudoPassword}, in)
 	}
 	return c.exec(ctx, command(mode, script), in, op)
+}
+
+// RunQuick runs a short script that only reads, such as the facts
+// script, like Run but without the wrapper: the node starts one shell for
+// it instead of three. What the wrapper is for, killing a cancelled
+// command's whole process tree, does not matter for such a script: once
+// its shell is signalled, what it started (a stat, a cat) ends on its own
+// within moments. Use Run for anything that changes a node or may run
+// long.
+func (c *Client) RunQuick(ctx context.Context, script string) (Result, error) {
+	op := &opState{}
+	if c.s.commandTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.s.commandTimeout)
+		defer cancel()
+	}
+	mode, err := c.sudo(ctx, op)
+	if err != nil {
+		return Result{}, err
+	}
+	var in io.Reader = bytes.NewReader(nil)
+	if mode == sudoStdin {
+		in = &secretLine{s: c.s.sudoPassword}
+	}
+	return c.exec(ctx, quickCommand(mode, script), in, op)
 }
 
 // secretLine yields password+"\n" without the password ever being copied

@@ -470,3 +470,48 @@ func TestCommandTimeoutEndsAHungCommand(t *testing.T) {
 		t.Fatalf("connection unusable after a timeout: %q", res.Stdout)
 	}
 }
+
+// TestRunQuick: a read-only script runs as the session's own shell, with
+// no wrapper around it: its output and exit status as with Run, sudo and
+// a sudo password (on stdin, never argv) as with Run, and a cancelled one
+// still ends.
+func TestRunQuick(t *testing.T) {
+	t.Parallel()
+	const password = "s3cr'et"
+	f := newFixture(t)
+	bin, logs := fakeSudo(t, password)
+	s := f.server(sshtest.Options{Env: []string{"PATH=" + bin + ":" + os.Getenv("PATH"), "FAKE_SUDO_PASSWORD=" + password}}, false)
+	plain := f.dial(f.config(s))
+	out, err := remote.QuickOutput(ctx(t), plain, `echo "$0:$#"; echo 'it'"'"'s'`)
+	if err != nil || string(out) != "fleetcert:0\nit's\n" {
+		t.Fatalf("QuickOutput: %q, %v", out, err)
+	}
+	if r := s.Records(); strings.Contains(r[len(r)-1].Command, "trap") {
+		t.Errorf("quick command wrapped: %s", r[len(r)-1].Command)
+	}
+	if res, err := plain.RunQuick(ctx(t), "exit 3"); err != nil || res.ExitCode != 3 {
+		t.Fatalf("exit status: %+v, %v", res, err)
+	}
+
+	cfg := f.config(s)
+	cfg.Sudo, cfg.SudoPassword = true, password
+	c := f.dial(cfg)
+	if out, err := remote.QuickOutput(ctx(t), c, "echo under sudo"); err != nil || string(out) != "under sudo\n" {
+		t.Fatalf("under sudo: %q, %v", out, err)
+	}
+	argvs, stdins := sudoCalls(t, logs)
+	for _, a := range argvs {
+		if strings.Contains(strings.Join(a, " "), "s3cr") {
+			t.Fatalf("password on argv: %q", a)
+		}
+	}
+	if len(stdins) == 0 || stdins[len(stdins)-1] != password {
+		t.Fatalf("sudo read %q", stdins)
+	}
+
+	runCtx, cancel := context.WithTimeout(ctx(t), 200*time.Millisecond)
+	defer cancel()
+	if _, err := plain.RunQuick(runCtx, "sleep 1000"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled: %v", err)
+	}
+}

@@ -249,8 +249,8 @@ func fail(code int, msg string) remote.Result {
 type factsPlan struct {
 	units []string
 	dirs  []string
-	batch []word // g's arguments: files and globs
-	keys  []word // globs of key files to list
+	batch []word // g's files and globs to read
+	keys  []word // g's globs of key files to list
 }
 
 func (f *Fleet) plan(script string) *factsPlan {
@@ -268,9 +268,7 @@ func (f *Fleet) plan(script string) *factsPlan {
 			arg, _, _ := strings.Cut(strings.TrimPrefix(line, "[ -d "), " ]")
 			p.dirs = append(p.dirs, unquote(arg))
 		case strings.HasPrefix(line, "g "):
-			p.batch = shellWords(strings.TrimPrefix(line, "g "))
-		case strings.HasPrefix(line, "stat -L -c '@key %f %u %n' -- "):
-			p.keys = shellWords(strings.TrimSuffix(strings.TrimPrefix(line, "stat -L -c '@key %f %u %n' -- "), " 2>/dev/null"))
+			p.keys, p.batch = splitBatch(shellWords(strings.TrimPrefix(line, "g ")))
 		}
 	}
 	f.plans.Store(script, p)
@@ -302,12 +300,7 @@ func (n *Node) facts(script string) remote.Result {
 		}
 	}
 	n.systemdShow(&b)
-	n.batch(&b, p.batch)
-	for _, w := range p.keys {
-		for _, fp := range n.expand(w) {
-			fmt.Fprintf(&b, "@key %x 0 %s\n", 0o100000|n.files[fp].Mode, fp)
-		}
-	}
+	n.batch(&b, p.keys, p.batch)
 	b.WriteString("@end\n")
 	return remote.Result{Stdout: b.Bytes()}
 }
@@ -341,10 +334,25 @@ func (n *Node) systemdFiles() []string {
 	return append(out, append(l.DistroEnvFiles(), l.EnvFile())...)
 }
 
+// splitBatch splits g's arguments at "--": key globs to list, then
+// files and globs to read.
+func splitBatch(words []word) (keys, files []word) {
+	for i, w := range words {
+		if w.s == "--" && !w.glob {
+			return words[:i], words[i+1:]
+		}
+	}
+	return nil, words
+}
+
 // batch writes g's output for its argument words: absent names, then one
-// batch of every file found. Called with n.mu held.
-func (n *Node) batch(b *bytes.Buffer, words []word) {
-	var batch []string
+// batch: the keys' stat lines, every file's, and the files' bytes. Called
+// with n.mu held.
+func (n *Node) batch(b *bytes.Buffer, keyWords, words []word) {
+	var keys, batch []string
+	for _, w := range keyWords {
+		keys = append(keys, n.expand(w)...)
+	}
 	for _, w := range words {
 		if w.s == "$@" {
 			for _, p := range n.systemdFiles() {
@@ -362,22 +370,19 @@ func (n *Node) batch(b *bytes.Buffer, words []word) {
 		}
 		batch = append(batch, found...)
 	}
-	if len(batch) > 0 {
-		b.WriteString("@batch\n")
-		size := 0
-		for _, fp := range batch {
-			f := n.files[fp]
-			fmt.Fprintf(b, "@fsz %o 0 %d %d %s\n", f.Mode, f.MTime.Unix(), len(f.Data), fp)
-			size += len(f.Data)
-		}
-		b.WriteString("@data\n")
-		enc := base64.NewEncoder(base64.StdEncoding, b)
-		for _, fp := range batch {
-			enc.Write(n.files[fp].Data)
-		}
-		enc.Close()
-		b.WriteByte('\n')
+	if len(keys)+len(batch) == 0 {
+		return
 	}
+	fmt.Fprintf(b, "@batch %d %d\n", len(keys), len(keys)+len(batch))
+	for _, fp := range append(keys, batch...) {
+		f := n.files[fp]
+		fmt.Fprintf(b, "@fsz %o 0 %d %d %s\n", f.Mode, f.MTime.Unix(), len(f.Data), fp)
+	}
+	b.WriteString("@data\n")
+	for _, fp := range batch {
+		b.Write(n.files[fp].Data)
+	}
+	b.WriteString("\n@data-end\n")
 }
 
 // expand is the files a word names: itself when it exists, or the sorted
@@ -403,7 +408,8 @@ func (n *Node) expand(w word) []string {
 	return out
 }
 
-// readFiles answers k3s.ReadFiles: one "f PATH" line per file.
+// readFiles answers k3s.ReadMore (and ReadFiles): "@listed" lines for
+// directories, then one g.
 func (n *Node) readFiles(script string) remote.Result {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -414,7 +420,8 @@ func (n *Node) readFiles(script string) remote.Result {
 		case strings.HasPrefix(line, "echo '@listed "):
 			fmt.Fprintf(&b, "%s\n", unquote(strings.TrimPrefix(line, "echo ")))
 		case strings.HasPrefix(line, "g "):
-			n.batch(&b, shellWords(strings.TrimPrefix(line, "g ")))
+			keys, files := splitBatch(shellWords(strings.TrimPrefix(line, "g ")))
+			n.batch(&b, keys, files)
 		}
 	}
 	b.WriteString("@end\n")
