@@ -1,6 +1,7 @@
 package k3s
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -198,6 +199,11 @@ func joins(groups ...[]TokenSource) string {
 	return ""
 }
 
+// ErrNeedDaemonReload is the problem of a unit whose files changed since
+// systemd loaded them: its next start would run what systemd does not list
+// yet.
+var ErrNeedDaemonReload = errors.New("the unit's files changed since systemd last loaded them (NeedDaemonReload=yes)")
+
 // systemdProblems are what systemd's view says fleetcert cannot account
 // for: no loaded unit, files changed since the last daemon-reload (the
 // next start would use files systemd does not list yet), values it could
@@ -215,8 +221,7 @@ func systemdProblems(l Layout, u *UnitShow) []TokenSource {
 		out = append(out, problem(unit, kindUnit, 0, "systemd names no unit file for %s", unit))
 	}
 	if u.NeedDaemonReload {
-		out = append(out, problem(unit, kindUnit, 0, "the unit's files changed since systemd last loaded them (NeedDaemonReload=yes): "+
-			"run systemctl daemon-reload (or undo the change), then rerun"))
+		out = append(out, problem(unit, kindUnit, 0, "%w: run systemctl daemon-reload (or undo the change), then rerun", ErrNeedDaemonReload))
 	}
 	for _, v := range u.Unparsed {
 		out = append(out, problem(unit, kindUnit, 0, "cannot read systemctl show's %s with certainty", v))

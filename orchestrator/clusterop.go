@@ -32,6 +32,9 @@ type clusterOp struct {
 	// initState fills a new (or not yet loaded) run state's own fields,
 	// when the lock is taken.
 	initState func(*RunState)
+	// reloadFirst are nodes whose unit the unfinished run rewrote without
+	// reloading systemd: the resumed run reloads before it touches them.
+	reloadFirst map[string]bool
 }
 
 func newClusterOp(command string, c inventory.Cluster, nodes []*Node, o *RunOptions) *clusterOp {

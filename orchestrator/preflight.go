@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -149,6 +150,9 @@ func (op *clusterOp) checkTokens(allowed []string, bad func(string, ...any)) {
 			bad("%s: agent token: %v", n.Name, err)
 		}
 		for _, t := range n.Facts.Tokens {
+			if t.Err != nil && op.ownUnreloadedWrite(n, t.Err) {
+				continue
+			}
 			if t.Err != nil {
 				bad("%s: %s", n.Name, t.String())
 				continue
@@ -159,6 +163,25 @@ func (op *clusterOp) checkTokens(allowed []string, bad func(string, ...any)) {
 			}
 		}
 	}
+}
+
+// ownUnreloadedWrite accounts for a unit systemd has not reloaded since
+// its files changed, when the change is the unfinished run's own: it
+// rewrote the node's tokens and was stopped before its daemon-reload. The
+// resumed run reloads systemd before it restarts the node; anything else
+// changed meanwhile would be reloaded with it, so it is said.
+func (op *clusterOp) ownUnreloadedWrite(n *Node, err error) bool {
+	if !errors.Is(err, k3s.ErrNeedDaemonReload) || op.prior == nil || op.opts.Abandon ||
+		op.prior.Command != op.command || op.prior.Nodes[n.Name] != StepRewritten {
+		return false
+	}
+	if op.reloadFirst == nil {
+		op.reloadFirst = map[string]bool{}
+	}
+	op.reloadFirst[n.Name] = true
+	op.warn(n, "its unit changed since systemd loaded it, as the unfinished run %s left it after rewriting its tokens; "+
+		"systemd is reloaded before the restart", op.prior.RunID)
+	return true
 }
 
 // checkUnlisted refuses a cluster with nodes the inventory does not know:

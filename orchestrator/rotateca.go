@@ -408,7 +408,14 @@ func (p verifyPhase) Run(ctx context.Context, _ *clusterRun) error {
 func (r *loadRotation) restartStep(gates func(context.Context, *Node, time.Time) error) restartStep {
 	return restartStep{
 		begin: func(ctx context.Context, n *Node) (time.Time, bool, error) {
-			files, err := r.rewriteTokens(ctx, n)
+			pending, err := r.reloadUnit(ctx, n)
+			if err != nil {
+				return time.Time{}, false, err
+			}
+			var files []string
+			if !(pending && r.opts.DryRun) { // a dry run cannot plan from the reloaded view
+				files, err = r.rewriteTokens(ctx, n)
+			}
 			r.nodeRep[n.Name].Files = files
 			if err == nil {
 				err = r.regenerateServing(ctx, n)
@@ -421,6 +428,23 @@ func (r *loadRotation) restartStep(gates func(context.Context, *Node, time.Time)
 		},
 		gates: gates,
 	}
+}
+
+// reloadUnit finishes what an interrupted run left: a unit it rewrote but
+// systemd has not reloaded. The node is read again afterwards, so that its
+// token sources are systemd's view once more.
+func (r *loadRotation) reloadUnit(ctx context.Context, n *Node) (pending bool, err error) {
+	if !r.reloadFirst[n.Name] {
+		return false, nil
+	}
+	err = r.run.Wet(n, "systemctl daemon-reload (the unit the interrupted run rewrote)", func() error {
+		if err := runOK(ctx, n, k3s.DaemonReloadCmd); err != nil {
+			return err
+		}
+		return n.refresh(ctx)
+	})
+	delete(r.reloadFirst, n.Name)
+	return true, err
 }
 
 // regenerateServing: after a rotation of the server CA a server must
