@@ -331,3 +331,9 @@ func retable(s, column, with string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// isTokenText reports whether a file's text may hold a secure token: it
+// mentions K10 and is not PEM, whose base64 can spell K10 by chance.
+func isTokenText(data string) bool {
+	return strings.Contains(data, "K10") && !strings.Contains(data, "-----BEGIN")
+}

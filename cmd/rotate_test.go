@@ -54,7 +54,7 @@ func TestRotateCA(t *testing.T) {
 		}
 		for id, files := range clusterFiles(fl, c.Cluster) {
 			for p, data := range files {
-				if strings.Contains(data, "K10") && !strings.Contains(data, "K10"+c.TargetHash+"::") && !strings.Contains(p, "/fleetcert/backup-") {
+				if isTokenText(data) && !strings.Contains(data, "K10"+c.TargetHash+"::") && !strings.Contains(p, "/fleetcert/backup-") {
 					t.Errorf("%s:%s does not pin the new CA", id, p)
 				}
 			}
