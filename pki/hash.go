@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"sync"
+	"time"
 )
 
 // HashCA returns the CA hash a k3s join token pins for a server CA bundle
@@ -24,7 +26,15 @@ import (
 //
 // k3s fails outright on a bundle without a parseable certificate; HashCA
 // hashes its raw bytes then. Check with ParseCerts first where that matters.
+//
+// A verified result is remembered while every certificate of its chain is
+// within its validity: a rollout hashes the same few bundles at every read
+// and gate, and parsing and verifying them again was a tenth of its CPU.
 func HashCA(bundle []byte) string {
+	key := sha256.Sum256(bundle)
+	if h, ok := verified.get(key, time.Now()); ok {
+		return h
+	}
 	certs, err := ParseCerts(bundle)
 	if err == nil && len(certs) > 1 {
 		roots, inters := x509.NewCertPool(), x509.NewCertPool()
@@ -38,10 +48,57 @@ func HashCA(bundle []byte) string {
 		chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters})
 		if err == nil {
 			chain := chains[0]
-			return hashBytes(chain[len(chain)-1].Raw)
+			h := hashBytes(chain[len(chain)-1].Raw)
+			verified.put(key, h, chain)
+			return h
 		}
 	}
-	return hashBytes(bundle)
+	return hex.EncodeToString(key[:])
+}
+
+// verified remembers HashCA's verified results, each with the window in
+// which its chain verifies. It is bounded: a check of a large fleet sees a
+// bundle per cluster.
+var verified = &hashCache{entries: map[[32]byte]hashEntry{}}
+
+const hashCacheSize = 4096
+
+type hashCache struct {
+	mu      sync.Mutex
+	entries map[[32]byte]hashEntry
+}
+
+type hashEntry struct {
+	hash        string
+	from, until time.Time
+}
+
+func (c *hashCache) get(key [32]byte, now time.Time) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[key]
+	if !ok || now.Before(e.from) || now.After(e.until) {
+		return "", false
+	}
+	return e.hash, true
+}
+
+func (c *hashCache) put(key [32]byte, hash string, chain []*x509.Certificate) {
+	e := hashEntry{hash: hash, until: chain[0].NotAfter}
+	for _, cert := range chain {
+		if cert.NotBefore.After(e.from) {
+			e.from = cert.NotBefore
+		}
+		if cert.NotAfter.Before(e.until) {
+			e.until = cert.NotAfter
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= hashCacheSize {
+		clear(c.entries)
+	}
+	c.entries[key] = e
 }
 
 // isRootLike is k3s's test, in hashCA and in the rotate-ca validation, for a

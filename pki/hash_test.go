@@ -3,6 +3,7 @@ package pki
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"sync"
 	"testing"
@@ -100,5 +101,27 @@ func TestHashCASameRootSameHash(t *testing.T) {
 	viaInter := fastCustom(t, CustomInput{Root: first.Root, Intermediate: first.Intermediate, IntermediateKey: first.IntermediateKey})
 	if HashCA(first.Set["server-ca.crt"]) != HashCA(viaInter.Set["server-ca.crt"]) {
 		t.Error("new cluster CAs under the same intermediate changed the token hash")
+	}
+}
+
+// TestHashCacheKeepsToTheChainsValidity: a remembered hash counts only
+// while every certificate of its chain is valid; outside that window
+// HashCA verifies again, as k3s would.
+func TestHashCacheKeepsToTheChainsValidity(t *testing.T) {
+	now := time.Now()
+	c := &hashCache{entries: map[[32]byte]hashEntry{}}
+	chain := []*x509.Certificate{
+		{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)},
+		{NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(10 * time.Hour)},
+	}
+	var key [32]byte
+	c.put(key, "h", chain)
+	for _, tc := range []struct {
+		at   time.Time
+		want bool
+	}{{now, true}, {now.Add(2 * time.Hour), false}, {now.Add(-90 * time.Minute), false}} {
+		if _, ok := c.get(key, tc.at); ok != tc.want {
+			t.Errorf("at %s: remembered %v, want %v", tc.at.Sub(now), ok, tc.want)
+		}
 	}
 }
