@@ -498,6 +498,14 @@ func (r *loadRotation) rewriteTokensOnce(ctx context.Context, n *Node) ([]string
 			}
 		}
 	}
+	// The run state says so before the first write: a connection that
+	// drops after a write but before its daemon-reload must leave a record
+	// that the change on the node is this run's own.
+	if slices.ContainsFunc(plan, k3s.FileRewrite.Changed) && !r.opts.DryRun {
+		if err := r.setStep(ctx, n, StepRewritten); err != nil {
+			return nil, err
+		}
+	}
 	var files []string
 	reload := false
 	for _, fr := range plan {
@@ -521,9 +529,6 @@ func (r *loadRotation) rewriteTokensOnce(ctx context.Context, n *Node) ([]string
 		if err != nil {
 			return files, err
 		}
-	}
-	if len(files) > 0 {
-		return files, r.setStep(ctx, n, StepRewritten)
 	}
 	return files, nil
 }
