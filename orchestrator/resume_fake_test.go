@@ -2,9 +2,12 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
+	"path"
 	"strings"
 	"testing"
 
+	"github.com/fleetcert/fleetcert/inventory"
 	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/orchestrator/fleettest"
 )
@@ -60,6 +63,45 @@ func TestAbandonDropsAnUnloadedRun(t *testing.T) {
 	for _, n := range rep.Clusters[0].Nodes {
 		if n.Outcome != "untouched" {
 			t.Errorf("%s: %s", n.Node, n.Outcome)
+		}
+	}
+}
+
+// TestRewriteRecordedBeforeWrite: when a node's token files are written,
+// the run state on the primary already says the run rewrites them. A
+// connection lost after the write (before its daemon-reload) then leaves a
+// change the rerun can account for as its own.
+func TestRewriteRecordedBeforeWrite(t *testing.T) {
+	fl, nodes, opts, _ := fakeRotation(t, fleettest.Spec{Clusters: 1, Servers: 1, Agents: 1}, 1)
+	var primary, agent *Node
+	for _, n := range nodes {
+		if n.Role == inventory.Agent {
+			agent = n
+		} else {
+			primary = n
+		}
+	}
+	statePath := path.Join(primary.Layout.FleetcertDir(), runStateFile)
+	var steps []NodeStep
+	fl.Node(agent.ID()).BeforeWrite = func(string) {
+		f, ok := fl.Node(primary.ID()).File(statePath)
+		var s RunState
+		if ok && json.Unmarshal(f.Data, &s) == nil {
+			steps = append(steps, s.Nodes[agent.Name])
+		} else {
+			steps = append(steps, "no run state")
+		}
+	}
+	rep := RunFleet(context.Background(), fl.Dial, opts.op, oneWave(fl), opts.RunOptions)
+	if rep.Count(OutcomeDone) != 1 {
+		t.Fatalf("cluster not done: %+v", rep.Clusters[0])
+	}
+	if len(steps) == 0 {
+		t.Fatal("the agent's token files were never written")
+	}
+	for _, s := range steps {
+		if s != StepRewritten {
+			t.Errorf("at a token write the run state said %q for the agent, want %q", s, StepRewritten)
 		}
 	}
 }
