@@ -176,7 +176,7 @@ func (op *clusterOp) takeLock(ctx context.Context) error {
 	}
 	what := "take the cluster lock " + path.Join(dir, "lock")
 	if op.opts.DryRun {
-		if err := lockBlocks(run.Cluster.Name, op.lockFile, run.RunID, op.opts.now()); err != nil {
+		if err := lockBlocks(run.Cluster.Name, op.lockFile, op.opts.now()); err != nil {
 			return err
 		}
 		return run.Wet(primary, what, func() error { return nil })

@@ -90,10 +90,10 @@ func swapLock(ctx context.Context, h remote.Host, dir string, prev, next []byte)
 	}
 }
 
-// lockBlocks returns the error for a lock file (nil: none) that run runID
-// may not take over: a live lease of another run, or of the same run unless
-// its holder is a dead process of this controller.
-func lockBlocks(cluster string, current []byte, runID string, now time.Time) error {
+// lockBlocks returns the error for a lock file (nil: none) that may not be
+// taken over: a live lease, unless its holder is a dead process of this
+// controller.
+func lockBlocks(cluster string, current []byte, now time.Time) error {
 	if current == nil {
 		return nil
 	}
@@ -101,13 +101,15 @@ func lockBlocks(cluster string, current []byte, runID string, now time.Time) err
 	if err := json.Unmarshal(current, &held); err != nil || held.Stale(now) {
 		return nil
 	}
-	// A rerun resuming an interrupted run may take its lock over before the
-	// lease runs out, but only when the holder is known to be dead: a second
-	// run started while the first still works adopts the same run id from
-	// the unfinished run state too, and must not take the cluster from it.
-	// Only a holder on this controller can be asked; one elsewhere keeps
-	// its lease until it expires (or --force-unlock).
-	if held.RunID != runID || !holderDead(held) {
+	// A lock may be taken over before its lease runs out only when its
+	// holder is known to be dead: a second run started while the first
+	// still works adopts the same run id from the unfinished run state, and
+	// must not take the cluster from it. Only a holder on this controller
+	// can be asked; one elsewhere keeps its lease until it expires (or
+	// --force-unlock). A dead holder's run id does not matter: one that died
+	// between its lock and its first run state left nothing to resume, and
+	// one that got further left a run state the rerun adopts.
+	if !holderDead(held) {
 		return &lockHeldError{Cluster: cluster, Holder: held}
 	}
 	return nil
@@ -157,7 +159,7 @@ func (e *lockHeldError) Error() string {
 // stale one is taken over. --force-unlock removes a lock with forceUnlock
 // before this is called.
 func acquireLock(ctx context.Context, h remote.Host, cluster, dir string, current []byte, info LockInfo, now time.Time) (*clusterLock, error) {
-	if err := lockBlocks(cluster, current, info.RunID, now); err != nil {
+	if err := lockBlocks(cluster, current, now); err != nil {
 		return nil, err
 	}
 	info.Created, info.Expires = now, now.Add(lockLease)

@@ -28,16 +28,18 @@ func TestLockRefusesLiveHolderAndTakesStaleOne(t *testing.T) {
 		t.Errorf("lock dir mode %v", st.Mode().Perm())
 	}
 
-	_, err = acquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-b"}, now)
+	// Another run may not take a live holder's lease...
+	live := LockInfo{RunID: "run-a", Owner: controllerName(), PID: os.Getppid(), Expires: now.Add(lockLease)}
+	liveData, _ := json.Marshal(live)
 	var lhe *lockHeldError
-	if !errors.As(err, &lhe) || lhe.Holder.RunID != "run-a" {
-		t.Fatalf("second run: want lockHeldError naming run-a, got %v", err)
+	if err := lockBlocks("c1", liveData, now); !errors.As(err, &lhe) || lhe.Holder.RunID != "run-a" {
+		t.Fatalf("second run, live holder: want lockHeldError naming run-a, got %v", err)
 	}
-
-	// A resumed run with the same id may take back the lock of its dead
-	// predecessor on this controller.
-	if _, err := acquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-a"}, now); err != nil {
-		t.Fatalf("same run id: %v", err)
+	// ...but takes over the lock of a holder on this controller that is
+	// dead, whatever its run id: one that died between its lock and its
+	// first run state left nothing to resume.
+	if _, err := acquireLock(ctx, h, "c1", dir, held, LockInfo{RunID: "run-b"}, now); err != nil {
+		t.Fatalf("dead holder, another run: %v", err)
 	}
 	first.Release(ctx) // no longer ours: must leave the new holder's lock alone
 	if _, err := os.Stat(filepath.Join(dir, "lock")); err != nil {
@@ -83,14 +85,14 @@ func TestLockSameRunLiveHolderOnThisController(t *testing.T) {
 	live := LockInfo{RunID: "run-a", Owner: controllerName(), PID: os.Getppid(), Expires: now.Add(lockLease)}
 	data, _ := json.Marshal(live)
 	var lhe *lockHeldError
-	if err := lockBlocks("c1", data, "run-a", now); !errors.As(err, &lhe) {
+	if err := lockBlocks("c1", data, now); !errors.As(err, &lhe) {
 		t.Fatalf("live holder on this controller, same run id: want lockHeldError, got %v", err)
 	}
 
 	dead := live
 	dead.PID = deadPID(t)
 	data, _ = json.Marshal(dead)
-	if err := lockBlocks("c1", data, "run-a", now); err != nil {
+	if err := lockBlocks("c1", data, now); err != nil {
 		t.Fatalf("dead holder, same run id: want takeover, got %v", err)
 	}
 	// A holder on another controller cannot be asked whether it lives: its
@@ -98,10 +100,10 @@ func TestLockSameRunLiveHolderOnThisController(t *testing.T) {
 	other := dead
 	other.Owner = "another-controller"
 	data, _ = json.Marshal(other)
-	if err := lockBlocks("c1", data, "run-a", now); !errors.As(err, &lhe) {
+	if err := lockBlocks("c1", data, now); !errors.As(err, &lhe) {
 		t.Fatalf("holder on another controller, same run id, live lease: want lockHeldError, got %v", err)
 	}
-	if err := lockBlocks("c1", data, "run-a", now.Add(lockLease+time.Second)); err != nil {
+	if err := lockBlocks("c1", data, now.Add(lockLease+time.Second)); err != nil {
 		t.Fatalf("expired lease: want takeover, got %v", err)
 	}
 }
