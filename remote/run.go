@@ -73,6 +73,12 @@ func (c *Client) Run(ctx context.Context, script string, stdin []byte) (Result, 
 }
 
 func (c *Client) run(ctx context.Context, script string, stdin []byte, op *opState) (Result, error) {
+	return c.runAs(ctx, command, script, stdin, op)
+}
+
+// runAs runs script as the command line line(mode, script) makes of it,
+// with the sudo password, when one is needed, ahead of stdin.
+func (c *Client) runAs(ctx context.Context, line func(sudoMode, string) string, script string, stdin []byte, op *opState) (Result, error) {
 	if c.s.commandTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.s.commandTimeout)
@@ -86,7 +92,7 @@ func (c *Client) run(ctx context.Context, script string, stdin []byte, op *opSta
 	if mode == sudoStdin {
 		in = io.MultiReader(&secretLine{s: c.s.sudoPassword}, in)
 	}
-	return c.exec(ctx, command(mode, script), in, op)
+	return c.exec(ctx, line(mode, script), in, op)
 }
 
 // RunQuick runs a short script that only reads, such as the facts
@@ -97,21 +103,7 @@ func (c *Client) run(ctx context.Context, script string, stdin []byte, op *opSta
 // within moments. Use Run for anything that changes a node or may run
 // long.
 func (c *Client) RunQuick(ctx context.Context, script string) (Result, error) {
-	op := &opState{}
-	if c.s.commandTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.s.commandTimeout)
-		defer cancel()
-	}
-	mode, err := c.sudo(ctx, op)
-	if err != nil {
-		return Result{}, err
-	}
-	var in io.Reader = bytes.NewReader(nil)
-	if mode == sudoStdin {
-		in = &secretLine{s: c.s.sudoPassword}
-	}
-	return c.exec(ctx, quickCommand(mode, script), in, op)
+	return c.runAs(ctx, quickCommand, script, nil, &opState{})
 }
 
 // secretLine yields password+"\n" without the password ever being copied
