@@ -11,8 +11,6 @@ import (
 	"path"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -78,24 +76,8 @@ func TestRotateCAComplete(t *testing.T) {
 
 	// Killed once the first server passed its gates: the second server's
 	// stop is the next change.
-	var p *fcProcess
-	var once sync.Once
-	killed := make(chan struct{})
-	p = startFleetcert(t, ctx, func(l logLine, _ string) {
-		if l.Node == s2.Name && l.Phase == "servers" && strings.HasPrefix(l.Msg, "stop ") {
-			once.Do(func() {
-				_ = p.cmd.Process.Signal(syscall.SIGKILL)
-				close(killed)
-			})
-		}
-	}, append(complete, "--min-soak", "0")...)
-	res := p.wait(t)
-	select {
-	case <-killed:
-	default:
-		t.Fatalf("the completing run ended before the point to interrupt it:\n%s", res)
-	}
-	res = fleetcert(t, ctx, append(complete, "--min-soak", "0")...)
+	runKilled(t, ctx, afterNode("servers", s1.Name, s2.Name), append(complete, "--min-soak", "0")...)
+	res := fleetcert(t, ctx, append(complete, "--min-soak", "0")...)
 	if res.Code != 0 {
 		t.Fatalf("the resumed completion failed:\n%s", res)
 	}
