@@ -22,13 +22,17 @@ import (
 func expiredLeafs(n *Node, now time.Time) []string {
 	var out []string
 	for _, c := range n.Facts.Certs {
-		if c.Index == 0 && !c.CA && !c.Bundle && now.After(c.NotAfter) {
+		if isLeaf(c) && now.After(c.NotAfter) {
 			out = append(out, c.File)
 		}
 	}
 	sort.Strings(out)
 	return out
 }
+
+// isLeaf tells a leaf certificate: a file's own certificate, not a CA (the
+// rest of a leaf file is its CA chain).
+func isLeaf(c k3s.Cert) bool { return c.Index == 0 && !c.CA && !c.Bundle }
 
 // expiredServers names the servers among nodes holding an expired leaf
 // certificate, each with how many.
@@ -55,7 +59,7 @@ func (cc *ClusterCheck) ExpiredServers() []string {
 			continue
 		}
 		for _, c := range cn.Certs {
-			if c.Index == 0 && !c.CA && !c.Bundle && c.Status == k3s.StatusExpired {
+			if isLeaf(c.Cert) && c.Status == k3s.StatusExpired {
 				out = append(out, cn.Name)
 				break
 			}
