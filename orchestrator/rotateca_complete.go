@@ -167,12 +167,8 @@ func (p completeMaterial) Run(ctx context.Context, run *clusterRun) error {
 		return err
 	}
 	r.staged = c.Set
-	res := r.PKI.Validate(current, r.staged)
-	for _, w := range res.Warnings {
-		r.warn(nil, "lint: %s", w.String())
-	}
-	if !res.OK() {
-		return r.refuse(problemStrings(res.Errors)...)
+	if err := r.validate(current); err != nil {
+		return err
 	}
 	if h := pki.HashCA(r.staged.Overlay(current)[serverCAFile()]); h != r.served {
 		return r.refuse(fmt.Sprintf("the completed server CA would change the token hash (%s -> %s): refusing", short(r.served), short(h)))

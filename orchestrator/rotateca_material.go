@@ -40,12 +40,8 @@ func (r *loadRotation) material(ctx context.Context) error {
 	if len(r.staged) == 0 {
 		return r.refuse("the new material is identical to the current one: nothing to rotate")
 	}
-	res := r.PKI.Validate(current, r.staged)
-	for _, w := range res.Warnings {
-		r.warn(nil, "lint: %s", w.String())
-	}
-	if !res.OK() && r.mode != ModeNewRoot {
-		return r.refuse(problemStrings(res.Errors)...)
+	if err := r.validate(current); err != nil {
+		return err
 	}
 	r.target = pki.HashCA(r.staged.Overlay(current)[serverCAFile()])
 	r.run.Info(primary, "%s: %d files to stage, token hash %s -> %s", r.mode, len(r.staged), short(r.served), short(r.target))
@@ -129,6 +125,20 @@ func readCASet(ctx context.Context, n *Node) (pki.CASet, error) {
 		}
 	}
 	return pki.NewCASet(byName)
+}
+
+// validate checks the staged set against current with k3s's own rules,
+// warning about what the lint finds. A forced new root (--force) is loaded
+// whatever the rules say, as k3s's --force does.
+func (r *loadRotation) validate(current pki.CASet) error {
+	res := r.PKI.Validate(current, r.staged)
+	for _, w := range res.Warnings {
+		r.warn(nil, "lint: %s", w.String())
+	}
+	if !res.OK() && r.mode != ModeNewRoot {
+		return r.refuse(problemStrings(res.Errors)...)
+	}
+	return nil
 }
 
 func problemStrings(ps []pki.Problem) []string {
