@@ -118,3 +118,71 @@ func EnvFile(env map[string]string) string {
 	}
 	return b.String()
 }
+
+// OpenRC is what the service script install.sh writes on an OpenRC node
+// depends on (create_openrc_service_file; docs/k3s-behaviour.md#openrc).
+type OpenRC struct {
+	Role string // "server" or "agent"
+	// Service is the script's name: k3s, k3s-agent, or k3s-<name> for
+	// INSTALL_K3S_NAME installs. It names the log file too.
+	Service string
+	// EnvFile is the file the script sources after /etc/environment
+	// (/etc/rancher/k3s/<service>.env).
+	EnvFile string
+	// Args are the arguments after the role, unquoted.
+	Args []string
+}
+
+// Log is the file the script sends k3s's output to, the only place an
+// OpenRC node's k3s log exists.
+func (o OpenRC) Log() string { return "/var/log/" + o.Service + ".log" }
+
+// Text is /etc/init.d/<service> as install.sh writes it. The details
+// fleetcert depends on:
+//
+//   - command_args is a double-quoted assignment: the role, then every
+//     argument single-quoted (a ' inside written '\'') on its own
+//     TAB-indented continuation line, a " written \" (escape_dq); nothing
+//     else is escaped, so a $ in a value is expanded when OpenRC sources
+//     the script. It ends with the log redirection, which is real: OpenRC
+//     evals command_args (supervise-daemon.sh).
+//   - supervise-daemon supervises k3s; its pidfile holds its own PID, not
+//     k3s's, and it respawns k3s after 5 s for ever.
+//   - /etc/environment, then the env file, are sourced with allexport: both
+//     reach k3s as environment variables, the env file winning.
+func (o OpenRC) Text() string {
+	var args strings.Builder
+	args.WriteString(o.Role + " \\\n")
+	for _, a := range o.Args {
+		q := "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		args.WriteString("\t" + strings.ReplaceAll(q, `"`, `\"`) + " \\\n")
+	}
+	return `#!/sbin/openrc-run
+
+depend() {
+    after network-online
+    want cgroups
+}
+
+start_pre() {
+    rm -f /tmp/k3s.*
+}
+
+supervisor=supervise-daemon
+name=` + o.Service + `
+command="` + binPath + `"
+command_args="` + args.String() + `    >>` + o.Log() + ` 2>&1"
+
+output_log=` + o.Log() + `
+error_log=` + o.Log() + `
+
+pidfile="/var/run/` + o.Service + `.pid"
+respawn_delay=5
+respawn_max=0
+
+set -o allexport
+if [ -f /etc/environment ]; then . /etc/environment; fi
+if [ -f ` + o.EnvFile + ` ]; then . ` + o.EnvFile + `; fi
+set +o allexport
+`
+}

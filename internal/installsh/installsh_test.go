@@ -46,3 +46,27 @@ func TestUnitText(t *testing.T) {
 		}
 	}
 }
+
+func TestOpenRCScriptMatchesInstallSh(t *testing.T) {
+	o := OpenRC{Role: "agent", Service: "k3s-agent", EnvFile: "/etc/rancher/k3s/k3s-agent.env",
+		Args: []string{"--server", "https://s1:6443", "--node-label", `say="it's"`}}
+	text := o.Text()
+	want := "command_args=\"agent \\\n" +
+		"\t'--server' \\\n" +
+		"\t'https://s1:6443' \\\n" +
+		"\t'--node-label' \\\n" +
+		"\t'say=\\\"it'\\''s\\\"' \\\n" +
+		"    >>/var/log/k3s-agent.log 2>&1\"\n"
+	if !strings.Contains(text, want) {
+		t.Errorf("command_args not as install.sh writes it:\n%s\nwant\n%s", text, want)
+	}
+	for _, line := range []string{"supervisor=supervise-daemon\n", "name=k3s-agent\n", "command=\"/usr/local/bin/k3s\"\n",
+		"pidfile=\"/var/run/k3s-agent.pid\"\n", "if [ -f /etc/rancher/k3s/k3s-agent.env ]; then . /etc/rancher/k3s/k3s-agent.env; fi\n"} {
+		if !strings.Contains(text, line) {
+			t.Errorf("script lacks %q", line)
+		}
+	}
+	if got := (OpenRC{Role: "server", Service: "k3s"}).Text(); !strings.Contains(got, "command_args=\"server \\\n    >>/var/log/k3s.log 2>&1\"\n") {
+		t.Errorf("script without args:\n%s", got)
+	}
+}
