@@ -38,19 +38,42 @@ func (l Layout) EtcdSnapshotCmd(name string) string {
 	return remote.Quotef(k3sBin+" etcd-snapshot save -d %s --name %s", l.dataDir(), name)
 }
 
-// RestartCmd restarts the unit without waiting: a Type=notify k3s unit
-// with TimeoutStartSec=0 can block `systemctl restart` forever (e.g. while
-// etcd waits for quorum), so readiness is polled with our own deadline.
+// serviceDeadline bounds an OpenRC stop, start or restart: rc-service
+// waits for supervise-daemon to stop k3s, and a hung stop must not hold
+// the rollout for ever. Readiness is the gates' to judge, not this.
+const serviceDeadline = "120"
+
+// rcService runs rc-service on the node's service, with the deadline.
+func (l Layout) rcService(action string) string {
+	// rc-service's progress lines go to stderr: callers read stdout.
+	return remote.Quotef("timeout "+serviceDeadline+" rc-service %s %s >&2", l.UnitName(), action)
+}
+
+// RestartCmd restarts k3s without waiting for it to be ready. On systemd
+// it does not block: a Type=notify k3s unit with TimeoutStartSec=0 can
+// block `systemctl restart` forever (e.g. while etcd waits for quorum). On
+// OpenRC, rc-service returns once supervise-daemon has started k3s again:
+// there is no readiness protocol, so readiness is polled with our own
+// deadline either way.
 func (l Layout) RestartCmd() string {
+	if l.OpenRC() {
+		return l.rcService("restart")
+	}
 	return remote.Quotef("systemctl --no-block restart %s", l.UnitName()+".service")
 }
 
 // StopCmd and StartCmd are for `certificate rotate`, which needs k3s down.
 func (l Layout) StopCmd() string {
+	if l.OpenRC() {
+		return l.rcService("stop")
+	}
 	return remote.Quotef("systemctl stop %s", l.UnitName()+".service")
 }
 
 func (l Layout) StartCmd() string {
+	if l.OpenRC() {
+		return l.rcService("start")
+	}
 	return remote.Quotef("systemctl --no-block start %s", l.UnitName()+".service")
 }
 
@@ -64,10 +87,35 @@ const ReadyzCmd = k3sBin + " kubectl get --raw=/readyz"
 // NodesCmd lists the cluster's nodes as JSON.
 const NodesCmd = k3sBin + " kubectl get nodes -o json"
 
-// JournalSinceCmd prints the unit's log since t (node clock).
-func (l Layout) JournalSinceCmd(t time.Time) string {
+// LogMarkCmd prints where the node's k3s log stands now, for LogSinceCmd:
+// nothing on systemd (the journal is read by time), the log file's size
+// on OpenRC, where k3s's output goes to a file without timestamps fleetcert
+// could compare.
+func (l Layout) LogMarkCmd() string {
+	if l.OpenRC() {
+		return remote.Quotef("wc -c < %s 2>/dev/null || echo 0", l.LogFile())
+	}
+	return "echo 0"
+}
+
+// LogSinceCmd prints k3s's log since t (node clock) or, on OpenRC, from
+// byte mark of its log file on (the whole file when it has been truncated
+// below mark since: install.sh's logrotate uses copytruncate).
+func (l Layout) LogSinceCmd(t time.Time, mark int64) string {
+	if l.OpenRC() {
+		return remote.Quotef(`f=%s; m=%s; [ -f "$f" ] || exit 0; [ "$(wc -c < "$f")" -ge "$m" ] || m=0; tail -c +$((m+1)) -- "$f"`,
+			l.LogFile(), fmt.Sprint(mark))
+	}
 	return remote.Quotef("journalctl -q --no-pager -o cat -u %s --since %s",
 		l.UnitName()+".service", "@"+fmt.Sprint(t.Unix()))
+}
+
+// LogHint says where the node's k3s log is, for error messages.
+func (l Layout) LogHint() string {
+	if l.OpenRC() {
+		return l.LogFile()
+	}
+	return "journalctl -u " + l.UnitName()
 }
 
 // TokenMismatchLog is what an agent logs, retrying forever, when its token

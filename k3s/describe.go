@@ -6,6 +6,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,7 +51,9 @@ type NodeFacts struct {
 	Joins string `json:"joins,omitempty"`
 	// Binary is the k3s program the unit runs, from its ExecStart.
 	Binary string `json:"binary,omitempty"`
-	// MainPID is the running k3s process, as systemd tracks it.
+	// MainPID is the running k3s process, as systemd tracks it (MainPID)
+	// or OpenRC's supervise-daemon records it (child_pid; its pidfile
+	// holds the supervisor's own PID).
 	MainPID int `json:"mainPID,omitempty"`
 	// ClockSkew is the node's clock minus the controller's, measured
 	// around the facts round trip (to within about a second): positive
@@ -69,6 +72,12 @@ type NodeFacts struct {
 	// NoAccess lists files and directories that exist but could not be
 	// read or searched with the privileges fleetcert runs with.
 	NoAccess []string `json:"noAccess,omitempty"`
+}
+
+// Running reports whether the init system says k3s runs: systemd's
+// "active", OpenRC's "started".
+func (f NodeFacts) Running() bool {
+	return f.Init == InitOpenRC && f.UnitState == "started" || f.Init != InitOpenRC && f.UnitState == "active"
 }
 
 func (f NodeFacts) noAccess(p string) bool { return slices.Contains(f.NoAccess, p) }
@@ -115,6 +124,9 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 	if s.Unit != nil {
 		f.MainPID = s.Unit.MainPID
 	}
+	if pid, ok := s.Files[l.OpenRCChildPID()]; ok && s.Init == InitOpenRC {
+		f.MainPID, _ = strconv.Atoi(strings.TrimSpace(string(pid.Data)))
+	}
 	t, err := effectiveToken(scan.Sources, l.Role)
 	f.Token, f.TokenErr = effectiveOrNil(scan.Sources, t, err)
 	t, err = effectiveAgentToken(scan.Sources, l.Role)
@@ -153,7 +165,7 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 // finding token sources: contents by path (nil for a file looked for and
 // absent), the directories listed, the unreadable paths and systemd's view.
 func (s *Snapshot) NodeFiles(read *Snapshot) NodeFiles {
-	in := NodeFiles{Unit: s.Unit, ManagerEnv: s.ManagerEnv, Files: map[string][]byte{}, Unreadable: map[string]bool{}}
+	in := NodeFiles{Init: s.Init, Unit: s.Unit, ManagerEnv: s.ManagerEnv, Files: map[string][]byte{}, Unreadable: map[string]bool{}}
 	for _, snap := range []*Snapshot{s, read} {
 		if snap == nil {
 			continue

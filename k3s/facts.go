@@ -32,13 +32,18 @@ type File struct {
 // Snapshot is what one facts round trip saw on a node: system facts and the
 // raw contents of every file fleetcert cares about.
 type Snapshot struct {
-	Hostname    string
-	OS          string
-	Init        string            // systemd, openrc or unknown
-	VersionText string            // output of `k3s --version`, empty when absent
-	UnitStates  map[string]string // unit -> systemctl is-active output
-	Dirs        map[string]bool   // directories probed -> present
-	Files       map[string]File
+	Hostname string
+	OS       string
+	// Init is what booted the node: systemd (/run/systemd/system exists),
+	// openrc (/run/openrc/softlevel exists), both or none.
+	Init        string
+	VersionText string // output of `k3s --version`, empty when absent
+	// UnitStates maps a service to its state: systemctl is-active's word
+	// on systemd, rc-service status's on OpenRC (started, stopped,
+	// crashed...; not-found when the service does not exist).
+	UnitStates map[string]string
+	Dirs       map[string]bool // directories probed -> present
+	Files      map[string]File
 	// Keys lists the private key files in server/tls, server/tls/etcd and
 	// agent/ by path, with mode and owner only: their contents are never
 	// read with the facts (Data is nil).
@@ -77,7 +82,7 @@ func planFor(l Layout) snapshotPlan {
 		dirs:  []string{l.ServerDir(), l.AgentDir(), l.EtcdDBDir(), l.FleetcertDir()},
 	}
 	p.files = append(candidateFiles(l), l.ServerToken(), l.AgentTokenFile(),
-		path.Join(l.ServerTLSDir(), "dynamic-cert.json"))
+		path.Join(l.ServerTLSDir(), "dynamic-cert.json"), l.OpenRCChildPID())
 	for _, d := range candidateDirs(l) {
 		// k3s reads dotfiles in config.yaml.d too; "*" skips them.
 		p.globs = append(p.globs, path.Join(d.Path, "*"), path.Join(d.Path, ".*"))
@@ -158,9 +163,10 @@ func factsScript(l Layout) string {
 	b.WriteString(scriptHeader + `echo @hostname; { read -r h < /proc/sys/kernel/hostname; } 2>/dev/null && echo "$h" || hostname
 echo @os; while IFS= read -r l; do case $l in PRETTY_NAME=*) echo "$l";; esac; done 2>/dev/null </etc/os-release
 echo @init
-if [ -d /run/systemd/system ]; then echo systemd
-elif [ -d /run/openrc ] || command -v openrc-run >/dev/null 2>&1; then echo openrc
-else echo unknown; fi
+if [ -d /run/systemd/system ]; then
+if [ -e /run/openrc/softlevel ]; then echo both; else echo systemd; fi
+elif [ -e /run/openrc/softlevel ]; then echo openrc
+else echo none; fi
 echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | head -n 2
 `)
 	// One systemctl for every unit: is-active prints a word per unit, in
@@ -174,6 +180,14 @@ echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | hea
 	for _, u := range p.units {
 		fmt.Fprintf(&b, "printf '@unit %%s %%s\\n' %s \"$1\"; [ $# -gt 0 ] && shift\n", remote.Quote(u))
 	}
+	// On OpenRC, rc-service's status line (" * status: started") for each
+	// service, reduced to its word; empty when the service does not exist.
+	b.WriteString("if [ -e /run/openrc/softlevel ] && ! [ -d /run/systemd/system ]; then\n")
+	for _, u := range p.units {
+		fmt.Fprintf(&b, "s=$(rc-service %s status 2>/dev/null); s=${s##*status: }; printf '@rc %%s %%s\\n' %s \"${s%%%%[!a-z]*}\"\n",
+			remote.Quote(u), remote.Quote(u))
+	}
+	b.WriteString("fi\n")
 	for _, d := range p.dirs {
 		fmt.Fprintf(&b, "[ -d %s ] && printf '@dir %%s\\n' %s\n", remote.Quote(d), remote.Quote(d))
 	}
@@ -256,6 +270,12 @@ func parseSnapshot(out []byte) (*Snapshot, error) {
 		case strings.HasPrefix(line, "@unit "):
 			unit, state, _ := strings.Cut(strings.TrimPrefix(line, "@unit "), " ")
 			s.UnitStates[unit] = strings.TrimSpace(state)
+		case strings.HasPrefix(line, "@rc "):
+			svc, state, _ := strings.Cut(strings.TrimPrefix(line, "@rc "), " ")
+			if state = strings.TrimSpace(state); state == "" {
+				state = "not-found"
+			}
+			s.UnitStates[svc] = state
 		case strings.HasPrefix(line, "@dir "):
 			s.Dirs[strings.TrimPrefix(line, "@dir ")] = true
 		case strings.HasPrefix(line, "@absent "):

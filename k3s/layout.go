@@ -26,6 +26,13 @@ const (
 	defaultAgentUnit  = "k3s-agent"
 )
 
+// Init systems fleetcert drives k3s through, as the facts tell which one
+// booted the node (docs/k3s-behaviour.md#openrc).
+const (
+	InitSystemd = "systemd"
+	InitOpenRC  = "openrc"
+)
+
 // Layout is where one node keeps its k3s files. Zero fields take the
 // defaults above, so Layout{} describes a stock install.sh server.
 type Layout struct {
@@ -33,8 +40,14 @@ type Layout struct {
 	DataDir    string
 	ConfigFile string
 	SystemdDir string
-	Unit       string // unit name without .service
+	Unit       string // service name: the systemd unit without .service, or the OpenRC script
+	// Init is the init system that runs the node (InitSystemd when
+	// empty); the facts set it.
+	Init string
 }
+
+// OpenRC reports whether OpenRC runs the node's k3s.
+func (l Layout) OpenRC() bool { return l.Init == InitOpenRC }
 
 func (l Layout) dataDir() string    { return or(l.DataDir, defaultDataDir) }
 func (l Layout) systemdDir() string { return or(l.SystemdDir, defaultSystemdDir) }
@@ -67,6 +80,28 @@ func (l Layout) UnitDropInDir() string { return l.UnitFile() + ".d" }
 // -/etc/sysconfig/%N lines of install.sh's unit, in load order.
 func (l Layout) DistroEnvFiles() []string {
 	return []string{path.Join("/etc/default", l.UnitName()), path.Join("/etc/sysconfig", l.UnitName())}
+}
+
+// OpenRC places of the service, as install.sh makes them on an OpenRC node
+// (create_openrc_service_file): the service script, the env file it
+// sources after /etc/environment, the log file its command_args redirect
+// k3s's output to, and the conf.d file OpenRC sources before the script.
+func (l Layout) ServiceScript() string  { return path.Join("/etc/init.d", l.UnitName()) }
+func (l Layout) OpenRCEnvFile() string  { return path.Join("/etc/rancher/k3s", l.UnitName()+".env") }
+func (l Layout) OpenRCConfD() string    { return path.Join("/etc/conf.d", l.UnitName()) }
+func (l Layout) LogFile() string        { return path.Join("/var/log", l.UnitName()+".log") }
+func (l Layout) EtcEnvironment() string { return "/etc/environment" }
+func (l Layout) OpenRCChildPID() string {
+	return path.Join("/run/openrc/options", l.UnitName(), "child_pid")
+}
+
+// ServiceLabel names the service in messages: "k3s.service" or "OpenRC
+// service k3s".
+func (l Layout) ServiceLabel() string {
+	if l.OpenRC() {
+		return "OpenRC service " + l.UnitName()
+	}
+	return l.UnitName() + ".service"
 }
 
 // Server side of the data dir.
