@@ -9,6 +9,9 @@ import (
 
 // NodeFiles is what was read from a node to find its token sources.
 type NodeFiles struct {
+	// Init is what booted the node (InitSystemd, InitOpenRC...): it decides
+	// where k3s's settings come from.
+	Init string
 	// Unit is what systemd says about the k3s unit; nil when systemd does
 	// not run the node (then install.sh's paths are assumed).
 	Unit *UnitShow
@@ -68,40 +71,21 @@ type TokenScan struct {
 func scanTokens(l Layout, in NodeFiles) TokenScan {
 	sc := TokenScan{kinds: map[string]FileKind{}, candidates: candidateFiles(l)}
 	files := in.Files
-	unit := readUnitChain(l, in.Unit, files)
-	var all []TokenSource
-	all = append(all, managerEnvSources(in.ManagerEnv)...)
-	all = append(all, unit.environment...)
-	for i, f := range unit.files {
-		sc.need(in, f, fileUnit)
-		if i > 0 || (in.Unit == nil && f != l.UnitFile()) {
-			sc.kinds[f] = fileUnitDropIn
-		}
+	var env, exec, problems []TokenSource
+	if in.Init == InitOpenRC {
+		env, exec, problems = sc.openrcSources(l, in)
+	} else {
+		env, exec, problems = sc.systemdSources(l, in)
 	}
-	for _, ef := range unit.envFiles {
-		k := fileEnv
-		if ef.kind == kindDistroEnvFile {
-			k = fileDistroEnv
-		}
-		if ef.extra || in.Unit != nil {
-			sc.need(in, ef.path, k)
-		}
-		if content := files[ef.path]; content != nil {
-			sc.kinds[ef.path] = k
-			all = append(all, parseEnvFile(ef.path, ef.kind, content, ef.ignored)...)
-		}
-	}
-	execStarts, execRefs := splitRefs(unit.execStarts)
-	envs, envRefs := splitRefs(all)
-	sc.Binary = unit.binary
+	execStarts, execRefs := splitRefs(exec)
+	envs, envRefs := splitRefs(env)
 	sc.ConfigFile, sc.ConfigFrom = configChoice(l, envRefs, execRefs)
 	config := sc.configSources(l, in)
 	configTokens, configRefs := splitRefs(config)
 	sc.Joins = joins(envRefs, configRefs, execRefs)
-	all = append(envs, configTokens...)
+	all := append(envs, configTokens...)
 	all = append(all, execStarts...)
-	all = append(all, unit.problems...)
-	all = append(all, systemdProblems(l, in.Unit)...)
+	all = append(all, problems...)
 	targets, pending := tokenFileTargets(all, files)
 	all = append(all, targets...)
 	for _, t := range targets {
@@ -121,6 +105,39 @@ func scanTokens(l Layout, in NodeFiles) TokenScan {
 	sort.Strings(sc.Pending)
 	sc.Pending = slices.Compact(sc.Pending)
 	return sc
+}
+
+// systemdSources reads the token places systemd gives k3s: the manager
+// environment, the unit's Environment= lines and environment files in
+// load order (env), its effective ExecStart (exec), and what cannot be
+// accounted for (problems).
+func (sc *TokenScan) systemdSources(l Layout, in NodeFiles) (env, exec, problems []TokenSource) {
+	files := in.Files
+	unit := readUnitChain(l, in.Unit, files)
+	env = append(env, managerEnvSources(in.ManagerEnv)...)
+	env = append(env, unit.environment...)
+	for i, f := range unit.files {
+		sc.need(in, f, fileUnit)
+		if i > 0 || (in.Unit == nil && f != l.UnitFile()) {
+			sc.kinds[f] = fileUnitDropIn
+		}
+	}
+	for _, ef := range unit.envFiles {
+		k := fileEnv
+		if ef.kind == kindDistroEnvFile {
+			k = fileDistroEnv
+		}
+		if ef.extra || in.Unit != nil {
+			sc.need(in, ef.path, k)
+		}
+		if content := files[ef.path]; content != nil {
+			sc.kinds[ef.path] = k
+			env = append(env, parseEnvFile(ef.path, ef.kind, content, ef.ignored)...)
+		}
+	}
+	sc.Binary = unit.binary
+	problems = append(unit.problems, systemdProblems(l, in.Unit)...)
+	return env, unit.execStarts, problems
 }
 
 // need asks for p to be read when it has not been, and records its kind.

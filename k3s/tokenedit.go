@@ -24,6 +24,10 @@ const (
 	fileConfig       FileKind = "config"        // config.yaml
 	fileConfigDropIn FileKind = "config-dropin" // config.yaml.d/*.yaml|*.yml
 	fileToken        FileKind = "token-file"    // target of a token-file setting
+	// OpenRC: the service script (/etc/init.d/k3s) and the files sh
+	// sources for it (env file, /etc/environment, /etc/conf.d/k3s).
+	fileServiceScript FileKind = "openrc-script"
+	fileShellEnv      FileKind = "shell-env"
 )
 
 // ReloadsUnit reports whether systemd must re-read its units
@@ -58,6 +62,15 @@ func parseFile(kind FileKind, file string, content []byte, unit string) ([]Token
 		srcs = parseConfig(file, kindConfigDropIn, content)
 	case fileToken:
 		srcs = []TokenSource{parseTokenFile(file, content)}
+	case fileServiceScript:
+		sc := parseServiceScript(file, content)
+		srcs = append(sc.args, sc.problems...)
+	case fileShellEnv:
+		sk := kindOpenRCEnvFile
+		if file == (Layout{}).EtcEnvironment() {
+			sk = kindEtcEnvironment
+		}
+		srcs = parseShellEnv(file, sk, content, true, "")
 	default:
 		return nil, fmt.Errorf("unknown file kind %q", kind)
 	}
@@ -97,7 +110,8 @@ func uncovered(kind FileKind, file string, content []byte, srcs []TokenSource) [
 		lines[s.Line], lines[s.keyLine] = true, true
 	}
 	comment := "#;"
-	if kind == fileConfig || kind == fileConfigDropIn {
+	switch kind {
+	case fileConfig, fileConfigDropIn, fileServiceScript, fileShellEnv:
 		comment = "#"
 	}
 	ls := splitLines(content)
@@ -170,6 +184,10 @@ func kindOfFile(k FileKind) SourceKind {
 		return kindConfigFile
 	case fileConfigDropIn:
 		return kindConfigDropIn
+	case fileServiceScript:
+		return kindCommandArgs
+	case fileShellEnv:
+		return kindOpenRCEnvFile
 	}
 	return kindTokenFile
 }

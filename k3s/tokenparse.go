@@ -94,13 +94,13 @@ func classOf(k SourceKind) int {
 		return clsManagerEnv
 	case kindUnitEnvironment:
 		return clsEnvironment
-	case kindEnvFile, kindDistroEnvFile:
+	case kindEnvFile, kindDistroEnvFile, kindOpenRCEnvFile, kindEtcEnvironment:
 		return clsEnvFile
 	case kindConfigFile:
 		return clsConfig
 	case kindConfigDropIn:
 		return clsConfigDropIn
-	case kindUnitExecStart, kindUnitDropIn:
+	case kindUnitExecStart, kindUnitDropIn, kindCommandArgs:
 		return clsExecStart
 	}
 	return 0

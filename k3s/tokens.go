@@ -41,6 +41,15 @@ const (
 	// kindUnit is a whole-file finding about the unit (not found, not
 	// reloaded, not readable).
 	kindUnit SourceKind = "unit"
+	// kindCommandArgs is a flag in command_args of an OpenRC service
+	// script (/etc/init.d/k3s), or a finding about the script.
+	kindCommandArgs SourceKind = "openrc-command-args"
+	// kindOpenRCEnvFile is a file an OpenRC service script sources (the
+	// env file /etc/rancher/k3s/<service>.env), or /etc/conf.d/<service>.
+	kindOpenRCEnvFile SourceKind = "openrc-env-file"
+	// kindEtcEnvironment is /etc/environment, which install.sh's OpenRC
+	// script sources before the env file.
+	kindEtcEnvironment SourceKind = "etc-environment"
 )
 
 // The four settings k3s reads a token from, by their config.yaml names.
@@ -248,11 +257,13 @@ func (d dropInDir) matches(name string) bool {
 
 // candidateFiles are the fixed files that may define a token on a node:
 // the distro env files and install.sh's env file (load order), the unit
-// file and config.yaml. Absent ones are simply not passed to
+// file and config.yaml; on OpenRC, conf.d, /etc/environment, the env file
+// and the service script. Absent ones are simply not passed to
 // scanTokens. See candidateDirs for the drop-in directories.
 func candidateFiles(l Layout) []string {
 	files := append([]string{}, l.DistroEnvFiles()...)
-	return append(files, l.EnvFile(), l.UnitFile(), l.Config())
+	return append(files, l.EnvFile(), l.UnitFile(), l.Config(),
+		l.OpenRCConfD(), l.EtcEnvironment(), l.OpenRCEnvFile(), l.ServiceScript())
 }
 
 // candidateDirs are the drop-in directories whose matching entries (regular

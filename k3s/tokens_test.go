@@ -291,7 +291,8 @@ func TestRedactionNeverShowsSecrets(t *testing.T) {
 func TestCandidates(t *testing.T) {
 	l := Layout{Role: RoleAgent}
 	wantFiles := []string{"/etc/default/k3s-agent", "/etc/sysconfig/k3s-agent", "/etc/systemd/system/k3s-agent.service.env",
-		"/etc/systemd/system/k3s-agent.service", "/etc/rancher/k3s/config.yaml"}
+		"/etc/systemd/system/k3s-agent.service", "/etc/rancher/k3s/config.yaml",
+		"/etc/conf.d/k3s-agent", "/etc/environment", "/etc/rancher/k3s/k3s-agent.env", "/etc/init.d/k3s-agent"}
 	if got := candidateFiles(l); !reflect.DeepEqual(got, wantFiles) {
 		t.Errorf("candidateFiles = %q", got)
 	}

@@ -532,6 +532,21 @@ func parseExecStart(file string, kind SourceKind, set unitSetting, content []byt
 			"ExecStart= runs %q, not %s server or %s agent: fleetcert cannot tell which settings reach k3s through it", program, binaryName, binaryName)}
 	}
 	args = args[1:]
+	for i := range args {
+		// A specifier fleetcert does not resolve is read verbatim.
+		args[i].odd = args[i].odd || args[i].usesAny(unknown)
+	}
+	return flagSources(file, kind, args, content, line, false)
+}
+
+// flagSources finds the token flags among k3s's arguments after the role:
+// --token/-t, --token-file, --agent-token, --agent-token-file, each as
+// "--flag value" or "--flag=value", with one or two dashes (Go flag syntax,
+// which urfave/cli uses). Scanning stops at "--". line is where the command
+// line starts. A value that takes part of itself from a variable is taken
+// literally and flagged; strict makes that an error, for a shell that
+// certainly expands it (OpenRC's command_args).
+func flagSources(file string, kind SourceKind, args []word, content []byte, line int, strict bool) []TokenSource {
 	var out []TokenSource
 	for i := 0; i < len(args); i++ {
 		a := args[i].String()
@@ -563,9 +578,9 @@ func parseExecStart(file string, kind SourceKind, set unitSetting, content []byt
 			s.Line = line
 		}
 		switch {
-		case val.dollar && s.Value != "" && s.Value[0] == '$':
+		case val.dollar && (strict || s.Value != "" && s.Value[0] == '$'):
 			s.Err = fmt.Errorf("%s takes its value from a variable: define the token there instead", key)
-		case val.usesAny(unknown) || val.odd || val.dollar:
+		case val.odd || val.dollar:
 			s.Warning = "uses unit specifiers, $ or escapes that systemd may expand; fleetcert reads them verbatim"
 		}
 		out = append(out, s)
