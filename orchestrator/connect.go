@@ -70,6 +70,9 @@ type Node struct {
 	// configuration points to (token files, a config file chosen by
 	// K3S_CONFIG_FILE, its drop-ins).
 	more *k3s.Snapshot
+	// logMark is where k3s's log stood at the node's last restart
+	// (k3s.Layout.LogMarkCmd).
+	logMark int64
 }
 
 // layoutOf is where an inventory node keeps its k3s files.
@@ -117,6 +120,11 @@ func (n *Node) refresh(ctx context.Context) error {
 	snap, err := k3s.TakeSnapshot(ctx, n.Conn, n.Layout)
 	if err != nil {
 		return err
+	}
+	// What booted the node decides how k3s is run there; preflight
+	// refuses a node that is neither or both.
+	if snap.Init == k3s.InitOpenRC || snap.Init == k3s.InitSystemd {
+		n.Layout.Init = snap.Init
 	}
 	// The node read its clock during the round trip: compare with the
 	// controller's at its middle.

@@ -100,7 +100,7 @@ func readSince(ctx context.Context, n *Node, file string, t0 time.Time) (k3s.Fil
 // tokenMismatchSince returns k3s's mismatch log line if the unit logged
 // one since t0.
 func tokenMismatchSince(ctx context.Context, n *Node, t0 time.Time) string {
-	out, err := remote.Output(ctx, n.Conn, n.Layout.JournalSinceCmd(t0))
+	out, err := remote.Output(ctx, n.Conn, n.Layout.LogSinceCmd(t0, n.logMark))
 	if err != nil {
 		return ""
 	}

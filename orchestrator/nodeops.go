@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,8 +81,8 @@ func loadCA(ctx context.Context, n *Node, dir string, force bool) error {
 	}
 	out := string(res.Stdout) + string(res.Stderr)
 	if res.ExitCode != 0 {
-		return fmt.Errorf("k3s certificate rotate-ca failed (the reason is in the server log: journalctl -u %s): %s",
-			n.Layout.UnitName(), lastLines(out, 3))
+		return fmt.Errorf("k3s certificate rotate-ca failed (the reason is in the server log: %s): %s",
+			n.Layout.LogHint(), lastLines(out, 3))
 	}
 	if !strings.Contains(out, k3s.RotateCAOK) {
 		return fmt.Errorf("k3s certificate rotate-ca did not confirm (%q missing): %s", k3s.RotateCAOK, lastLines(out, 3))
@@ -94,17 +95,24 @@ func removeDir(ctx context.Context, n *Node, dir string) error {
 	return runOK(ctx, n, "rm -rf -- "+remote.Quote(dir))
 }
 
-// restartUnit restarts the node's unit without blocking and returns the node's
-// clock at that moment, to judge later which files k3s rewrote since.
+// restartUnit restarts the node's k3s without waiting for it to be ready
+// and returns the node's clock at that moment, to judge later which files
+// k3s rewrote since. It notes where k3s's log stood (n.logMark), so that
+// gates read only what the restarted k3s logged.
 func restartUnit(ctx context.Context, n *Node) (time.Time, error) {
-	res, err := n.Conn.Run(ctx, "date +%s && "+n.Layout.RestartCmd(), nil)
+	res, err := n.Conn.Run(ctx, "date +%s && "+n.Layout.LogMarkCmd()+" && "+n.Layout.RestartCmd(), nil)
 	if err != nil {
 		return time.Time{}, err
 	}
 	if err := res.Err(); err != nil {
 		return time.Time{}, err
 	}
-	return parseUnix(firstLine(string(res.Stdout)))
+	lines := strings.Fields(string(res.Stdout))
+	if len(lines) < 2 {
+		return time.Time{}, fmt.Errorf("restart: unexpected output %q", lastLines(string(res.Stdout), 2))
+	}
+	n.logMark, _ = strconv.ParseInt(lines[1], 10, 64)
+	return parseUnix(lines[0])
 }
 
 // tokenFiles is every file of n that defines or holds a token, with its

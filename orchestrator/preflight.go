@@ -30,11 +30,11 @@ type nodeCheck struct {
 func (op *clusterOp) checkNode(n *Node, want nodeCheck, bad func(string, ...any)) {
 	f := n.Facts
 	switch f.Init {
-	case "systemd":
-	case "openrc":
-		bad("%s: OpenRC node; this version of fleetcert drives systemd units only", n.Name)
+	case k3s.InitSystemd, k3s.InitOpenRC:
+	case "both":
+		bad("%s: both systemd (/run/systemd/system) and OpenRC (/run/openrc/softlevel) claim to run the node; fleetcert cannot tell which one runs k3s", n.Name)
 	default:
-		bad("%s: no systemd found (init %q)", n.Name, f.Init)
+		bad("%s: neither systemd nor OpenRC booted the node (no /run/systemd/system, no /run/openrc/softlevel); fleetcert drives k3s through one of them", n.Name)
 	}
 	if !f.Installed {
 		bad("%s: k3s not found on the node", n.Name)
@@ -49,18 +49,19 @@ func (op *clusterOp) checkNode(n *Node, want nodeCheck, bad func(string, ...any)
 	if f.Role != role {
 		bad("%s: the inventory lists it as %s but the node is %s (data dir %s)", n.Name, role, roleWord(f.Role), f.DataDir)
 	}
-	if f.UnitState != "active" {
+	if !f.Running() {
+		svc := n.Layout.ServiceLabel()
 		switch {
 		case op.resumes(n):
 			// This run restarted (or stopped) it and was interrupted or
 			// failed its gate: resuming restarts it again behind the gates.
-			op.warn(n, "%s.service is %q; the unfinished run %s restarts it again", f.Unit, f.UnitState, op.prior.RunID)
+			op.warn(n, "%s is %q; the unfinished run %s restarts it again", svc, f.UnitState, op.prior.RunID)
 		case !want.rotateCA && len(expiredLeafs(n, op.opts.now())) > 0:
 			// Expired certificates are why it is down; renewing them is
 			// the fix.
-			op.warn(n, "%s.service is %q and its certificates have expired; renewing them starts it again", f.Unit, f.UnitState)
+			op.warn(n, "%s is %q and its certificates have expired; renewing them starts it again", svc, f.UnitState)
 		default:
-			bad("%s: %s.service is %q, not active; fix the node first", n.Name, f.Unit, f.UnitState)
+			bad("%s: %s is %q, not running; fix the node first", n.Name, svc, f.UnitState)
 		}
 	}
 }

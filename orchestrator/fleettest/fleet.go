@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,10 @@ type Spec struct {
 	EmbeddedEtcd bool
 	// Version is what `k3s --version` prints first; v1.33.4+k3s1 when empty.
 	Version string
+	// OpenRC names the nodes OpenRC runs, installed as install.sh does
+	// there: the service script, with a server's token in command_args,
+	// an agent's in /etc/rancher/k3s/<service>.env.
+	OpenRC []string
 }
 
 // Fleet is a set of fake clusters and their inventory.
@@ -84,11 +89,11 @@ func New(m *Material, spec Spec) *Fleet {
 		password := fmt.Sprintf("pw%04d", i+1)
 		first := name + "-s1"
 		for s := range servers {
-			n := f.newNode(c, inventory.Node{Cluster: name, Name: fmt.Sprintf("%s-s%d", name, s+1), Role: inventory.Server, Primary: s == 0}, password, first, etcd)
+			n := f.newNode(c, inventory.Node{Cluster: name, Name: fmt.Sprintf("%s-s%d", name, s+1), Role: inventory.Server, Primary: s == 0}, password, first, etcd, spec.OpenRC)
 			ic.Nodes = append(ic.Nodes, n.inv)
 		}
 		for a := range spec.Agents {
-			n := f.newNode(c, inventory.Node{Cluster: name, Name: fmt.Sprintf("%s-a%d", name, a+1), Role: inventory.Agent}, password, first, false)
+			n := f.newNode(c, inventory.Node{Cluster: name, Name: fmt.Sprintf("%s-a%d", name, a+1), Role: inventory.Agent}, password, first, false, spec.OpenRC)
 			ic.Nodes = append(ic.Nodes, n.inv)
 		}
 		c.nodesJSON = nodeList(c.Nodes)
@@ -208,7 +213,7 @@ func nodeList(nodes []*Node) []byte {
 // newNode lays out a stock install.sh node: unit, env file with the token,
 // config.yaml on servers, server/tls with the shared CAs and leafs,
 // server/token, and the agent directory.
-func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer string, etcd bool) *Node {
+func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer string, etcd bool, openrc []string) *Node {
 	m := f.Material
 	in.Host = in.Name + ".fleet.test"
 	in.DataDir = inventory.DefaultDataDir
@@ -219,6 +224,9 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 		in.Service, role = inventory.DefaultAgentService, k3s.RoleAgent
 	}
 	l := k3s.Layout{Role: role, DataDir: in.DataDir, ConfigFile: in.ConfigFile, Unit: in.Service}
+	if slices.Contains(openrc, in.Name) {
+		l.Init = k3s.InitOpenRC
+	}
 	n := &Node{inv: in, fleet: f, cluster: c, layout: l, hostname: in.Name,
 		files: make(map[string]*File, 64), dirs: map[string]bool{}, password: password, leafs: map[string]File{}}
 	now := m.Made
@@ -245,8 +253,18 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 	case etcd:
 		unit.Args = []string{"--server", "https://" + firstServer + ".fleet.test:6443"}
 	}
-	put(l.UnitFile(), []byte(unit.Text()), 0o644)
-	put(l.EnvFile(), []byte(installsh.EnvFile(env)), 0o600)
+	if l.OpenRC() {
+		script := installsh.OpenRC{Role: string(role), Service: in.Service, EnvFile: l.OpenRCEnvFile(), Args: unit.Args}
+		if role == k3s.RoleServer {
+			script.Args = append(script.Args, "--token", token)
+			delete(env, "K3S_TOKEN")
+		}
+		put(l.ServiceScript(), []byte(script.Text()), 0o755)
+		put(l.OpenRCEnvFile(), []byte(installsh.EnvFile(env)), 0o600)
+	} else {
+		put(l.UnitFile(), []byte(unit.Text()), 0o644)
+		put(l.EnvFile(), []byte(installsh.EnvFile(env)), 0o600)
+	}
 	agentDir := l.AgentDir()
 	put(path.Join(agentDir, "server-ca.crt"), m.CAs["server-ca.crt"], 0o644)
 	put(path.Join(agentDir, "client-ca.crt"), m.CAs["client-ca.crt"], 0o644)
@@ -257,6 +275,9 @@ func (f *Fleet) newNode(c *Cluster, in inventory.Node, password, firstServer str
 	leaf(path.Join(agentDir, "client-kubelet.crt"), m.KubeletCert(n.hostname), 0o644)
 	n.dirs[agentDir] = true
 	n.units = map[string]string{in.Service: "active"}
+	if l.OpenRC() {
+		put(l.OpenRCChildPID(), []byte("4242\n"), 0o644)
+	}
 	if role == k3s.RoleServer {
 		put(l.Config(), []byte("write-kubeconfig-mode: \"0644\"\ntls-san:\n  - "+in.Host+"\n"), 0o600)
 		tls := l.ServerTLSDir()

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"maps"
 	"path"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -206,12 +207,13 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 		return n.etcdSnapshot(script), nil
 	case script == k3s.DaemonReloadCmd:
 		return remote.Result{}, nil
-	case strings.HasPrefix(script, "systemctl stop ") && strings.Contains(script, " certificate rotate -d "):
+	case strings.Contains(script, " stop >&2 && ") && strings.Contains(script, " certificate rotate -d "),
+		strings.HasPrefix(script, "systemctl stop ") && strings.Contains(script, " certificate rotate -d "):
 		return n.certificateRotate(script), nil
 	case strings.HasPrefix(script, "cd ") && strings.Contains(script, "\nls -d tls-[0-9]* "):
 		return n.pruneBackups(script), nil
-	case strings.HasPrefix(script, "date +%s && systemctl --no-block restart "):
-		return n.restart(strings.TrimPrefix(script, "date +%s && systemctl --no-block restart ")), nil
+	case strings.HasPrefix(script, "date +%s && ") && strings.HasSuffix(script, n.layout.RestartCmd()):
+		return n.restart(script), nil
 	case script == k3s.ReadyzCmd:
 		if n.layout.Role != k3s.RoleServer {
 			return fail(1, "The connection to the server localhost:8080 was refused"), nil
@@ -229,6 +231,8 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 		return n.space(), nil
 	case strings.HasPrefix(script, "journalctl "):
 		return n.journalSince(script), nil
+	case strings.HasPrefix(script, "f=") && strings.Contains(script, "tail -c +"):
+		return n.logSince(script), nil
 	case strings.HasPrefix(script, "rm -rf -- "), strings.HasPrefix(script, "rm -f -- "):
 		_, arg, _ := strings.Cut(script, " -- ")
 		n.remove(unquote(arg))
@@ -285,11 +289,21 @@ func (n *Node) facts(script string) remote.Result {
 	var b bytes.Buffer
 	b.Grow(64 << 10)
 	b.WriteString(factsHeader)
-	fmt.Fprintf(&b, "@hostname\n%s\n@os\nUbuntu 24.04.1 LTS\n@init\nsystemd\n@now\n%d\n", n.hostname, clock().Add(n.ClockOffset).Unix())
+	initSys, osName := "systemd", "Ubuntu 24.04.1 LTS"
+	if n.layout.OpenRC() {
+		initSys, osName = "openrc", "Alpine Linux v3.20"
+	}
+	fmt.Fprintf(&b, "@hostname\n%s\n@os\n%s\n@init\n%s\n@now\n%d\n", n.hostname, osName, initSys, clock().Add(n.ClockOffset).Unix())
 	fmt.Fprintf(&b, "@version\nk3s version %s (0a1b2c3d)\ngo version go1.23.6\n", n.fleet.version)
 	for _, u := range p.units {
 		state := n.units[u]
-		if state == "" {
+		switch {
+		case n.layout.OpenRC():
+			// is-active prints nothing where systemd does not run;
+			// rc-service status gives the state.
+			fmt.Fprintf(&b, "@unit %s \n@rc %s %s\n", u, u, openrcState(state))
+			continue
+		case state == "":
 			state = "inactive"
 		}
 		fmt.Fprintf(&b, "@unit %s %s\n", u, state)
@@ -299,7 +313,9 @@ func (n *Node) facts(script string) remote.Result {
 			fmt.Fprintf(&b, "@dir %s\n", d)
 		}
 	}
-	n.systemdShow(&b)
+	if !n.layout.OpenRC() {
+		n.systemdShow(&b)
+	}
 	n.batch(&b, p.keys, p.batch)
 	b.WriteString("@end\n")
 	return remote.Result{Stdout: b.Bytes()}
@@ -355,6 +371,9 @@ func (n *Node) batch(b *bytes.Buffer, keyWords, words []word) {
 	}
 	for _, w := range words {
 		if w.s == "$@" {
+			if n.layout.OpenRC() {
+				continue
+			}
 			for _, p := range n.systemdFiles() {
 				if _, ok := n.files[p]; ok {
 					batch = append(batch, p)
@@ -611,15 +630,32 @@ func (n *Node) etcdSnapshot(script string) remote.Result {
 // does not.
 func agentClientCA(l k3s.Layout) string { return path.Join(l.AgentDir(), "client-ca.crt") }
 
-// restart is `date +%s && systemctl --no-block restart UNIT`: the node's
-// clock, then a start (see start).
-func (n *Node) restart(unit string) remote.Result {
-	if unquote(unit) != n.inv.Service+".service" {
-		return fail(5, "Failed to restart "+unit+": Unit "+unit+" not found.")
-	}
+// restart is `date +%s && MARK && RESTART` for the node's own service
+// (Run matches the restart command of its layout): the node's clock, where
+// its log stands (LogMarkCmd: 0 on systemd, the log file's size on
+// OpenRC), then a start (see start).
+func (n *Node) restart(script string) remote.Result {
 	now := clock()
+	n.mu.Lock()
+	mark := 0
+	if n.layout.OpenRC() {
+		mark = n.logSize()
+	}
+	n.mu.Unlock()
 	n.start(now)
-	return remote.Result{Stdout: []byte(strconv.FormatInt(now.Unix(), 10) + "\n")}
+	return remote.Result{Stdout: []byte(fmt.Sprintf("%d\n%d\n", now.Unix(), mark))}
+}
+
+// openrcState is what rc-service status says for a systemd-like state:
+// supervise-daemon keeps a failing k3s "started" while it respawns it.
+func openrcState(state string) string {
+	switch state {
+	case "active", "activating":
+		return "started"
+	case "":
+		return ""
+	}
+	return "stopped"
 }
 
 // start is k3s starting at now. A server comes up when its token pins the
@@ -681,6 +717,10 @@ func (n *Node) start(now time.Time) {
 		}
 	}
 	n.units[n.inv.Service] = "active"
+	if n.layout.OpenRC() {
+		// supervise-daemon records the new k3s's PID.
+		n.files[n.layout.OpenRCChildPID()] = &File{Data: fmt.Appendf(nil, "%d\n", 1000+now.UnixNano()%30000), Mode: 0o644, MTime: now}
+	}
 }
 
 // certificateRotate is leaf renewal as fleetcert runs it: `systemctl stop
@@ -692,9 +732,8 @@ func (n *Node) start(now time.Time) {
 // the named services' files) and logs the services it was asked for.
 func (n *Node) certificateRotate(script string) remote.Result {
 	stop, rotate, _ := strings.Cut(script, " && ")
-	unit := unquote(strings.TrimPrefix(stop, "systemctl stop "))
-	if unit != n.inv.Service+".service" {
-		return fail(5, "Failed to stop "+unit+": Unit "+unit+" not found.")
+	if stop != n.layout.StopCmd() {
+		return fail(5, "fleettest: "+stop+": not this node's service")
 	}
 	services := "every service"
 	words := shellWords(strings.TrimPrefix(rotate, k3sPathPrefix))
@@ -773,24 +812,50 @@ func (n *Node) pruneBackups(script string) remote.Result {
 	return remote.Result{}
 }
 
-// tokenHash is the CA hash the token in the unit's env file pins, "" for
-// none. Called with n.mu held.
+// tokenHash is the CA hash the node's token pins, "" for none: the one in
+// the unit's env file, or on OpenRC the one in command_args, else in the
+// env file. Called with n.mu held.
 func (n *Node) tokenHash() string {
-	f, ok := n.files[n.layout.EnvFile()]
-	if !ok {
-		return ""
+	places := []string{n.layout.EnvFile()}
+	if n.layout.OpenRC() {
+		places = []string{n.layout.ServiceScript(), n.layout.OpenRCEnvFile()}
 	}
-	for _, line := range strings.Split(string(f.Data), "\n") {
-		v, ok := strings.CutPrefix(line, "K3S_TOKEN=")
-		if !ok {
-			continue
-		}
-		t, err := pki.ParseToken(strings.Trim(v, `'"`))
-		if err == nil {
-			return t.CAHash
+	for _, p := range places {
+		if f, ok := n.files[p]; ok {
+			if m := secureHash.FindSubmatch(f.Data); m != nil {
+				return string(m[1])
+			}
 		}
 	}
 	return ""
+}
+
+var secureHash = regexp.MustCompile(`K10([0-9a-f]{64})::`)
+
+// logSize is the size of an OpenRC node's log file, which holds the
+// journal's lines. Called with n.mu held.
+func (n *Node) logSize() int {
+	size := 0
+	for _, l := range n.journal {
+		size += len(l.text) + 1
+	}
+	return size
+}
+
+// logSince is LogSinceCmd on OpenRC: `f=LOG; m=MARK; ... tail -c +$((m+1))`.
+func (n *Node) logSince(script string) remote.Result {
+	_, after, _ := strings.Cut(script, "; m=")
+	mark, _ := strconv.Atoi(unquote(strings.TrimSuffix(strings.Fields(after + " ;")[0], ";")))
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var b bytes.Buffer
+	for _, l := range n.journal {
+		b.WriteString(l.text + "\n")
+	}
+	if mark > b.Len() {
+		mark = 0
+	}
+	return remote.Result{Stdout: b.Bytes()[mark:]}
 }
 
 func (n *Node) log(at time.Time, text string) {
