@@ -113,14 +113,19 @@ func servedCA(ctx context.Context, f *harness.Fleet, n *harness.Node) ([]byte, e
 		return nil, err
 	}
 	defer conn.Close()
+	// RKE2 serves /cacerts on its supervisor port, not the apiserver's.
+	addr := "127.0.0.1:6443"
+	if n.Product() == harness.ProductRKE2 {
+		addr = "127.0.0.1:9345"
+	}
 	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
 		DialContext: func(context.Context, string, string) (net.Conn, error) {
-			return conn.Dial("tcp", "127.0.0.1:6443")
+			return conn.Dial("tcp", addr)
 		},
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // judged by its hash
 		DisableKeepAlives: true,
 	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://127.0.0.1:6443/cacerts", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/cacerts", nil)
 	if err != nil {
 		return nil, err
 	}

@@ -80,7 +80,14 @@ func smokeFleet(t *testing.T) *harness.Fleet {
 	requireEngine(t)
 	smoke.once.Do(func() {
 		removeDeadSmokeFleets(t)
-		clusters := harness.DemoClusters()
+		// alpha and beta only: the smoke fleet has a gamma and a delta of
+		// its own, and the demo's RKE2 delta has e2e/rke2_test.go.
+		var clusters []harness.ClusterSpec
+		for _, c := range harness.DemoClusters() {
+			if c.Name == "alpha" || c.Name == "beta" {
+				clusters = append(clusters, c)
+			}
+		}
 		// One node on another version, so that facts has to tell them apart.
 		clusters[1].Servers[0].Version = "v1.32.3+k3s1"
 		clusters = append(clusters, harness.ClusterSpec{

@@ -29,7 +29,17 @@ func DemoClusters() []ClusterSpec {
 		Name:    "beta",
 		Servers: []NodeSpec{{TokenIn: []TokenPlace{InEnvFile}}},
 		Agents:  []NodeSpec{{Token: ShortToken, TokenIn: []TokenPlace{InExecStartShort}, LegacyExecType: true}},
-	}}
+	}, DemoDelta()}
+}
+
+// DemoDelta is the demo's RKE2 cluster: one server and one agent, secure
+// tokens in /etc/rancher/rke2/config.yaml (where RKE2 operators keep them).
+func DemoDelta() ClusterSpec {
+	return ClusterSpec{
+		Name:    "delta",
+		Servers: []NodeSpec{{Product: ProductRKE2, Token: SecureToken, TokenIn: []TokenPlace{InConfig}}},
+		Agents:  []NodeSpec{{Product: ProductRKE2, Token: SecureToken, TokenIn: []TokenPlace{InConfig}}},
+	}
 }
 
 // TokenPlaces returns where the node's token was installed.
@@ -45,6 +55,9 @@ func (n *Node) Version() string { return n.spec.Version }
 // TokenFile is the file on the node that holds the token when installed at
 // place p.
 func (n *Node) TokenFile(p TokenPlace) string {
+	if isRKE2(n.spec.Product) {
+		return rke2TokenPlace(n, p)
+	}
 	switch p {
 	case InEnvFile:
 		return systemdDir + "/" + n.Unit + ".service.env"
@@ -76,6 +89,9 @@ func (n *Node) TokenFile(p TokenPlace) string {
 // UnitType is the Type= of the node's unit: notify, as current install.sh
 // writes it, or exec for an agent installed before 2022.
 func (n *Node) UnitType() string {
+	if isRKE2(n.spec.Product) {
+		return "notify"
+	}
 	if n.Role == Agent && n.spec.LegacyExecType {
 		return "exec"
 	}

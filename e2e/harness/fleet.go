@@ -117,7 +117,12 @@ type Timing struct {
 }
 
 func (c *Cluster) embeddedEtcd() bool { return c.spec.ClusterInit || len(c.Servers) > 1 }
-func (c *Cluster) url() string        { return "https://" + c.Servers[0].Name + ":6443" }
+func (c *Cluster) url() string {
+	if isRKE2(c.product()) {
+		return fmt.Sprintf("https://%s:%d", c.Servers[0].Name, rke2Supervisor)
+	}
+	return "https://" + c.Servers[0].Name + ":6443"
+}
 
 // Nodes returns the cluster's servers then agents.
 func (c *Cluster) Nodes() []*Node { return append(append([]*Node{}, c.Servers...), c.Agents...) }
@@ -215,7 +220,7 @@ func (f *Fleet) prepare(ctx context.Context, spec *Spec) error {
 		add := func(ns NodeSpec, role Role) *Node {
 			n := &Node{Name: ns.Name, Cluster: c.Name, Role: role, DataDir: ns.DataDir, Unit: ns.Unit, spec: ns}
 			if n.Unit == "" {
-				n.Unit = map[Role]string{Server: defaultServerSvc, Agent: defaultAgentSvc}[role]
+				n.Unit = defaultUnit(ns.Product, role)
 			}
 			f.nodes[n.Name] = n
 			return n
@@ -495,13 +500,16 @@ func (f *Fleet) tokenFor(c *Cluster, n *Node, firstStart bool) string {
 // block until k3s is ready, possibly for ever).
 func (f *Fleet) install(ctx context.Context, c *Cluster, n *Node, token string) error {
 	n.Token = token
-	in := installFor(n, c, token)
-	if err := putFiles(ctx, f.cli, n.id, in.files()); err != nil {
+	files, prep := installFor(n, c, token).files(), ""
+	if isRKE2(n.spec.Product) {
+		files, prep = rke2Install(n, c, token), rke2InstallShell
+	}
+	if err := putFiles(ctx, f.cli, n.id, files); err != nil {
 		return fmt.Errorf("node %s: install: %w", n.Name, err)
 	}
 	unit := n.Unit + ".service"
 	r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c",
-		"systemctl daemon-reload && systemctl enable --quiet "+unit+" && systemctl --no-block restart "+unit)
+		prep+"systemctl daemon-reload && systemctl enable --quiet "+unit+" && systemctl --no-block restart "+unit)
 	if err == nil {
 		err = r.Err()
 	}
@@ -514,7 +522,7 @@ func (f *Fleet) install(ctx context.Context, c *Cluster, n *Node, token string) 
 // waitServer polls `k3s kubectl get --raw /readyz` on a server until "ok".
 func (f *Fleet) waitServer(ctx context.Context, n *Node) error {
 	err := f.poll(ctx, func(ctx context.Context) (bool, error) {
-		r, err := execIn(ctx, f.cli, n.id, nil, "k3s", "kubectl", "get", "--raw", "/readyz")
+		r, err := execIn(ctx, f.cli, n.id, nil, append(kubectlCmd(n), "get", "--raw", "/readyz")...)
 		return err == nil && r.ExitCode == 0 && strings.TrimSpace(r.Stdout) == "ok", err
 	})
 	if err != nil {
@@ -565,7 +573,11 @@ func (f *Fleet) WaitReady(ctx context.Context, cluster string) error {
 // ReadyNodes runs `k3s kubectl get nodes` on a server and returns which
 // nodes are Ready.
 func (f *Fleet) ReadyNodes(ctx context.Context, server string) (map[string]bool, error) {
-	r, err := f.Exec(ctx, server, "k3s kubectl get nodes")
+	n := f.nodes[server]
+	if n == nil {
+		return nil, fmt.Errorf("no node %q", server)
+	}
+	r, err := f.Exec(ctx, server, strings.Join(kubectlCmd(n), " ")+" get nodes")
 	if err != nil {
 		return nil, err
 	}

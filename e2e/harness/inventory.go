@@ -56,6 +56,9 @@ func (f *Fleet) inventoryYAML() string {
 	b.WriteString("clusters:\n")
 	for _, c := range f.Clusters {
 		fmt.Fprintf(&b, "  - name: %s\n", q(c.Name))
+		if c.product() != "" {
+			fmt.Fprintf(&b, "    product: %s\n", q(c.product()))
+		}
 		for _, group := range []struct {
 			key   string
 			nodes []*Node
@@ -66,10 +69,10 @@ func (f *Fleet) inventoryYAML() string {
 			fmt.Fprintf(&b, "    %s:\n", group.key)
 			for _, n := range group.nodes {
 				fmt.Fprintf(&b, "      - name: %s\n        host: %s\n        ssh:\n          port: %d\n", q(n.Name), q("127.0.0.1"), n.Port)
-				if n.DataDir != defaultDataDir {
+				if n.DataDir != defaultDataDirOf(n.spec.Product) {
 					fmt.Fprintf(&b, "        dataDir: %s\n", q(n.DataDir))
 				}
-				if n.Unit != map[Role]string{Server: defaultServerSvc, Agent: defaultAgentSvc}[n.Role] {
+				if n.Unit != defaultUnit(n.spec.Product, n.Role) {
 					fmt.Fprintf(&b, "        service: %s\n", q(n.Unit))
 				}
 			}

@@ -84,6 +84,10 @@ type NodeSpec struct {
 	// LegacyExecType writes an agent unit as install.sh did before 2022
 	// (Type=exec); current install.sh writes Type=notify for agents too.
 	LegacyExecType bool
+
+	// Product is "" for k3s or ProductRKE2; every node of a cluster has
+	// the same (rke2.go). RKE2 nodes default to their token in config.yaml.
+	Product string
 }
 
 // TokenPlace is where an install put a node's join token.
@@ -217,7 +221,7 @@ func (s *Spec) validate() error {
 					return fmt.Errorf("node name %q used twice", n.Name)
 				}
 				names[n.Name] = true
-				if len(n.TokenIn) == 0 {
+				if len(n.TokenIn) == 0 && !isRKE2(n.Product) {
 					n.TokenIn = []TokenPlace{InEnvFile}
 				}
 				for _, p := range n.TokenIn {
@@ -226,7 +230,7 @@ func (s *Spec) validate() error {
 					}
 				}
 				if n.DataDir == "" {
-					n.DataDir = defaultDataDir
+					n.DataDir = defaultDataDirOf(n.Product)
 				}
 			}
 			return nil
@@ -235,6 +239,9 @@ func (s *Spec) validate() error {
 			return err
 		}
 		if err := fill(c.Agents, "a"); err != nil {
+			return err
+		}
+		if err := validateProducts(c); err != nil {
 			return err
 		}
 		if c.Token == "" {

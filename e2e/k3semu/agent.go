@@ -124,7 +124,7 @@ func newAgent(e *Env, cfg *nodeConfig) (*agent, error) {
 }
 
 func (a *agent) run(ctx context.Context) error {
-	a.log.Infof("Starting k3s agent %s", a.version)
+	a.log.Infof("Starting %s agent %s", a.env.prod().Name, a.version)
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
 		return err
 	}
@@ -141,7 +141,7 @@ func (a *agent) run(ctx context.Context) error {
 	if err := a.env.sdNotify("READY=1"); err != nil {
 		a.log.Warnf("Failed to notify systemd: %v", err)
 	}
-	a.log.Infof("k3s agent is up and running")
+	a.log.Infof("%s agent is up and running", a.env.prod().Name)
 	a.heartbeatLoop(ctx)
 	return nil
 }
@@ -156,7 +156,7 @@ func (a *agent) join() error {
 	base := strings.TrimRight(a.cfg.ServerURL, "/")
 	files := map[string][]byte{}
 	for _, name := range []string{"server-ca.crt", "client-ca.crt"} {
-		b, err := httpGet(client, base+"/v1-k3s/"+name, "node", a.token.Password)
+		b, err := httpGet(client, base+a.env.routePrefix()+"/"+name, "node", a.token.Password)
 		if err != nil {
 			return err
 		}
@@ -187,7 +187,7 @@ func (a *agent) fetchLeaf(client *http.Client, base, name string) error {
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequest(http.MethodPost, base+"/v1-k3s/sign/"+name+".crt", bytes.NewReader(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})))
+	req, err := http.NewRequest(http.MethodPost, base+a.env.routePrefix()+"/sign/"+name+".crt", bytes.NewReader(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})))
 	if err != nil {
 		return err
 	}
@@ -215,7 +215,7 @@ func (a *agent) fetchLeaf(client *http.Client, base, name string) error {
 // and trusts the server CA bundle downloaded at start, like a kubelet: a
 // server restarted onto an unrelated CA loses this node until it restarts.
 func (a *agent) heartbeatLoop(ctx context.Context) {
-	url := strings.TrimRight(a.cfg.ServerURL, "/") + "/v1-k3s/heartbeat"
+	url := a.env.apiURL(a.cfg.ServerURL) + a.env.routePrefix() + "/heartbeat"
 	cert, err := tls.LoadX509KeyPair(filepath.Join(a.dir, "client-kubelet.crt"), filepath.Join(a.dir, "client-kubelet.key"))
 	if err != nil {
 		a.log.Errorf("Failed to load kubelet client certificate: %v", err)

@@ -95,9 +95,16 @@ func cmdCertRotate(e *Env, args []string, now time.Time) error {
 	serverTLS := filepath.Join(dataDir, "server", "tls")
 	agentDir := filepath.Join(dataDir, "agent")
 	isServer := fileExists(filepath.Join(dataDir, "server"))
-	services, err := selectServices(e.version(), vals["service"], isServer)
+	services, err := selectServices(e.version(), e.k3sServiceNames(vals["service"]), isServer)
 	if err != nil {
 		return err
+	}
+	if e.prod().StaticPods {
+		// rke2's own rotate leaves <data-dir>/force-restart: its next start
+		// removes the control-plane static pods and runs them anew.
+		if err := os.WriteFile(filepath.Join(dataDir, forceRestartFile), []byte{}, 0o600); err != nil {
+			return err
+		}
 	}
 	var backup string
 	if isServer {
@@ -113,7 +120,7 @@ func cmdCertRotate(e *Env, args []string, now time.Time) error {
 	}
 	var remove []string
 	for _, svc := range services {
-		e.Log.Infof("Rotating certificates for %s service", svc)
+		e.Log.Infof("Rotating certificates for %s service", e.serviceName(svc))
 		files := serviceTable[svc]
 		for _, f := range files.Agent {
 			src := filepath.Join(agentDir, f)
@@ -140,7 +147,7 @@ func cmdCertRotate(e *Env, args []string, now time.Time) error {
 			return err
 		}
 	}
-	e.Log.Infof("Successfully backed up certificates to %s, please restart k3s server or agent to rotate certificates", backup)
+	e.Log.Infof("Successfully backed up certificates to %s, please restart %s server or agent to rotate certificates", backup, e.prod().Name)
 	return nil
 }
 
@@ -270,9 +277,16 @@ func cmdCertCheck(e *Env, args []string, now time.Time) error {
 	}
 	dataDir := vals["data-dir"]
 	isServer := fileExists(filepath.Join(dataDir, "server"))
-	services, err := selectServices(e.version(), vals["service"], isServer)
+	services, err := selectServices(e.version(), e.k3sServiceNames(vals["service"]), isServer)
 	if err != nil {
 		return err
+	}
+	if e.prod().StaticPods {
+		// rke2's own rotate leaves <data-dir>/force-restart: its next start
+		// removes the control-plane static pods and runs them anew.
+		if err := os.WriteFile(filepath.Join(dataDir, forceRestartFile), []byte{}, 0o600); err != nil {
+			return err
+		}
 	}
 	version := e.version()
 	infos, err := collectCertInfo(dataDir, services, renewDays(version), now)

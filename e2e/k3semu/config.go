@@ -51,6 +51,14 @@ type Env struct {
 	Log            *Logger
 	Stdout         io.Writer
 
+	// Product is k3s (nil) or RKE2 (product.go). With RKE2, ListenAddr and
+	// LocalURL are the supervisor's (:9345) and these the static pods'.
+	Product        *product
+	APIListenAddr  string // kube-apiserver pod (:6443)
+	APILocalURL    string
+	EtcdHealthAddr string // etcd pod's local health listener
+	Pods           podRunner // runs static pods; nil: processes (staticpods.go)
+
 	HeartbeatInterval time.Duration
 	RetryInterval     time.Duration
 	ReadyWindow       time.Duration
@@ -61,16 +69,26 @@ type Env struct {
 // variables (emulator-only, for running it outside a container) move its
 // fixed paths.
 func defaultEnv(getenv func(string) string) *Env {
+	return defaultEnvFor(getenv, "k3s")
+}
+
+// defaultEnvFor is defaultEnv for the product argv0 names (product.go).
+func defaultEnvFor(getenv func(string) string, argv0 string) *Env {
 	host, _ := os.Hostname()
+	p := productFor(argv0)
 	e := &Env{
+		Product:           p,
+		APIListenAddr:     p.APIListen,
+		APILocalURL:       p.APILocalURL,
+		EtcdHealthAddr:    p.EtcdHealth,
 		Getenv:            getenv,
 		Hostname:          host,
 		SharedDir:         defaultSharedDir,
 		EmuDir:            defaultEmuDir,
-		KubeconfigPath:    defaultKubeconfig,
-		ConfigFile:        defaultConfigFile,
-		ListenAddr:        defaultListen,
-		LocalURL:          defaultLocalURL,
+		KubeconfigPath:    p.Kubeconfig,
+		ConfigFile:        p.ConfigFile,
+		ListenAddr:        p.Listen,
+		LocalURL:          p.LocalURL,
 		PeerListenAddr:    defaultPeerListen,
 		Log:               newLogger(os.Stderr),
 		Stdout:            os.Stdout,
@@ -86,6 +104,9 @@ func defaultEnv(getenv func(string) string) *Env {
 		"K3SEMU_LISTEN":      &e.ListenAddr,
 		"K3SEMU_LOCAL_URL":   &e.LocalURL,
 		"K3SEMU_PEER_LISTEN": &e.PeerListenAddr,
+		"K3SEMU_API_LISTEN":  &e.APIListenAddr,
+		"K3SEMU_API_URL":     &e.APILocalURL,
+		"K3SEMU_ETCD_HEALTH": &e.EtcdHealthAddr,
 	} {
 		if v := getenv(env); v != "" {
 			*field = v
@@ -98,12 +119,12 @@ func defaultEnv(getenv func(string) string) *Env {
 func (e *Env) version() string {
 	b, err := os.ReadFile(filepath.Join(e.EmuDir, "version"))
 	if err != nil {
-		return defaultVersion
+		return e.prod().DefaultVersion
 	}
 	if v := strings.TrimSpace(string(b)); v != "" {
 		return v
 	}
-	return defaultVersion
+	return e.prod().DefaultVersion
 }
 
 // now is k3s's clock on this node: the real one, moved by <EmuDir>/node-clock
@@ -217,11 +238,11 @@ func resolveFlags(e *Env, defs []flagDef, args []string) (map[string]string, err
 	}
 	vals := map[string]string{}
 	for _, d := range defs {
-		if d.Default != "" {
-			vals[d.Name] = d.Default
+		if def := e.flagDefault(d.Default); def != "" {
+			vals[d.Name] = def
 		}
 		if d.EnvVar != "" {
-			if v := e.Getenv(d.EnvVar); v != "" {
+			if v := e.Getenv(e.envName(d.EnvVar)); v != "" {
 				vals[d.Name] = v
 			}
 		}
@@ -253,7 +274,7 @@ func resolveWithConfig(e *Env, cmd string, defs []flagDef, args []string) (map[s
 // default. "" means none (a trailing --config with no value; the CLI
 // parser then complains).
 func configFilePath(e *Env, args []string) string {
-	if v := e.Getenv("K3S_CONFIG_FILE"); v != "" {
+	if v := e.Getenv(e.envName("K3S_CONFIG_FILE")); v != "" {
 		return v
 	}
 	for i, a := range args {
@@ -509,6 +530,10 @@ func loadNodeConfig(ctx context.Context, e *Env, isServer bool, args []string) (
 		AgentToken: vals["agent-token"],
 	}
 	c.ClusterInit, _ = strconv.ParseBool(vals["cluster-init"])
+	if isServer && e.prod().StaticPods {
+		// rke2 always runs embedded etcd (ClusterInit set in its defaults).
+		c.ClusterInit = true
+	}
 	// k3s server reads the agent token file first, then the token file.
 	if f := vals["agent-token-file"]; f != "" {
 		if c.AgentToken, err = readTokenFile(ctx, e, f); err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -124,6 +125,11 @@ func cmdKubectl(e *Env, args []string) error {
 		return err
 	}
 	path := e.KubeconfigPath
+	if e.prod().Name != "k3s" {
+		// RKE2 ships plain kubectl: it does not know rke2.yaml, so without
+		// --kubeconfig or KUBECONFIG it reads ~/.kube/config.
+		path = filepath.Join(e.Getenv("HOME"), ".kube", "config")
+	}
 	if v := e.Getenv("KUBECONFIG"); v != "" {
 		path = v
 	}

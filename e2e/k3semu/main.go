@@ -37,7 +37,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	os.Exit(run(ctx, defaultEnv(envLookup(environ)), argv))
+	os.Exit(run(ctx, defaultEnvFor(envLookup(environ), argv[0]), argv))
 }
 
 const usage = `NAME:
@@ -57,6 +57,15 @@ COMMANDS:
 // run dispatches argv and returns the exit code.
 func run(ctx context.Context, e *Env, argv []string) int {
 	args := argv[1:]
+	switch filepath.Base(argv[0]) {
+	case staticPodEtcd, staticPodAPIServer:
+		// A static pod the rke2 supervisor started (staticpods.go).
+		if err := runStaticPod(ctx, e, filepath.Base(argv[0]), args); err != nil {
+			e.Log.Fatalf("%v", err)
+			return 1
+		}
+		return 0
+	}
 	if filepath.Base(argv[0]) == "kubectl" {
 		args = append([]string{"kubectl"}, args...)
 	}
@@ -76,6 +85,11 @@ func run(ctx context.Context, e *Env, argv []string) int {
 	case "agent":
 		err = runNode(ctx, e, args[1:], false)
 	case "kubectl":
+		if filepath.Base(argv[0]) != "kubectl" && e.prod().Name != "k3s" {
+			// rke2 has no kubectl subcommand: it ships kubectl in its bin dir.
+			fmt.Fprintf(os.Stderr, "No help topic for '%s'\n", args[0])
+			return 3
+		}
 		if err = cmdKubectl(e, args[1:]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -138,7 +152,7 @@ func certSubcommandExists(version, sub string) bool {
 func printVersion(e *Env) {
 	v := e.version()
 	sum := sha256.Sum256([]byte(v))
-	fmt.Fprintf(e.Stdout, "k3s version %s (%s)\n", v, hex.EncodeToString(sum[:])[:8])
+	fmt.Fprintf(e.Stdout, "%s version %s (%s)\n", e.prod().Name, v, hex.EncodeToString(sum[:])[:8])
 	fmt.Fprintf(e.Stdout, "go version %s\n", runtime.Version())
 }
 

@@ -257,7 +257,7 @@ func cmdRotateCA(e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	url := fmt.Sprintf("%s/v1-k3s/cert/cacerts?force=%t", strings.TrimRight(vals["server"], "/"), force)
+	url := fmt.Sprintf("%s%s/cert/cacerts?force=%t", strings.TrimRight(vals["server"], "/"), e.routePrefix(), force)
 	req, err := http.NewRequest(http.MethodPut, url, bytes.NewReader(body))
 	if err != nil {
 		return err

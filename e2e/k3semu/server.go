@@ -68,7 +68,7 @@ func newServer(e *Env, cfg *nodeConfig) *server {
 // systemd, run the embedded agent and heartbeat until ctx ends.
 func runServer(ctx context.Context, e *Env, cfg *nodeConfig) error {
 	s := newServer(e, cfg)
-	s.log.Infof("Starting k3s %s", s.version)
+	s.log.Infof("Starting %s %s", e.prod().Name, s.version)
 	if err := s.prepare(); err != nil {
 		return err
 	}
@@ -124,10 +124,15 @@ func (s *server) prepare() error {
 	if err := s.writeTokens(); err != nil {
 		return err
 	}
-	if err := writeCredKubeconfigs(s.dir, "https://127.0.0.1:6444"); err != nil {
+	credURL, adminURL := "https://127.0.0.1:6444", s.env.LocalURL
+	if s.env.prod().StaticPods {
+		// RKE2: the apiserver pod serves 6443 itself, for everyone.
+		credURL, adminURL = s.env.APILocalURL, s.env.APILocalURL
+	}
+	if err := writeCredKubeconfigs(s.dir, credURL); err != nil {
 		return err
 	}
-	if err := writeAdminKubeconfig(s.env.KubeconfigPath, s.env.LocalURL, s.tlsDir); err != nil {
+	if err := writeAdminKubeconfig(s.env.KubeconfigPath, adminURL, s.tlsDir); err != nil {
 		return err
 	}
 	if err := s.ensureLocalAgentCerts(now); err != nil {
@@ -347,6 +352,9 @@ func (s *server) roles() string {
 
 // serve listens on :6443, notifies systemd and runs until ctx ends.
 func (s *server) serve(ctx context.Context) error {
+	if s.env.prod().StaticPods {
+		return s.serveStatic(ctx)
+	}
 	// A client certificate is asked for but judged per request, as
 	// kube-apiserver's x509 authenticator does (authClient): one that does
 	// not verify is a 401, not a failed handshake.
@@ -471,15 +479,27 @@ func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ping", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "pong") })
 	mux.HandleFunc("GET /cacerts", s.handleCACerts)
-	mux.HandleFunc("PUT /v1-k3s/cert/cacerts", s.requireServer(s.handleCACertReplace))
-	mux.HandleFunc("GET /v1-k3s/server-ca.crt", s.requireNode(s.serveFile("server-ca.crt")))
-	mux.HandleFunc("GET /v1-k3s/client-ca.crt", s.requireNode(s.serveFile("client-ca.crt")))
-	mux.HandleFunc("GET /v1-k3s/readyz", s.requireNode(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	mux.HandleFunc("POST /v1-k3s/sign/{name}", s.requireNode(s.handleSign))
-	mux.HandleFunc("POST /v1-k3s/heartbeat", s.requireAPI(s.handleHeartbeat))
-	mux.HandleFunc("GET /readyz", s.requireAPI(s.requireAdmin(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })))
-	mux.HandleFunc("GET /api/v1/nodes", s.requireAPI(s.requireAdmin(s.handleNodes)))
+	p := s.env.routePrefix()
+	mux.HandleFunc("PUT "+p+"/cert/cacerts", s.requireServer(s.handleCACertReplace))
+	mux.HandleFunc("GET "+p+"/server-ca.crt", s.requireNode(s.serveFile("server-ca.crt")))
+	mux.HandleFunc("GET "+p+"/client-ca.crt", s.requireNode(s.serveFile("client-ca.crt")))
+	mux.HandleFunc("GET "+p+"/readyz", s.requireNode(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	mux.HandleFunc("POST "+p+"/sign/{name}", s.requireNode(s.handleSign))
+	if s.env.prod().StaticPods {
+		// The API is the kube-apiserver pod's, on its own port (staticpods.go).
+		return mux
+	}
+	s.apiRoutes(mux)
 	return mux
+}
+
+// apiRoutes are what kube-apiserver answers: on k3s's one port, or in the
+// RKE2 kube-apiserver static pod.
+func (s *server) apiRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+s.env.routePrefix()+"/heartbeat", s.requireAPI(s.handleHeartbeat))
+	mux.HandleFunc("GET /readyz", s.requireAPI(s.requireAdmin(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })))
+	mux.HandleFunc("GET /livez", s.requireAdmin(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	mux.HandleFunc("GET /api/v1/nodes", s.requireAPI(s.requireAdmin(s.handleNodes)))
 }
 
 // handleCACerts serves server-ca.crt as read at the first request, cached

@@ -66,11 +66,22 @@ func hasRotateCA(version string) bool {
 // hasCertCheck: `certificate check` arrived in 2024 (the emulator uses the
 // March 2024 patch releases).
 func hasCertCheck(version string) bool {
+	if isRKE2Version(version) {
+		// From rke2's release tags (docs/k3s-behaviour.md#rke2).
+		return since(version, map[int]int{27: 13, 28: 9, 29: 4, 30: 0})
+	}
 	return since(version, map[int]int{27: 12, 28: 8, 29: 3})
 }
 
+// isRKE2Version: v1.xx.y+rke2rN.
+func isRKE2Version(version string) bool { return strings.Contains(version, "+rke2") }
+
 // hasCheckOutput: `check -o/--output` since the Jan 2025 releases.
 func hasCheckOutput(version string) bool {
+	if isRKE2Version(version) {
+		// rke2's tags: v1.32.0+rke2r1 still lacks the flag.
+		return since(version, map[int]int{29: 13, 30: 9, 31: 5, 32: 1})
+	}
 	return since(version, map[int]int{30: 9, 31: 5, 32: 0})
 }
 
