@@ -149,7 +149,7 @@ func TestInventoryListJSON(t *testing.T) {
 	}
 	want := map[string]any{
 		"id": "berlin/b-s2", "cluster": "berlin", "name": "b-s2", "host": "10.1.0.11", "role": "server",
-		"primary": true, "sudo": false, "dataDir": "/var/lib/rancher/k3s", "configFile": "/etc/rancher/k3s/config.yaml",
+		"primary": true, "sudo": false, "dataDir": "/var/lib/rancher/k3s", "configFile": "/etc/rancher/k3s/config.yaml", "product": "k3s",
 		"service": "k3s", "line": float64(8),
 		"ssh":    map[string]any{"user": "root", "port": float64(2222)},
 		"labels": map[string]any{"ring": "canary", "region": "eu"},

@@ -186,7 +186,7 @@ func TestRotateLeafExitCodes(t *testing.T) {
 func TestRotateInterrupted(t *testing.T) {
 	fl, inv := fakeFleet(t)
 	s := fakeSystem(fl, false, "")
-	interruptAt(t, &s, fl.Node("c0001/c0001-s1"), k3s.ReadyzCmd, syscall.SIGINT)
+	interruptAt(t, &s, fl.Node("c0001/c0001-s1"), k3s.Layout{Binary: "/usr/local/bin/k3s"}.ReadyzCmd(), syscall.SIGINT)
 	code, out, stderr, rep := runRollout(t, s, "rotate", "-i", inv, "--yes", "--concurrency", "1")
 	if code != ExitSIGINT || rep == nil {
 		t.Fatalf("exit %d, want %d\n%s\n%s", code, ExitSIGINT, out, stderr)

@@ -104,6 +104,14 @@ func nameFromHost(host string) string {
 	return strings.NewReplacer(":", "-", "%", "-").Replace(host)
 }
 
+// checkProduct accepts the distributions fleetcert drives.
+func checkProduct(s string) (string, error) {
+	if _, ok := products[s]; !ok {
+		return "", fmt.Errorf("%q is not a product fleetcert knows; want k3s or rke2", s)
+	}
+	return s, nil
+}
+
 // checkUnit accepts a systemd unit name for the k3s service and returns it
 // without a ".service" suffix, so that "k3s" and "k3s.service" mean the same.
 func checkUnit(s string) (string, error) {

@@ -22,13 +22,30 @@ const (
 	Agent  Role = "agent"
 )
 
-// Built-in values for what neither defaults, cluster nor node sets.
+// Built-in values for what neither defaults, cluster nor node sets: a k3s
+// install.sh node.
 const (
+	DefaultProduct       = "k3s"
 	DefaultDataDir       = "/var/lib/rancher/k3s"
 	DefaultConfigFile    = "/etc/rancher/k3s/config.yaml"
 	DefaultServerService = "k3s"
 	DefaultAgentService  = "k3s-agent"
 )
+
+// productDefaults are what each product's installer uses where the
+// inventory says nothing. They are k3s.ProductDefaults, which the
+// orchestrator's tests hold them to; inventory imports no fleetcert package.
+var products = map[string]struct{ dataDir, configFile, server, agent string }{
+	"k3s":  {DefaultDataDir, DefaultConfigFile, DefaultServerService, DefaultAgentService},
+	"rke2": {"/var/lib/rancher/rke2", "/etc/rancher/rke2/config.yaml", "rke2-server", "rke2-agent"},
+}
+
+// ProductDefaults are the data dir, config file and service names of a
+// product's installer, as the inventory fills them in.
+func ProductDefaults(product string) (dataDir, configFile, server, agent string) {
+	p := products[product]
+	return p.dataDir, p.configFile, p.server, p.agent
+}
 
 // Inventory is a loaded, validated and fully resolved inventory file.
 type Inventory struct {
@@ -57,8 +74,11 @@ type Node struct {
 	Sudo       bool   `json:"sudo"`
 	DataDir    string `json:"dataDir"`
 	ConfigFile string `json:"configFile"`
-	Service    string `json:"service"` // systemd unit name, without ".service"
-	Line       int    `json:"line"`    // where the node is written in the file
+	Service    string `json:"service"` // systemd unit or OpenRC service name, without ".service"
+	// Product is the distribution the cluster runs: k3s or rke2. All the
+	// nodes of a cluster have the same.
+	Product string `json:"product"`
+	Line    int    `json:"line"` // where the node is written in the file
 }
 
 // SSH is how to reach a node. A zero field is unset: the inventory leaves it

@@ -63,11 +63,11 @@ clusters:
 	c := inv.Clusters[0]
 	want := []Node{
 		{Cluster: "edge-berlin-01", Name: "berlin-s1", Host: "10.1.0.10", Role: Server, Primary: true,
-			SSH: SSH{User: "root", Port: 22}, DataDir: DefaultDataDir, ConfigFile: DefaultConfigFile, Service: "k3s", Line: 8},
+			SSH: SSH{User: "root", Port: 22}, DataDir: DefaultDataDir, ConfigFile: DefaultConfigFile, Service: "k3s", Product: "k3s", Line: 8},
 		{Cluster: "edge-berlin-01", Name: "10.1.0.11", Host: "10.1.0.11", Role: Server,
-			SSH: SSH{User: "root", Port: 2222}, DataDir: DefaultDataDir, ConfigFile: DefaultConfigFile, Service: "k3s", Line: 10},
+			SSH: SSH{User: "root", Port: 2222}, DataDir: DefaultDataDir, ConfigFile: DefaultConfigFile, Service: "k3s", Product: "k3s", Line: 10},
 		{Cluster: "edge-berlin-01", Name: "10.1.0.20", Host: "10.1.0.20", Role: Agent,
-			SSH: SSH{User: "root", Port: 22}, DataDir: DefaultDataDir, ConfigFile: DefaultConfigFile, Service: "k3s-agent", Line: 12},
+			SSH: SSH{User: "root", Port: 22}, DataDir: DefaultDataDir, ConfigFile: DefaultConfigFile, Service: "k3s-agent", Product: "k3s", Line: 12},
 	}
 	if !reflect.DeepEqual(c.Nodes, want) {
 		t.Errorf("nodes:\n got %+v\nwant %+v", c.Nodes, want)
@@ -233,7 +233,7 @@ func TestProblems(t *testing.T) {
 		{"unknown top key", "cluster:\n  - name: c\n", `hosts.yaml:1: cluster: unknown key; did you mean "clusters"?`},
 		{"unknown ssh key", "defaults:\n  ssh:\n    prot: 22\n" + ok, `hosts.yaml:3: defaults.ssh.prot: unknown key; did you mean "port"?`},
 		{"unknown key case", "defaults:\n  data_dir: /x\n" + ok, `hosts.yaml:2: defaults.data_dir: unknown key; did you mean "dataDir"?`},
-		{"unknown key far", "clusters:\n  - name: c\n    zzz: 1\n    servers: [{host: s}]\n", `hosts.yaml:3: clusters[0].zzz: unknown key; expected one of name, labels, servers, agents, ssh, sudo, dataDir, configFile`},
+		{"unknown key far", "clusters:\n  - name: c\n    zzz: 1\n    servers: [{host: s}]\n", `hosts.yaml:3: clusters[0].zzz: unknown key; expected one of name, labels, servers, agents, ssh, sudo, dataDir, configFile, product`},
 		{"unknown node key", "clusters:\n  - name: c\n    servers:\n      - {host: s, hots: t}\n", `hosts.yaml:4: clusters[0].servers[0].hots: unknown key; did you mean "host"?`},
 		{"duplicate key", "clusters:\n  - name: c\n    name: d\n    servers: [{host: s}]\n", `hosts.yaml:3: clusters[0].name: duplicate key (first at line 2)`},
 		{"port range", "clusters:\n  - name: c\n    servers:\n      - {host: s}\n      - {host: t, ssh: {port: 70000}}\n", `hosts.yaml:5: clusters[0].servers[1].ssh.port: 70000 is out of range 1-65535`},
@@ -421,5 +421,41 @@ func TestExpand(t *testing.T) {
 	got := s.Expand("/home/ops/")
 	if got.IdentityFile != "/home/ops/.ssh/id" || got.KnownHostsFile != "/etc/known" || got.User != "u" {
 		t.Errorf("Expand = %+v", got)
+	}
+}
+
+// TestProduct: product is inherited like any setting and chooses the
+// installer's defaults; a cluster runs one product; an unknown one is an
+// error naming the line.
+func TestProduct(t *testing.T) {
+	inv, err := Parse("hosts.yaml", []byte(`clusters:
+  - name: r
+    product: rke2
+    servers: [{host: s1}]
+    agents: [{host: a1, dataDir: /data/rke2}]
+  - name: k
+    servers: [{host: s2}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, a, k := inv.Clusters[0].Nodes[0], inv.Clusters[0].Nodes[1], inv.Clusters[1].Nodes[0]
+	if s.Product != "rke2" || s.DataDir != "/var/lib/rancher/rke2" || s.ConfigFile != "/etc/rancher/rke2/config.yaml" || s.Service != "rke2-server" {
+		t.Errorf("rke2 server = %+v", s)
+	}
+	if a.Product != "rke2" || a.DataDir != "/data/rke2" || a.Service != "rke2-agent" {
+		t.Errorf("rke2 agent = %+v", a)
+	}
+	if k.Product != "k3s" || k.Service != "k3s" || k.DataDir != DefaultDataDir {
+		t.Errorf("k3s server = %+v", k)
+	}
+	for yaml, want := range map[string]string{
+		"clusters:\n  - name: m\n    servers: [{host: s1}]\n    agents: [{host: a1, product: rke2}]\n": "hosts.yaml:4: clusters[0].agents[0].product: rke2, but s1 of the same cluster is k3s",
+		"defaults:\n  product: k8s\nclusters:\n  - name: m\n    servers: [{host: s1}]\n":               `hosts.yaml:2: defaults.product: "k8s" is not a product fleetcert knows`,
+	} {
+		_, err := Parse("hosts.yaml", []byte(yaml))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want %q", yaml, err, want)
+		}
 	}
 }

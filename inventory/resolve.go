@@ -65,6 +65,10 @@ func (d *decoder) resolveCluster(defaults settings, rc rawCluster, seen map[endp
 			}
 		}
 		n.Primary = primary == len(c.Nodes)
+		if len(c.Nodes) > 0 && n.Product != c.Nodes[0].Product {
+			d.add(rn.line, join(rn.field, "product"), "%s, but %s of the same cluster is %s: a cluster runs one product",
+				n.Product, c.Nodes[0].Name, c.Nodes[0].Product)
+		}
 		c.Nodes = append(c.Nodes, n)
 	}
 	// Without a marked primary the first server loads new CA material.
@@ -85,15 +89,18 @@ func derivedNote(rn rawNode) string {
 // else the cluster's, else defaults', else the built-in default.
 func (d *decoder) resolveNode(def settings, rc rawCluster, rn rawNode) (Node, bool) {
 	layers := [3]settings{rn.settings, rc.settings, def}
+	product := first(layers[0].product, layers[1].product, layers[2].product, some(DefaultProduct, 0)).v
+	dataDir, configFile, server, agent := ProductDefaults(product)
 	n := Node{
+		Product:    product,
 		Cluster:    rc.name.v,
 		Name:       rn.name.v,
 		Host:       rn.host.v,
 		Role:       rn.role,
 		Primary:    rn.primary.v,
 		Sudo:       first(layers[0].sudo, layers[1].sudo, layers[2].sudo).v,
-		DataDir:    first(layers[0].dataDir, layers[1].dataDir, layers[2].dataDir, some(DefaultDataDir, 0)).v,
-		ConfigFile: first(layers[0].configFile, layers[1].configFile, layers[2].configFile, some(DefaultConfigFile, 0)).v,
+		DataDir:    first(layers[0].dataDir, layers[1].dataDir, layers[2].dataDir, some(dataDir, 0)).v,
+		ConfigFile: first(layers[0].configFile, layers[1].configFile, layers[2].configFile, some(configFile, 0)).v,
 		Service:    rn.service.v,
 		Line:       rn.line,
 		SSH: SSH{
@@ -105,9 +112,9 @@ func (d *decoder) resolveNode(def settings, rc rawCluster, rn rawNode) (Node, bo
 		},
 	}
 	if !rn.service.set {
-		n.Service = DefaultServerService
+		n.Service = server
 		if n.Role == Agent {
-			n.Service = DefaultAgentService
+			n.Service = agent
 		}
 	}
 	if !rn.name.set {

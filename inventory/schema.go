@@ -12,7 +12,7 @@ import (
 
 var (
 	sshKeys     = []string{"user", "port", "identityFile", "knownHostsFile", "bastion"}
-	settingKeys = []string{"ssh", "sudo", "dataDir", "configFile"}
+	settingKeys = []string{"ssh", "sudo", "dataDir", "configFile", "product"}
 	rootKeys    = []string{"defaults", "clusters"}
 	clusterKeys = append([]string{"name", "labels", "servers", "agents"}, settingKeys...)
 	nodeKeys    = append([]string{"host", "name", "primary", "service"}, settingKeys...)
@@ -25,9 +25,9 @@ type rawSSH struct {
 
 // settings are what defaults, clusters and nodes may each set.
 type settings struct {
-	ssh                 rawSSH
-	sudo                opt[bool]
-	dataDir, configFile opt[string]
+	ssh                          rawSSH
+	sudo                         opt[bool]
+	dataDir, configFile, product opt[string]
 }
 
 type rawNode struct {
@@ -131,6 +131,8 @@ func (d *decoder) setting(s *settings, p pair, f string) {
 		s.dataDir = d.checked(p.v, f, checkRemotePath)
 	case "configFile":
 		s.configFile = d.checked(p.v, f, checkRemotePath)
+	case "product":
+		s.product = d.checked(p.v, f, checkProduct)
 	}
 }
 

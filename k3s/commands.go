@@ -11,11 +11,6 @@ import (
 
 // The commands fleetcert runs on nodes, in one place. Every value is quoted.
 
-// k3sBin runs k3s by name with install.sh's /usr/local/bin first on PATH:
-// under sudo, secure_path (e.g. /sbin:/bin:/usr/sbin:/usr/bin on the RHEL
-// family) would not find it.
-const k3sBin = "PATH=/usr/local/bin:$PATH k3s"
-
 // RotateCACmd loads staged CA material (stageDir/tls/...) into the cluster
 // datastore. -d is always passed: rotate-ca reads its credentials from
 // <data-dir>/server/token, not from config.yaml.
@@ -23,7 +18,7 @@ func (l Layout) RotateCACmd(stageDir string, force bool) string {
 	// The server is named, not left to the default: rotate-ca reads
 	// K3S_URL from the environment, and the SSH session may carry one
 	// (/etc/environment) that names another server.
-	cmd := remote.Quotef(k3sBin+" certificate rotate-ca -s https://127.0.0.1:6443 -d %s --path=%s", l.dataDir(), stageDir)
+	cmd := remote.Quotef(l.bin()+" certificate rotate-ca -s %s -d %s --path=%s", "https://"+l.SupervisorAddr(), l.dataDir(), stageDir)
 	if force {
 		cmd += " --force"
 	}
@@ -35,7 +30,7 @@ const RotateCAOK = "certificates saved to datastore"
 
 // EtcdSnapshotCmd takes an on-demand snapshot of embedded etcd.
 func (l Layout) EtcdSnapshotCmd(name string) string {
-	return remote.Quotef(k3sBin+" etcd-snapshot save -d %s --name %s", l.dataDir(), name)
+	return remote.Quotef(l.bin()+" etcd-snapshot save -d %s --name %s", l.dataDir(), name)
 }
 
 // serviceDeadline bounds an OpenRC stop, start or restart: rc-service
@@ -82,10 +77,10 @@ const DaemonReloadCmd = "systemctl daemon-reload"
 
 // ReadyzCmd asks the local apiserver for /readyz with the admin kubeconfig
 // k3s writes at every start.
-const ReadyzCmd = k3sBin + " kubectl get --raw=/readyz"
+func (l Layout) ReadyzCmd() string { return l.kubectl() + " get --raw=/readyz" }
 
 // NodesCmd lists the cluster's nodes as JSON.
-const NodesCmd = k3sBin + " kubectl get nodes -o json"
+func (l Layout) NodesCmd() string { return l.kubectl() + " get nodes -o json" }
 
 // LogMarkCmd prints where the node's k3s log stands now, for LogSinceCmd:
 // nothing on systemd (the journal is read by time), the log file's size
@@ -124,9 +119,13 @@ const TokenMismatchLog = "token CA hash does not match"
 
 // CertificateRotateCmd renews leaf certificates (k3s must be stopped).
 func (l Layout) CertificateRotateCmd(services []string) string {
-	cmd := remote.Quotef(k3sBin+" certificate rotate -d %s", l.dataDir())
+	cmd := remote.Quotef(l.bin()+" certificate rotate -d %s", l.dataDir())
 	if len(services) > 0 {
-		cmd += " --service " + remote.Quote(strings.Join(services, ","))
+		names := make([]string, len(services))
+		for i, s := range services {
+			names[i] = l.rotateServiceName(s)
+		}
+		cmd += " --service " + remote.Quote(strings.Join(names, ","))
 	}
 	return cmd
 }
@@ -154,7 +153,7 @@ func (l Layout) nodeStateDir() string {
 // CertificateCheckCmd lists the node's certificates as k3s sees them, as
 // JSON (`certificate check --output json`: only where CheckHasOutputFlag).
 func (l Layout) CertificateCheckCmd() string {
-	return remote.Quotef(k3sBin+" certificate check -d %s --output json", l.dataDir())
+	return remote.Quotef(l.bin()+" certificate check -d %s --output json", l.dataDir())
 }
 
 // SpaceCmd prints two numbers, in KiB: the space free where fleetcert

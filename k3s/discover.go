@@ -3,8 +3,10 @@ package k3s
 import (
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"sort"
+	"strings"
 )
 
 // NodeFiles is what was read from a node to find its token sources.
@@ -77,6 +79,11 @@ func scanTokens(l Layout, in NodeFiles) TokenScan {
 	} else {
 		env, exec, problems = sc.systemdSources(l, in)
 	}
+	env = productEnv(l, env)
+	if sc.Binary != "" && path.Base(sc.Binary) != l.product().binary {
+		problems = append(problems, problem(l.UnitName(), kindUnit, 0,
+			"the service runs %s, but the inventory says the cluster is %s (product:)", sc.Binary, l.ProductName()))
+	}
 	execStarts, execRefs := splitRefs(exec)
 	envs, envRefs := splitRefs(env)
 	sc.ConfigFile, sc.ConfigFrom = configChoice(l, envRefs, execRefs)
@@ -138,6 +145,19 @@ func (sc *TokenScan) systemdSources(l Layout, in NodeFiles) (env, exec, problems
 	sc.Binary = unit.binary
 	problems = append(unit.problems, systemdProblems(l, in.Unit)...)
 	return env, unit.execStarts, problems
+}
+
+// productEnv marks environment definitions named for another product as
+// ignored: RKE2 does not read K3S_TOKEN, nor k3s RKE2_TOKEN. They are
+// still rewritten, so that nothing is left on the old CA.
+func productEnv(l Layout, env []TokenSource) []TokenSource {
+	prefix := l.product().envPrefix()
+	for i, s := range env {
+		if _, ok := envSettings[s.Key]; ok && !strings.HasPrefix(s.Key, prefix) && s.Ignored == "" {
+			env[i].Ignored = fmt.Sprintf("%s reads %s* variables, not %s", l.ProductName(), prefix, s.Key)
+		}
+	}
+	return env
 }
 
 // need asks for p to be read when it has not been, and records its kind.

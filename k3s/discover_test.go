@@ -143,7 +143,7 @@ func TestScanTokensConfigChoice(t *testing.T) {
 			if first.ConfigFile != tc.wantConfig {
 				t.Fatalf("config file %s, want %s", first.ConfigFile, tc.wantConfig)
 			}
-			if tc.wantConfig != defaultConfigFile {
+			if tc.wantConfig != (Layout{}).Config() {
 				// The chosen file and its drop-in directory are asked for.
 				want := []string{tc.wantConfig, tc.wantConfig + ".d/"}
 				if strings.Join(first.Pending, " ") != strings.Join(want, " ") {
@@ -159,7 +159,7 @@ func TestScanTokensConfigChoice(t *testing.T) {
 				t.Errorf("effective token from %s, want %s", eff.File, tc.wantEffective)
 			}
 			for _, s := range sc.Sources {
-				if s.File == defaultConfigFile && tc.wantConfig != defaultConfigFile && s.Ignored == "" {
+				if s.File == (Layout{}).Config() && tc.wantConfig != (Layout{}).Config() && s.Ignored == "" {
 					t.Errorf("config.yaml's token is not marked ignored though k3s reads %s", tc.wantConfig)
 				}
 			}

@@ -167,8 +167,10 @@ if [ -d /run/systemd/system ]; then
 if [ -e /run/openrc/softlevel ]; then echo both; else echo systemd; fi
 elif [ -e /run/openrc/softlevel ]; then echo openrc
 else echo none; fi
-echo @version; command -v k3s >/dev/null 2>&1 && k3s --version 2>/dev/null | head -n 2
 `)
+	// The version of the product the layout names, found on PATH (with
+	// /opt/rke2/bin, where RKE2's installer goes when /usr/local is read-only).
+	fmt.Fprintf(&b, "echo @version; PATH=$PATH:/opt/rke2/bin; command -v %[1]s >/dev/null 2>&1 && %[1]s --version 2>/dev/null | head -n 2\n", l.product().binary)
 	// One systemctl for every unit: is-active prints a word per unit, in
 	// order. Only where systemd runs (the test the init section makes): on
 	// OpenRC, or in a container without systemd, states stay empty.

@@ -6,6 +6,7 @@ package k3s
 
 import (
 	"path"
+	"strings"
 )
 
 // Role is what a node is in its cluster.
@@ -16,16 +17,6 @@ const (
 	RoleAgent  Role = "agent"
 )
 
-// Defaults install.sh and k3s use.
-const (
-	binaryName        = "k3s"
-	defaultDataDir    = "/var/lib/rancher/k3s"
-	defaultConfigFile = "/etc/rancher/k3s/config.yaml"
-	defaultSystemdDir = "/etc/systemd/system"
-	defaultServerUnit = "k3s"
-	defaultAgentUnit  = "k3s-agent"
-)
-
 // Init systems fleetcert drives k3s through, as the facts tell which one
 // booted the node (docs/k3s-behaviour.md#openrc).
 const (
@@ -33,9 +24,12 @@ const (
 	InitOpenRC  = "openrc"
 )
 
-// Layout is where one node keeps its k3s files. Zero fields take the
-// defaults above, so Layout{} describes a stock install.sh server.
+// Layout is where one node keeps its k3s (or RKE2) files. Zero fields take
+// the product's defaults (product.go), so Layout{} describes a stock
+// install.sh k3s server.
 type Layout struct {
+	// Product is ProductK3s (when empty) or ProductRKE2.
+	Product    string
 	Role       Role
 	DataDir    string
 	ConfigFile string
@@ -44,13 +38,16 @@ type Layout struct {
 	// Init is the init system that runs the node (InitSystemd when
 	// empty); the facts set it.
 	Init string
+	// Binary is the program the service runs, as its unit or service
+	// script names it; the facts set it. Commands run it by that path.
+	Binary string
 }
 
 // OpenRC reports whether OpenRC runs the node's k3s.
 func (l Layout) OpenRC() bool { return l.Init == InitOpenRC }
 
-func (l Layout) dataDir() string    { return or(l.DataDir, defaultDataDir) }
-func (l Layout) systemdDir() string { return or(l.SystemdDir, defaultSystemdDir) }
+func (l Layout) dataDir() string    { return or(l.DataDir, l.product().dataDir) }
+func (l Layout) systemdDir() string { return or(l.SystemdDir, l.product().unitDir) }
 
 // UnitName is the systemd unit without the .service suffix.
 func (l Layout) UnitName() string {
@@ -58,20 +55,22 @@ func (l Layout) UnitName() string {
 		return l.Unit
 	}
 	if l.Role == RoleAgent {
-		return defaultAgentUnit
+		return l.product().agentUnit
 	}
-	return defaultServerUnit
+	return l.product().serverUnit
 }
 
 // Config is the k3s config file; configDropInDir holds its drop-ins
 // (config.yaml.d/*.yaml|*.yml, read in name order after the main file).
-func (l Layout) Config() string          { return or(l.ConfigFile, defaultConfigFile) }
+func (l Layout) Config() string          { return or(l.ConfigFile, l.product().configFile) }
 func (l Layout) configDropInDir() string { return l.Config() + ".d" }
 
 // UnitFile is the unit install.sh writes; EnvFile the environment file it
 // loads last (so it wins over /etc/default and /etc/sysconfig).
 func (l Layout) UnitFile() string { return path.Join(l.systemdDir(), l.UnitName()+".service") }
-func (l Layout) EnvFile() string  { return l.UnitFile() + ".env" }
+func (l Layout) EnvFile() string {
+	return path.Join(l.systemdDir(), strings.Replace(l.product().envFile, "%s", l.UnitName(), 1))
+}
 
 // UnitDropInDir holds systemd drop-ins (*.conf) for the unit.
 func (l Layout) UnitDropInDir() string { return l.UnitFile() + ".d" }
@@ -86,8 +85,10 @@ func (l Layout) DistroEnvFiles() []string {
 // (create_openrc_service_file): the service script, the env file it
 // sources after /etc/environment, the log file its command_args redirect
 // k3s's output to, and the conf.d file OpenRC sources before the script.
-func (l Layout) ServiceScript() string  { return path.Join("/etc/init.d", l.UnitName()) }
-func (l Layout) OpenRCEnvFile() string  { return path.Join("/etc/rancher/k3s", l.UnitName()+".env") }
+func (l Layout) ServiceScript() string { return path.Join("/etc/init.d", l.UnitName()) }
+func (l Layout) OpenRCEnvFile() string {
+	return path.Join("/etc/rancher", l.product().binary, l.UnitName()+".env")
+}
 func (l Layout) OpenRCConfD() string    { return path.Join("/etc/conf.d", l.UnitName()) }
 func (l Layout) LogFile() string        { return path.Join("/var/log", l.UnitName()+".log") }
 func (l Layout) EtcEnvironment() string { return "/etc/environment" }

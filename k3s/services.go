@@ -28,6 +28,11 @@ func ParseServices(list []string) ([]string, error) {
 			if name == "" {
 				continue
 			}
+			// RKE2 names k3s's own services after itself; fleetcert
+			// keeps k3s's names and translates them per node.
+			if rest, ok := strings.CutPrefix(name, ProductRKE2+"-"); ok {
+				name = "k3s-" + rest
+			}
 			if !slices.Contains(serverServices, name) && !slices.Contains(agentServices, name) {
 				return nil, fmt.Errorf("service %s is not recognized (known: %s)", name,
 					strings.Join(append(slices.Clone(serverServices), agentServices...), ", "))
@@ -105,11 +110,11 @@ func (l Layout) RenewedLeafs(services []string, s *Snapshot) []string {
 		var candidates []string
 		if l.Role == RoleServer {
 			for _, f := range files.server {
-				candidates = append(candidates, path.Join(l.ServerTLSDir(), f))
+				candidates = append(candidates, path.Join(l.ServerTLSDir(), l.leafName(f)))
 			}
 		}
 		for _, f := range files.agent {
-			candidates = append(candidates, path.Join(l.AgentDir(), f))
+			candidates = append(candidates, path.Join(l.AgentDir(), l.leafName(f)))
 		}
 		for _, c := range candidates {
 			if _, ok := s.Files[c]; ok && !slices.Contains(out, c) {

@@ -237,7 +237,7 @@ func rewriteFile(kind FileKind, path string, content []byte, opts RewriteOptions
 	if !pki.ValidCAHash(opts.NewHash) {
 		return FileRewrite{}, errors.New("new CA hash must be 64 lower-case hex characters")
 	}
-	srcs, err := parseFile(kind, path, content, defaultServerUnit)
+	srcs, err := parseFile(kind, path, content, Layout{}.UnitName())
 	if err != nil {
 		return FileRewrite{}, err
 	}
@@ -317,8 +317,8 @@ func verifyRewrite(kind FileKind, path string, r FileRewrite, newHash string) er
 			return fail("a byte outside a hash")
 		}
 	}
-	before, _ := parseFile(kind, path, r.Old, defaultServerUnit)
-	after, err := parseFile(kind, path, r.New, defaultServerUnit)
+	before, _ := parseFile(kind, path, r.Old, Layout{}.UnitName())
+	after, err := parseFile(kind, path, r.New, Layout{}.UnitName())
 	if err != nil || len(before) != len(after) {
 		return fail("definitions")
 	}

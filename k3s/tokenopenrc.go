@@ -172,9 +172,9 @@ func (sc *serviceScript) readCommand(file string, content, code []byte) {
 		return
 	}
 	sc.binary = v.String()
-	if path.Base(sc.binary) != binaryName {
+	if !isProductBinary(sc.binary) {
 		sc.problems = append(sc.problems, problem(file, kindCommandArgs, lineAt(content, ms[0][0]),
-			"command= runs %q, not %s: fleetcert cannot tell which settings reach k3s through it", sc.binary, binaryName))
+			"command= runs %q, not k3s or rke2: fleetcert cannot tell which settings reach k3s through it", sc.binary))
 	}
 }
 

@@ -72,14 +72,21 @@ const (
 )
 
 // envSettings maps the environment variables k3s reads (urfave/cli EnvVars
-// of the flags) to settings.
-var envSettings = map[string]string{
-	"K3S_TOKEN":            settingToken,
-	"K3S_TOKEN_FILE":       settingTokenFile,
-	"K3S_AGENT_TOKEN":      settingAgentToken,
-	"K3S_AGENT_TOKEN_FILE": settingAgentTokenFile,
-	"K3S_CONFIG_FILE":      settingConfig,
-	"K3S_URL":              settingServer,
+// of the flags) to settings, for every product: k3s names them after its
+// program, so RKE2 reads RKE2_TOKEN where k3s reads K3S_TOKEN. The scan
+// marks the other product's names as ignored (productEnv).
+var envSettings = map[string]string{}
+
+func init() {
+	for _, p := range products {
+		for suffix, setting := range map[string]string{
+			"TOKEN": settingToken, "TOKEN_FILE": settingTokenFile,
+			"AGENT_TOKEN": settingAgentToken, "AGENT_TOKEN_FILE": settingAgentTokenFile,
+			"CONFIG_FILE": settingConfig, "URL": settingServer,
+		} {
+			envSettings[p.envPrefix()+suffix] = setting
+		}
+	}
 }
 
 // flagSettings maps flag names (without dashes; Go's flag package, which

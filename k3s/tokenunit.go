@@ -527,9 +527,9 @@ func parseExecStart(file string, kind SourceKind, set unitSetting, content []byt
 	// Only k3s's own arguments are understood: a wrapper (sh -c, env, a
 	// script) passes arguments fleetcert cannot see through, so it refuses.
 	program := first[prefix:]
-	if path.Base(program) != binaryName || len(args) == 0 || (args[0].String() != "server" && args[0].String() != "agent") {
+	if !isProductBinary(program) || len(args) == 0 || (args[0].String() != "server" && args[0].String() != "agent") {
 		return []TokenSource{problem(file, kind, line,
-			"ExecStart= runs %q, not %s server or %s agent: fleetcert cannot tell which settings reach k3s through it", program, binaryName, binaryName)}
+			"ExecStart= runs %q, not k3s server or agent (or rke2's): fleetcert cannot tell which settings reach k3s through it", program)}
 	}
 	args = args[1:]
 	for i := range args {

@@ -7,17 +7,20 @@ import (
 	"strings"
 )
 
-// Version is a k3s release, e.g. v1.31.1+k3s1 (or v1.31.2-rc1+k3s1).
+// Version is a k3s release, e.g. v1.31.1+k3s1 (or v1.31.2-rc1+k3s1), or an
+// RKE2 one (v1.31.1+rke2r1), whose numbers follow k3s's.
 type Version struct {
 	Major, Minor, Patch int
 	// Pre is the pre-release part without its dash ("rc1"), empty for a
 	// release. A pre-release sorts before the release.
 	Pre string
-	// Revision is the N of +k3sN (0 when absent).
+	// Revision is the N of +k3sN or +rke2rN (0 when absent), Tag what
+	// precedes it when not k3s ("rke2r").
 	Revision int
+	Tag      string
 }
 
-var versionRE = regexp.MustCompile(`v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+k3s(\d+))?`)
+var versionRE = regexp.MustCompile(`v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+(k3s|rke2r)(\d+))?`)
 
 // ParseVersion parses a k3s version: "v1.31.1+k3s1", or the output of
 // `k3s --version` ("k3s version v1.31.1+k3s1 (abc123)" then a go version
@@ -28,8 +31,10 @@ func ParseVersion(s string) (Version, error) {
 		line = strings.TrimSpace(line[:i])
 	}
 	field := line
-	if rest, ok := strings.CutPrefix(line, "k3s version "); ok {
-		field, _, _ = strings.Cut(rest, " ")
+	for _, p := range products {
+		if rest, ok := strings.CutPrefix(line, p.binary+" version "); ok {
+			field, _, _ = strings.Cut(rest, " ")
+		}
 	}
 	m := versionRE.FindStringSubmatch(field)
 	if m == nil || m[0] != field {
@@ -40,8 +45,11 @@ func ParseVersion(s string) (Version, error) {
 	v.Minor, _ = strconv.Atoi(m[2])
 	v.Patch, _ = strconv.Atoi(m[3])
 	v.Pre = m[4]
-	if m[5] != "" {
-		v.Revision, _ = strconv.Atoi(m[5])
+	if m[6] != "" {
+		v.Revision, _ = strconv.Atoi(m[6])
+	}
+	if m[5] != "k3s" {
+		v.Tag = m[5]
 	}
 	return v, nil
 }
@@ -62,7 +70,7 @@ func (v Version) String() string {
 		s += "-" + v.Pre
 	}
 	if v.Revision > 0 {
-		s += fmt.Sprintf("+k3s%d", v.Revision)
+		s += fmt.Sprintf("+%s%d", or(v.Tag, "k3s"), v.Revision)
 	}
 	return s
 }
@@ -198,14 +206,12 @@ var certificateCheckGate = gate{"v1.30.0+k3s1", "v1.29.4+k3s1", "v1.28.9+k3s1", 
 // Older versions need the certificate files read and parsed instead.
 func supportsCertificateCheck(v Version) bool { return certificateCheckGate.has(v) }
 
-// `certificate check --output` since v1.32.0/v1.31.5/v1.30.9
-// (docs/k3s-behaviour.md#versions).
-var checkOutputGate = gate{"v1.32.0+k3s1", "v1.31.5+k3s1", "v1.30.9+k3s1"}
-
-// CheckHasOutputFlag reports whether `k3s certificate check` takes
-// -o/--output (json, yaml, table).
-func CheckHasOutputFlag(v Version) bool {
-	return supportsCertificateCheck(v) && checkOutputGate.has(v)
+// CheckHasOutputFlag reports whether `certificate check` takes
+// -o/--output (json, yaml, table) in the layout's product: k3s since
+// v1.32.0/v1.31.5/v1.30.9, RKE2 since v1.32.1/v1.31.5/v1.30.9/v1.29.13
+// (docs/k3s-behaviour.md#versions, #rke2).
+func (l Layout) CheckHasOutputFlag(v Version) bool {
+	return supportsCertificateCheck(v) && l.product().checkOutput.has(v)
 }
 
 // The May 2025 releases moved renewal from 90 to 120 days

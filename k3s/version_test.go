@@ -11,12 +11,13 @@ func TestParseVersion(t *testing.T) {
 		want    Version
 		wantErr bool
 	}{
-		{in: "v1.31.1+k3s1", want: Version{1, 31, 1, "", 1}},
-		{in: "1.26.2+k3s2", want: Version{1, 26, 2, "", 2}},
-		{in: "v1.32.0-rc1+k3s1", want: Version{1, 32, 0, "rc1", 1}},
-		{in: "v1.30.4", want: Version{1, 30, 4, "", 0}},
-		{in: "k3s version v1.31.1+k3s1 (452dbbc1)\ngo version go1.22.6\n", want: Version{1, 31, 1, "", 1}},
-		{in: "  k3s version v1.28.15+k3s1 (869dd4d6)\n", want: Version{1, 28, 15, "", 1}},
+		{in: "v1.31.1+k3s1", want: Version{1, 31, 1, "", 1, ""}},
+		{in: "1.26.2+k3s2", want: Version{1, 26, 2, "", 2, ""}},
+		{in: "v1.32.0-rc1+k3s1", want: Version{1, 32, 0, "rc1", 1, ""}},
+		{in: "v1.30.4", want: Version{1, 30, 4, "", 0, ""}},
+		{in: "k3s version v1.31.1+k3s1 (452dbbc1)\ngo version go1.22.6\n", want: Version{1, 31, 1, "", 1, ""}},
+		{in: "  k3s version v1.28.15+k3s1 (869dd4d6)\n", want: Version{1, 28, 15, "", 1, ""}},
+		{in: "rke2 version v1.33.5+rke2r1 (abc)\ngo version go1.24.6\n", want: Version{1, 33, 5, "", 1, "rke2r"}},
 		{in: "", wantErr: true},
 		{in: "k3s version dev", wantErr: true},
 		{in: "v1.31", wantErr: true},
@@ -28,8 +29,10 @@ func TestParseVersion(t *testing.T) {
 			t.Errorf("ParseVersion(%q) = %+v, %v", tt.in, got, err)
 		}
 	}
-	if s := mustParseVersion("v1.32.0-rc2+k3s1").String(); s != "v1.32.0-rc2+k3s1" {
-		t.Errorf("String = %q", s)
+	for _, v := range []string{"v1.32.0-rc2+k3s1", "v1.31.1+rke2r2"} {
+		if s := mustParseVersion(v).String(); s != v {
+			t.Errorf("String = %q, want %q", s, v)
+		}
 	}
 }
 
@@ -127,7 +130,7 @@ func TestCertificateCheckGates(t *testing.T) {
 		if got := supportsCertificateCheck(v); got != tt.check {
 			t.Errorf("supportsCertificateCheck(%s) = %v", v, got)
 		}
-		if got := CheckHasOutputFlag(v); got != tt.output {
+		if got := (Layout{}).CheckHasOutputFlag(v); got != tt.output {
 			t.Errorf("CheckHasOutputFlag(%s) = %v", v, got)
 		}
 		if got := renewalThresholdDays(v); got != tt.threshold {

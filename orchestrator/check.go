@@ -203,7 +203,7 @@ func startProbe(ctx context.Context, n *Node, opts CheckOptions) *probe {
 	pctx, cancel := context.WithTimeout(ctx, opts.ProbeTimeout)
 	p := &probe{done: make(chan struct{}), cancel: cancel}
 	go func() {
-		p.ca, p.err = fetchCACerts(pctx, n.Conn)
+		p.ca, p.err = fetchCACerts(pctx, n)
 		close(p.done)
 	}()
 	return p
@@ -290,8 +290,8 @@ func crossCheck(ctx context.Context, cn *CheckedNode, now time.Time) *CrossCheck
 	case cn.Facts.Version == "" || err != nil:
 		r.Skipped = "k3s version unknown"
 		return r
-	case !k3s.CheckHasOutputFlag(v):
-		r.Skipped = fmt.Sprintf("k3s %s has no `certificate check --output json`", v)
+	case !cn.Layout.CheckHasOutputFlag(v):
+		r.Skipped = fmt.Sprintf("%s %s has no `certificate check --output json`", cn.Layout.ProductName(), v)
 		return r
 	}
 	out, err := remote.Output(ctx, cn.Conn, cn.Layout.CertificateCheckCmd())

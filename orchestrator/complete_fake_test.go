@@ -86,7 +86,7 @@ func TestCompleteCAOverFakeFleet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		chain, err := servingChain(ctx, h)
+		chain, err := servingChain(ctx, &Node{Node: n, Conn: h})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +133,7 @@ func TestCompleteGateCatchesAStaleServingChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := servingChain(ctx, h); err != nil { // the serving certificate of the cross-signed era
+	if _, err := servingChain(ctx, n); err != nil { // the serving certificate of the cross-signed era
 		t.Fatal(err)
 	}
 	c, err := pki.Complete(current)

@@ -81,7 +81,7 @@ func layoutOf(n inventory.Node) k3s.Layout {
 	if n.Role == inventory.Agent {
 		role = k3s.RoleAgent
 	}
-	return k3s.Layout{Role: role, DataDir: n.DataDir, ConfigFile: n.ConfigFile, Unit: n.Service}
+	return k3s.Layout{Product: n.Product, Role: role, DataDir: n.DataDir, ConfigFile: n.ConfigFile, Unit: n.Service}
 }
 
 // Connect dials every node, at most limit at once, and gathers its facts
@@ -134,6 +134,9 @@ func (n *Node) refresh(ctx context.Context) error {
 		return err
 	}
 	n.Snapshot, n.more, n.Facts = snap, more, k3s.DescribeWith(n.Layout, snap, scan)
+	// Commands run the program the service runs, by the path its unit
+	// or service script names (RKE2 may live under /opt/rke2).
+	n.Layout.Binary = scan.Binary
 	if !snap.Now.IsZero() {
 		n.Facts.ClockSkew = snap.Now.Sub(mid).Round(time.Second)
 	}

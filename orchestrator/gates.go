@@ -3,6 +3,8 @@ package orchestrator
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"path"
@@ -47,6 +49,14 @@ func (r *loadRotation) serverGates(ctx context.Context, n *Node, t0 time.Time) e
 			return r.diskMatchesStaged(ctx, n)
 		}})
 	}
+	if ca := r.staged["server-ca.crt"]; len(ca) > 0 && n.Layout.StaticPods() {
+		// The apiserver is a static pod the service's restart leaves
+		// running: /cacerts comes from the restarted supervisor, so only
+		// the chain presented on :6443 shows the pod was replaced.
+		gates = append(gates, gate{"apiserver presents a certificate of the new CA", func(ctx context.Context) (bool, string, error) {
+			return servesLeafOf(ctx, n, ca)
+		}})
+	}
 	return r.passGates(ctx, n, gates)
 }
 
@@ -73,6 +83,34 @@ func (r *loadRotation) agentGates(ctx context.Context, n *Node, t0 time.Time) er
 		}},
 		{"node Ready", func(ctx context.Context) (bool, string, error) { return nodeReady(ctx, primary, n) }},
 	})
+}
+
+// servesLeafOf reports whether the certificate the apiserver presents on
+// :6443 was signed by the first certificate of bundle (the CA that issues
+// the server's leafs). The old leaf would verify against a cross-signed
+// bundle too, since the old root stays in it: only its issuer tells.
+func servesLeafOf(ctx context.Context, n *Node, bundle []byte) (bool, string, error) {
+	issuer, err := firstCert(bundle)
+	if err != nil {
+		return false, "", err
+	}
+	chain, err := servingChain(ctx, n)
+	if err != nil || len(chain) == 0 {
+		return false, "no serving chain", err
+	}
+	if err := chain[0].CheckSignatureFrom(issuer); err != nil {
+		return false, "serving certificate issued by " + chain[0].Issuer.CommonName, nil
+	}
+	return true, "serving certificate issued by " + issuer.Subject.CommonName, nil
+}
+
+// firstCert parses the first certificate of a PEM bundle.
+func firstCert(bundle []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(bundle)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("no certificate in the bundle")
+	}
+	return x509.ParseCertificate(block.Bytes)
 }
 
 // rewrittenSince reports whether file's mtime on the node is at or after

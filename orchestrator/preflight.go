@@ -37,7 +37,7 @@ func (op *clusterOp) checkNode(n *Node, want nodeCheck, bad func(string, ...any)
 		bad("%s: neither systemd nor OpenRC booted the node (no /run/systemd/system, no /run/openrc/softlevel); fleetcert drives k3s through one of them", n.Name)
 	}
 	if !f.Installed {
-		bad("%s: k3s not found on the node", n.Name)
+		bad("%s: %s not found on the node", n.Name, n.Layout.ProductName())
 		return
 	}
 	op.checkVersion(n, want, bad)

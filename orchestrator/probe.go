@@ -12,20 +12,17 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/pki"
 	"github.com/fleetcert/fleetcert/remote"
 )
 
 // tunneler is a connection that can open TCP streams from the node itself
-// (an SSH direct-tcpip channel): probes reach 127.0.0.1:6443 on the node
+// (an SSH direct-tcpip channel): probes reach the server's ports on its own
+// loopback (k3s.Layout.SupervisorAddr, APIServerAddr)
 // with no curl there and no port open to the controller.
 type tunneler interface {
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 }
-
-// supervisorAddr is where a k3s server's supervisor listens on the node.
-const supervisorAddr = "127.0.0.1:6443"
 
 // errNoTunnel means the node's sshd refused forwarding; callers fall back
 // to reading files.
@@ -35,8 +32,9 @@ var errNoTunnel = errors.New("ssh forwarding unavailable")
 // cached per k3s process, so it shows which bundle the running process
 // loaded: after a restart, proof that the restart took effect. TLS is not
 // verified here on purpose: the bundle is judged by its hash.
-func fetchCACerts(ctx context.Context, h remote.Host) ([]byte, error) {
-	t, ok := h.(tunneler)
+func fetchCACerts(ctx context.Context, n *Node) ([]byte, error) {
+	supervisorAddr := n.Layout.SupervisorAddr()
+	t, ok := n.Conn.(tunneler)
 	if !ok {
 		return nil, errNoTunnel
 	}
@@ -69,22 +67,23 @@ func fetchCACerts(ctx context.Context, h remote.Host) ([]byte, error) {
 	return body, nil
 }
 
-// servingChain is the certificate chain the server presents on :6443, in a
-// live TLS handshake from the node itself (through the SSH connection).
-// Nothing is verified here: the caller judges the chain.
-func servingChain(ctx context.Context, h remote.Host) ([]*x509.Certificate, error) {
-	t, ok := h.(tunneler)
+// servingChain is the certificate chain the server's apiserver presents on
+// :6443, in a live TLS handshake from the node itself (through the SSH
+// connection). Nothing is verified here: the caller judges the chain.
+func servingChain(ctx context.Context, n *Node) ([]*x509.Certificate, error) {
+	t, ok := n.Conn.(tunneler)
 	if !ok {
 		return nil, errNoTunnel
 	}
-	raw, err := t.DialContext(ctx, "tcp", supervisorAddr)
+	addr := n.Layout.APIServerAddr()
+	raw, err := t.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	defer raw.Close()
 	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // the chain is what is judged
 	if err := conn.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake with %s: %w", supervisorAddr, err)
+		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
 	}
 	return conn.ConnectionState().PeerCertificates, nil
 }
@@ -93,7 +92,7 @@ func servingChain(ctx context.Context, h remote.Host) ([]*x509.Certificate, erro
 // falls back to the hash in server/token, which k3s rewrites at every
 // start from the CA it loaded: the same proof, one file read away.
 func servedHash(ctx context.Context, n *Node) (hash, via string, err error) {
-	ca, err := fetchCACerts(ctx, n.Conn)
+	ca, err := fetchCACerts(ctx, n)
 	if err == nil {
 		return pki.HashCA(ca), "/cacerts", nil
 	}
@@ -119,7 +118,7 @@ func serverTokenHash(ctx context.Context, n *Node) (string, error) {
 
 // readyz asks the server's apiserver whether it is ready.
 func readyz(ctx context.Context, n *Node) (bool, string, error) {
-	res, err := n.Conn.Run(ctx, k3s.ReadyzCmd, nil)
+	res, err := n.Conn.Run(ctx, n.Layout.ReadyzCmd(), nil)
 	if err != nil {
 		return false, "", err
 	}
@@ -135,7 +134,7 @@ type clusterNode struct {
 
 // clusterNodes lists the nodes the cluster knows, asked through a server.
 func clusterNodes(ctx context.Context, n *Node) ([]clusterNode, error) {
-	out, err := remote.Output(ctx, n.Conn, k3s.NodesCmd)
+	out, err := remote.Output(ctx, n.Conn, n.Layout.NodesCmd())
 	if err != nil {
 		return nil, fmt.Errorf("list cluster nodes on %s: %w", n.Name, err)
 	}

@@ -114,7 +114,7 @@ func (p completePreflight) Run(ctx context.Context, run *clusterRun) error {
 			found.bad("%s: holds another server CA bundle than %s: finish the rotation first (rerun rotate-ca)", n.Name, primary.Name)
 			continue
 		}
-		served, err := fetchCACerts(ctx, n.Conn)
+		served, err := fetchCACerts(ctx, n)
 		switch {
 		case errors.Is(err, errNoTunnel):
 			found.bad("%s: cannot see what it serves: completing needs SSH forwarding to the node's :6443 (AllowTcpForwarding)", n.Name)
@@ -259,11 +259,11 @@ func (r *completion) completedServer(ctx context.Context, n *Node, t0 time.Time)
 			return rewrittenSince(ctx, n, n.Layout.ServerToken(), t0)
 		}},
 		{"serves the completed CA bundle", func(ctx context.Context) (bool, string, error) {
-			served, err := fetchCACerts(ctx, n.Conn)
+			served, err := fetchCACerts(ctx, n)
 			return bytes.Equal(served, bundle), fmt.Sprintf("/cacerts holds %d certificates", countCerts(served)), err
 		}},
 		{"serving chain holds no retired root", func(ctx context.Context) (bool, string, error) {
-			chain, err := servingChain(ctx, n.Conn)
+			chain, err := servingChain(ctx, n)
 			if err != nil {
 				return false, "", err
 			}

@@ -56,7 +56,7 @@ type Env struct {
 	Product        *product
 	APIListenAddr  string // kube-apiserver pod (:6443)
 	APILocalURL    string
-	EtcdHealthAddr string // etcd pod's local health listener
+	EtcdHealthAddr string    // etcd pod's local health listener
 	Pods           podRunner // runs static pods; nil: processes (staticpods.go)
 
 	HeartbeatInterval time.Duration

@@ -141,7 +141,7 @@ func (o OpenRC) Log() string { return "/var/log/" + o.Service + ".log" }
 // fleetcert depends on:
 //
 //   - command_args is a double-quoted assignment: the role, then every
-//     argument single-quoted (a ' inside written '\'') on its own
+//     argument single-quoted (a ' inside written '\”) on its own
 //     TAB-indented continuation line, a " written \" (escape_dq); nothing
 //     else is escaped, so a $ in a value is expanded when OpenRC sources
 //     the script. It ends with the log redirection, which is real: OpenRC

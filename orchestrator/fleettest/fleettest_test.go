@@ -228,15 +228,15 @@ func TestFaultControls(t *testing.T) {
 	var seen []string
 	n.BeforeRun = func(_ context.Context, script string) *remote.Result {
 		seen = append(seen, script)
-		if script == k3s.ReadyzCmd {
+		if script == (k3s.Layout{}).ReadyzCmd() {
 			return &remote.Result{ExitCode: 1, Stderr: []byte("connection refused\n")}
 		}
 		return nil
 	}
-	if res, _ := n.Run(ctx, k3s.ReadyzCmd, nil); res.ExitCode != 1 {
+	if res, _ := n.Run(ctx, (k3s.Layout{}).ReadyzCmd(), nil); res.ExitCode != 1 {
 		t.Errorf("readyz answered by the node despite BeforeRun: %+v", res)
 	}
-	if res, _ := n.Run(ctx, k3s.NodesCmd, nil); res.ExitCode != 0 || len(res.Stdout) == 0 {
+	if res, _ := n.Run(ctx, (k3s.Layout{}).NodesCmd(), nil); res.ExitCode != 0 || len(res.Stdout) == 0 {
 		t.Errorf("BeforeRun returning nil kept the node from answering: %+v", res)
 	}
 	if len(seen) != 2 {

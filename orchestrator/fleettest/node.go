@@ -189,6 +189,9 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 	if err := ctx.Err(); err != nil {
 		return remote.Result{}, err
 	}
+	// fleetcert runs k3s by the path the unit names, or by name on PATH.
+	script = strings.ReplaceAll(script, "/usr/local/bin/k3s ", "k3s ")
+	script = strings.ReplaceAll(script, k3sPathPrefix+"k3s ", "k3s ")
 	switch {
 	case strings.HasPrefix(script, "PATH=") && strings.Contains(script, "\necho '@@fleetcert-facts 1'\n"):
 		if strings.Contains(script, "\necho @hostname;") {
@@ -203,7 +206,7 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 		return n.stage(script, stdin), nil
 	case strings.HasPrefix(script, "find ") && strings.Contains(script, " certificate rotate-ca "):
 		return n.rotateCA(script), nil
-	case strings.HasPrefix(strings.TrimPrefix(script, k3sPathPrefix), "k3s etcd-snapshot save "):
+	case strings.HasPrefix(script, "k3s etcd-snapshot save "):
 		return n.etcdSnapshot(script), nil
 	case script == k3s.DaemonReloadCmd:
 		return remote.Result{}, nil
@@ -214,12 +217,12 @@ func (n *Node) Run(ctx context.Context, script string, stdin []byte) (remote.Res
 		return n.pruneBackups(script), nil
 	case strings.HasPrefix(script, "date +%s && ") && strings.HasSuffix(script, n.layout.RestartCmd()):
 		return n.restart(script), nil
-	case script == k3s.ReadyzCmd:
+	case script == "k3s kubectl get --raw=/readyz":
 		if n.layout.Role != k3s.RoleServer {
 			return fail(1, "The connection to the server localhost:8080 was refused"), nil
 		}
 		return remote.Result{Stdout: []byte("ok\n")}, nil
-	case script == k3s.NodesCmd:
+	case script == "k3s kubectl get nodes -o json":
 		if n.layout.Role != k3s.RoleServer {
 			return fail(1, "The connection to the server localhost:8080 was refused"), nil
 		}
@@ -736,7 +739,7 @@ func (n *Node) certificateRotate(script string) remote.Result {
 		return fail(5, "fleettest: "+stop+": not this node's service")
 	}
 	services := "every service"
-	words := shellWords(strings.TrimPrefix(rotate, k3sPathPrefix))
+	words := shellWords(rotate)
 	for i, w := range words {
 		if w.s == "--service" && i+1 < len(words) {
 			services = words[i+1].s
