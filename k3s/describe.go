@@ -28,9 +28,12 @@ type NodeFacts struct {
 	Version   string `json:"version,omitempty"`
 	// Role is what the node is as found on it: server when it has a server
 	// data dir, agent when it has only an agent one, empty when neither.
-	Role         Role   `json:"role,omitempty"`
-	Unit         string `json:"unit"`
-	UnitState    string `json:"unitState"`
+	Role      Role   `json:"role,omitempty"`
+	Unit      string `json:"unit"`
+	UnitState string `json:"unitState"`
+	// ServiceFile defines the service: the unit file systemd loaded, or
+	// the OpenRC service script.
+	ServiceFile  string `json:"serviceFile,omitempty"`
 	DataDir      string `json:"dataDir"`
 	EmbeddedEtcd bool   `json:"embeddedEtcd"`
 	// Tokens lists every place the node defines a join token, and
@@ -122,7 +125,12 @@ func DescribeWith(l Layout, s *Snapshot, scan TokenScan) NodeFacts {
 		f.Joins = "agent"
 	}
 	if s.Unit != nil {
-		f.MainPID = s.Unit.MainPID
+		f.MainPID, f.ServiceFile = s.Unit.MainPID, s.Unit.FragmentPath
+	}
+	if s.Init == InitOpenRC {
+		if _, ok := s.Files[l.ServiceScript()]; ok {
+			f.ServiceFile = l.ServiceScript()
+		}
 	}
 	if pid, ok := s.Files[l.OpenRCChildPID()]; ok && s.Init == InitOpenRC {
 		f.MainPID, _ = strconv.Atoi(strings.TrimSpace(string(pid.Data)))
