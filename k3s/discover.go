@@ -80,7 +80,7 @@ func scanTokens(l Layout, in NodeFiles) TokenScan {
 		env, exec, problems = sc.systemdSources(l, in)
 	}
 	env = productEnv(l, env)
-	if sc.Binary != "" && path.Base(sc.Binary) != l.product().binary {
+	if isProductBinary(sc.Binary) && path.Base(sc.Binary) != l.product().binary {
 		problems = append(problems, problem(l.UnitName(), kindUnit, 0,
 			"the service runs %s, but the inventory says the cluster is %s (product:)", sc.Binary, l.ProductName()))
 	}

@@ -529,7 +529,7 @@ func parseExecStart(file string, kind SourceKind, set unitSetting, content []byt
 	program := first[prefix:]
 	if !isProductBinary(program) || len(args) == 0 || (args[0].String() != "server" && args[0].String() != "agent") {
 		return []TokenSource{problem(file, kind, line,
-			"ExecStart= runs %q, not k3s server or agent (or rke2's): fleetcert cannot tell which settings reach k3s through it", program)}
+			"ExecStart= runs %q, not k3s server or k3s agent (nor rke2's): fleetcert cannot tell which settings reach k3s through it", program)}
 	}
 	args = args[1:]
 	for i := range args {
