@@ -494,14 +494,25 @@ func readStream(r io.Reader, w io.Writer) error {
 	}
 }
 
+// staleAfter is how old another content-hash tag must be before
+// removeStale drops it. Another checkout on the same engine (a worktree
+// whose emulator differs) may have just built it for a fleet it is about
+// to start: removing it between its Ensure and its containers' creation
+// makes the engine try to pull it from a registry, and fail.
+const staleAfter = time.Hour
+
 // removeStale drops older content-hash tags of repo so that they do not
-// pile up; an image still used by a container stays (no force).
+// pile up; an image still used by a container stays (no force), and so
+// does one built less than staleAfter ago.
 func removeStale(ctx context.Context, cli *client.Client, repo, keep, latest string, logf func(string, ...any)) {
 	list, err := cli.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("reference", repo)})
 	if err != nil {
 		return
 	}
 	for _, im := range list.Items {
+		if time.Since(time.Unix(im.Created, 0)) < staleAfter {
+			continue
+		}
 		for _, t := range im.RepoTags {
 			if t == keep || t == latest || !strings.HasPrefix(t, repo+":") {
 				continue
