@@ -7,6 +7,7 @@ import (
 	"maps"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -323,15 +324,26 @@ func assertNoFileHolds(t *testing.T, ctx context.Context, f *harness.Fleet, clus
 // with the agent's token left on the current CA on purpose (emulator
 // fault token-hash), the next rotate-ca fails fast, naming the agent and
 // the log line `token CA hash does not match`. mixed: rotate-ca completes
-// on systemd servers with an OpenRC agent. One fleet, the two clusters in
-// parallel.
+// on systemd servers with an OpenRC agent. One fleet, the two clusters at
+// the same time: each subtest runs in a goroutine of its own, not with
+// t.Parallel, which would make them wait for a -parallel slot while the
+// fleet holds its share of rotNodes, and the tests holding the slots wait
+// for rotNodes.
 func TestOpenRC(t *testing.T) {
 	t.Parallel()
 	ctx := ctxFor(t, 12*time.Minute)
 	f := startRotFleet(t, ctx, openrcSpecs()...)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	run := func(name string, test func(t *testing.T)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Run(name, test)
+		}()
+	}
 
-	t.Run("gamma", func(t *testing.T) {
-		t.Parallel()
+	run("gamma", func(t *testing.T) {
 		c := f.Cluster("gamma")
 		inv := writeInventory(t, f, "gamma", c.Servers, c.Agents)
 		s, a := c.Servers[0], c.Agents[0]
@@ -475,8 +487,7 @@ func TestOpenRC(t *testing.T) {
 		t.Logf("rotate-ca with a stale agent token failed after %s", took.Round(100*time.Millisecond))
 	})
 
-	t.Run("mixed", func(t *testing.T) {
-		t.Parallel()
+	run("mixed", func(t *testing.T) {
 		c := f.Cluster("mixed")
 		inv := writeInventory(t, f, "mixed", c.Servers, c.Agents)
 		oldHash := clusterHash(t, ctx, f, "mixed")
