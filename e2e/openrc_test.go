@@ -15,10 +15,10 @@ import (
 )
 
 // OpenRC nodes (issue 12): k3s installed as install.sh does on Alpine and
-// other OpenRC systems. TestOpenRCNodes proves the test fleet itself (the
+// other OpenRC systems. TestOpenRC first proves the test fleet itself (the
 // OpenRC image, the harness's install and helpers, the emulator under
-// supervise-daemon) on the smoke fleet's gamma; TestOpenRC runs the built
-// fleetcert against OpenRC nodes.
+// supervise-daemon: subtest "nodes"), then runs the built fleetcert against
+// OpenRC nodes.
 
 // openrcExec runs cmd on the node and returns its stdout, failing the test
 // when it cannot run or exits non-zero.
@@ -86,19 +86,19 @@ func waitNewPID(t *testing.T, ctx context.Context, f *harness.Fleet, n *harness.
 	}
 }
 
-// TestOpenRCNodes: gamma's nodes run OpenRC as PID 1 (booted by it, no
+// openrcNodes (TestOpenRC's first subtest, on its fleet, before any
+// fleetcert run): gamma's nodes run OpenRC as PID 1 (booted by it, no
 // systemd), k3s runs under supervise-daemon from the script install.sh
 // writes, OpenRC's child_pid is k3s's PID, the emulator's log reaches
 // /var/log/<service>.log, and the agent's userland is busybox. Then what
 // the tests and fleetcert rely on: a killed k3s is respawned, stop, start
 // and restart through rc-service, a token CA mismatch shows in the log
 // file, the clock shims work on busybox, and a reboot starts k3s again.
-func TestOpenRCNodes(t *testing.T) {
-	f := smokeFleet(t)
-	ctx := ctxFor(t, 4*time.Minute)
+// It needs nothing of fleetcert.
+func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 	c := f.Cluster("gamma")
 	if c == nil {
-		t.Fatal("the smoke fleet has no cluster gamma (harness.DemoClusters)")
+		t.Fatal("the fleet has no cluster gamma")
 	}
 	for _, n := range c.Nodes() {
 		if n.Init != harness.InitOpenRC {
@@ -274,13 +274,7 @@ func TestOpenRCNodes(t *testing.T) {
 // servers and an OpenRC agent with its token in /etc/environment and a
 // config.yaml.d drop-in.
 func openrcSpecs() []harness.ClusterSpec {
-	var gamma harness.ClusterSpec
-	for _, c := range harness.DemoClusters() {
-		if c.Name == "gamma" {
-			gamma = c
-		}
-	}
-	return []harness.ClusterSpec{gamma, {
+	return []harness.ClusterSpec{harness.DemoGamma(), {
 		Name:    "mixed",
 		Servers: []harness.NodeSpec{{}, {TokenIn: []harness.TokenPlace{harness.InExecStart}}},
 		Agents: []harness.NodeSpec{{Init: harness.InitOpenRC,
@@ -317,8 +311,8 @@ func assertNoFileHolds(t *testing.T, ctx context.Context, f *harness.Fleet, clus
 	}
 }
 
-// TestOpenRC: the built fleetcert on OpenRC nodes (issue 12, "How it is
-// shown"). gamma: facts reports the OpenRC nodes; rotate-ca (cross-sign),
+// TestOpenRC: the OpenRC nodes themselves (openrcNodes), then the built
+// fleetcert on them (issue 12, "How it is shown"). gamma: facts reports the OpenRC nodes; rotate-ca (cross-sign),
 // rotate-sa-key, rotate (leaf certificates) and check all exit 0, and
 // afterwards no file under /etc on a gamma node holds the old hash; then,
 // with the agent's token left on the current CA on purpose (emulator
@@ -333,6 +327,9 @@ func TestOpenRC(t *testing.T) {
 	t.Parallel()
 	ctx := ctxFor(t, 12*time.Minute)
 	f := startRotFleet(t, ctx, openrcSpecs()...)
+	if !t.Run("nodes", func(t *testing.T) { openrcNodes(t, ctx, f) }) {
+		t.FailNow() // the fleet is not what the rest assumes
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	run := func(name string, test func(t *testing.T)) {
