@@ -5,7 +5,10 @@
 //	go run ./e2e/demo down   # make demo-down: remove it
 //
 // The fleet is harness.DemoClusters: alpha (3 servers + 2 agents, secure
-// tokens in mixed places) and beta (1 server + 1 agent, short token).
+// tokens in mixed places), beta (1 server + 1 agent, short token), gamma
+// (1 server + 1 agent on OpenRC, as on Alpine, secure tokens in
+// command_args and the agent's .env file) and delta (RKE2). facts and
+// rotate-ca run on all of them.
 package main
 
 import (

@@ -13,6 +13,13 @@ import "strings"
 //   - beta: 1 server (no embedded etcd) + 1 agent sharing a short token,
 //     in the .env file and as ExecStart -t; the agent was installed before
 //     2022, so its unit is Type=exec (current install.sh writes notify).
+//   - gamma: 1 server + 1 agent on OpenRC (as on Alpine: openrc-init,
+//     supervise-daemon, install.sh's /etc/init.d script), both with secure
+//     tokens: the server's in command_args (installed short, then
+//     reinstalled with the secure token), the agent's in its
+//     /etc/rancher/k3s/k3s-agent.env; the agent's sh, stat, base64 and cp
+//     are busybox applets, as on Alpine (DemoGamma).
+//   - delta: RKE2 (DemoDelta).
 func DemoClusters() []ClusterSpec {
 	return []ClusterSpec{{
 		Name: "alpha",
@@ -29,7 +36,18 @@ func DemoClusters() []ClusterSpec {
 		Name:    "beta",
 		Servers: []NodeSpec{{TokenIn: []TokenPlace{InEnvFile}}},
 		Agents:  []NodeSpec{{Token: ShortToken, TokenIn: []TokenPlace{InExecStartShort}, LegacyExecType: true}},
-	}, DemoDelta()}
+	}, DemoGamma(), DemoDelta()}
+}
+
+// DemoGamma is the demo's OpenRC cluster, as on Alpine: one server and one
+// agent, secure tokens, the server's in command_args, the agent's in its
+// .env file, the agent's sh, stat, base64 and cp busybox applets.
+func DemoGamma() ClusterSpec {
+	return ClusterSpec{
+		Name:    "gamma",
+		Servers: []NodeSpec{{Init: InitOpenRC, Token: SecureToken, TokenIn: []TokenPlace{InCommandArgs}}},
+		Agents:  []NodeSpec{{Init: InitOpenRC, Busybox: true, TokenIn: []TokenPlace{InEnvFile}}},
+	}
 }
 
 // DemoDelta is the demo's RKE2 cluster: one server and one agent, secure
@@ -60,7 +78,14 @@ func (n *Node) TokenFile(p TokenPlace) string {
 	}
 	switch p {
 	case InEnvFile:
+		if n.Init == InitOpenRC {
+			return openRCEnvFile(n.Unit)
+		}
 		return systemdDir + "/" + n.Unit + ".service.env"
+	case InCommandArgs:
+		return initDir + "/" + n.Unit
+	case InEtcEnvironment:
+		return etcEnvironment
 	case InDistroEnvFile:
 		return "/etc/default/" + n.Unit
 	case InExecStart, InExecStartEquals, InExecStartShort:
@@ -87,10 +112,13 @@ func (n *Node) TokenFile(p TokenPlace) string {
 }
 
 // UnitType is the Type= of the node's unit: notify, as current install.sh
-// writes it, or exec for an agent installed before 2022.
+// writes it, or exec for an agent installed before 2022; "" on OpenRC.
 func (n *Node) UnitType() string {
 	if isRKE2(n.spec.Product) {
 		return "notify"
+	}
+	if n.Init == InitOpenRC {
+		return ""
 	}
 	if n.Role == Agent && n.spec.LegacyExecType {
 		return "exec"
@@ -114,6 +142,12 @@ func (n *Node) Describe() string {
 			places += "+"
 		}
 		places += p.String()
+	}
+	if n.Init == InitOpenRC {
+		places += ", OpenRC"
+		if n.spec.Busybox {
+			places += " with busybox"
+		}
 	}
 	return kind + " in " + places
 }

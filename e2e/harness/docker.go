@@ -118,6 +118,9 @@ func putFiles(ctx context.Context, cli *client.Client, id string, files []file) 
 			layer = append(layer, f)
 			continue
 		}
+		if f.Mode == modeSymlink {
+			return fmt.Errorf("write %s: no links under /run", f.Path)
+		}
 		r, err := execIn(ctx, cli, id, f.Data, "sh", "-c", `mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"`,
 			"sh", f.Path, fmt.Sprintf("%o", f.Mode))
 		if err == nil {
@@ -136,6 +139,13 @@ func putFiles(ctx context.Context, cli *client.Client, id string, files []file) 
 	now := time.Now()
 	for _, f := range files {
 		name := strings.TrimPrefix(f.Path, "/")
+		if f.Mode == modeSymlink {
+			// The engine replaces what is there (a file or another link).
+			if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o777, ModTime: now, Typeflag: tar.TypeSymlink, Linkname: string(f.Data)}); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: f.Mode, Size: int64(len(f.Data)), ModTime: now, Typeflag: tar.TypeReg}); err != nil {
 			return err
 		}

@@ -6,7 +6,9 @@
 // systemd as PID 1, real OpenSSH and the k3s emulator at /usr/local/bin/k3s,
 // installed the way install.sh installs k3s: a unit with ExecStart
 // continuation lines, a 0600 .env file, config.yaml and drop-ins, and the
-// join token wherever the Spec says. fleetcert reaches every node as user
+// join token wherever the Spec says. A node with Init "openrc" runs the
+// OpenRC image instead: openrc-init as PID 1, k3s under supervise-daemon
+// from the /etc/init.d script install.sh writes on OpenRC. fleetcert reaches every node as user
 // "fleet" (passwordless sudo) through an sshd port published on 127.0.0.1.
 //
 // The contract with the emulator is e2e/README.md: a Docker volume per
@@ -75,6 +77,8 @@ type Fleet struct {
 	keyPath  string
 	pubKey   string
 	imageTag string
+	// openrcImage is the OpenRC nodes' image (empty while no node needs it).
+	openrcImage string
 }
 
 // Cluster is one running cluster.
@@ -101,7 +105,8 @@ type Node struct {
 	Role    Role
 	Port    int    // sshd on 127.0.0.1
 	DataDir string // as installed
-	Unit    string // systemd unit without .service
+	Unit    string // systemd unit without .service, or the OpenRC service
+	Init    string // InitSystemd or InitOpenRC
 	// Token is what was installed (empty with NoToken).
 	Token string
 
@@ -138,7 +143,8 @@ func Start(ctx context.Context, log Logger, spec Spec) (f *Fleet, err error) {
 	if err := spec.validate(); err != nil {
 		return nil, fmt.Errorf("harness: %w", err)
 	}
-	fleet := &Fleet{Name: spec.Name, log: log, nodes: map[string]*Node{}, timeout: spec.ReadyTimeout, imageTag: spec.Image}
+	fleet := &Fleet{Name: spec.Name, log: log, nodes: map[string]*Node{}, timeout: spec.ReadyTimeout,
+		imageTag: spec.Image, openrcImage: spec.OpenRCImage}
 	f = fleet
 	if tb, ok := log.(interface{ Cleanup(func()) }); ok {
 		tb.Cleanup(func() {
@@ -196,12 +202,25 @@ func (f *Fleet) prepare(ctx context.Context, spec *Spec) error {
 	if err := f.makeKey(); err != nil {
 		return err
 	}
+	needOpenRC := false
+	for _, cs := range spec.Clusters {
+		for _, ns := range append(append([]NodeSpec{}, cs.Servers...), cs.Agents...) {
+			needOpenRC = needOpenRC || ns.Init == InitOpenRC
+		}
+	}
 	if f.imageTag == "" {
 		res, err := build.Ensure(ctx, build.Options{Logf: f.log.Logf})
 		if err != nil {
 			return fmt.Errorf("node image: %w", err)
 		}
 		f.imageTag = res.Image
+	}
+	if needOpenRC && f.openrcImage == "" {
+		res, err := build.Ensure(ctx, build.Options{Logf: f.log.Logf, Init: build.OpenRC})
+		if err != nil {
+			return fmt.Errorf("OpenRC node image: %w", err)
+		}
+		f.openrcImage = res.Image
 	}
 	f.phase("image", start)
 
@@ -218,7 +237,7 @@ func (f *Fleet) prepare(ctx context.Context, spec *Spec) error {
 		}
 		f.volumes = append(f.volumes, c.volume)
 		add := func(ns NodeSpec, role Role) *Node {
-			n := &Node{Name: ns.Name, Cluster: c.Name, Role: role, DataDir: ns.DataDir, Unit: ns.Unit, spec: ns}
+			n := &Node{Name: ns.Name, Cluster: c.Name, Role: role, DataDir: ns.DataDir, Unit: ns.Unit, Init: ns.Init, spec: ns}
 			if n.Unit == "" {
 				n.Unit = defaultUnit(ns.Product, role)
 			}
@@ -305,8 +324,11 @@ func (f *Fleet) bringUp(ctx context.Context) error {
 	return nil
 }
 
-// boot creates and starts a node container and waits for systemd to finish
-// booting. Why these settings (see the package README for the finding):
+// boot creates and starts a node container and waits for its init to finish
+// booting. OpenRC nodes get the same settings; openrc-init needs none of
+// them but tmpfs /run (a fresh /run/openrc each boot), and they keep both
+// kinds of node alike. Why these settings (see the package README for the
+// finding):
 // systemd as PID 1 needs the host cgroup tree (/sys/fs/cgroup, cgroup v1
 // here), tmpfs /run and /run/lock, and capabilities to mount and manage
 // cgroups. --privileged cannot be used on this engine: it asks for every
@@ -324,6 +346,9 @@ func (f *Fleet) boot(ctx context.Context, c *Cluster, n *Node, extra []file) err
 	}
 	if n.spec.K3sClock != 0 {
 		files = append(files, file{Path: emuClockFile, Mode: 0o644, Data: []byte(n.spec.K3sClock.String() + "\n")})
+	}
+	if n.spec.Busybox {
+		files = append(files, busyboxLinks()...)
 	}
 	files = append(files, extra...)
 
@@ -350,8 +375,12 @@ func (f *Fleet) boot(ctx context.Context, c *Cluster, n *Node, extra []file) err
 
 func (f *Fleet) create(ctx context.Context, c *Cluster, n *Node, port int, files []file) error {
 	labels := map[string]string{labelKey: "1", labelFleet: f.Name, labelNode: n.Name}
+	image := f.imageTag
+	if n.Init == InitOpenRC {
+		image = f.openrcImage
+	}
 	req := testcontainers.ContainerRequest{
-		Image:          f.imageTag,
+		Image:          image,
 		Name:           "fleetcert-" + f.Name + "-" + n.Name,
 		Labels:         labels,
 		ExposedPorts:   []string{"22/tcp"},
@@ -397,10 +426,14 @@ func (f *Fleet) create(ctx context.Context, c *Cluster, n *Node, port int, files
 }
 
 // waitBooted waits until systemd reports the boot finished (running or
-// degraded) and sshd is active.
+// degraded) and sshd is active, or on OpenRC until OpenRC booted (its
+// softlevel exists) and has started sshd.
 // Until systemd has set up its private bus, systemctl fails at once
 // ("Failed to connect to bus"), hence the polling around --wait.
 func (f *Fleet) waitBooted(ctx context.Context, n *Node) error {
+	if n.Init == InitOpenRC {
+		return f.waitBootedOpenRC(ctx, n)
+	}
 	var state string
 	err := f.poll(ctx, func(ctx context.Context) (bool, error) {
 		r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c", "systemctl is-system-running --wait; systemctl is-active --quiet ssh")
@@ -410,6 +443,24 @@ func (f *Fleet) waitBooted(ctx context.Context, n *Node) error {
 	if err != nil {
 		st, _ := execIn(context.Background(), f.cli, n.id, nil, "systemctl", "--failed", "--no-pager")
 		return fmt.Errorf("node %s: systemd boot (state %q): %w\n%s", n.Name, state, err, st.Stdout)
+	}
+	return nil
+}
+
+// waitBootedOpenRC: openrc-init runs the sysinit, boot and default
+// runlevels; sshd is in default, so "sshd started" means the boot is as
+// far as the node needs it. /run/openrc/softlevel is what tells a booted
+// OpenRC system (and what `rc-service` needs to work at all).
+func (f *Fleet) waitBootedOpenRC(ctx context.Context, n *Node) error {
+	var out string
+	err := f.poll(ctx, func(ctx context.Context) (bool, error) {
+		r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c", "test -e /run/openrc/softlevel && rc-service sshd status")
+		out = strings.TrimSpace(r.Stdout + r.Stderr)
+		return err == nil && r.ExitCode == 0, err
+	})
+	if err != nil {
+		st, _ := execIn(context.Background(), f.cli, n.id, nil, "sh", "-c", "rc-status --all 2>&1 | head -n 30")
+		return fmt.Errorf("node %s: OpenRC boot (sshd: %q): %w\n%s", n.Name, out, err, st.Stdout)
 	}
 	return nil
 }
@@ -497,7 +548,10 @@ func (f *Fleet) tokenFor(c *Cluster, n *Node, firstStart bool) string {
 
 // install writes the node's install.sh files and (re)starts its unit:
 // daemon-reload, enable, and restart --no-block (a Type=notify start would
-// block until k3s is ready, possibly for ever).
+// block until k3s is ready, possibly for ever). On OpenRC, as install.sh
+// does there: `rc-update add <service> default`, then restart (start when
+// it is stopped; it returns once supervise-daemon runs k3s: there is no
+// readiness on OpenRC).
 func (f *Fleet) install(ctx context.Context, c *Cluster, n *Node, token string) error {
 	n.Token = token
 	files, prep := installFor(n, c, token).files(), ""
@@ -508,8 +562,12 @@ func (f *Fleet) install(ctx context.Context, c *Cluster, n *Node, token string) 
 		return fmt.Errorf("node %s: install: %w", n.Name, err)
 	}
 	unit := n.Unit + ".service"
-	r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c",
-		prep+"systemctl daemon-reload && systemctl enable --quiet "+unit+" && systemctl --no-block restart "+unit)
+	script := prep + "systemctl daemon-reload && systemctl enable --quiet " + unit + " && systemctl --no-block restart " + unit
+	if n.Init == InitOpenRC {
+		unit = n.Unit
+		script = "rc-update add " + unit + " default >/dev/null && rc-service " + unit + " restart"
+	}
+	r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c", script)
 	if err == nil {
 		err = r.Err()
 	}
@@ -623,12 +681,16 @@ func (f *Fleet) poll(ctx context.Context, ok func(context.Context) (bool, error)
 	}
 }
 
-// diagnose collects what explains a node that is not healthy.
+// diagnose collects what explains a node that is not healthy: the unit's
+// status and journal, or the OpenRC service's status and log file.
 func (f *Fleet) diagnose(n *Node) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c",
-		"systemctl status --no-pager "+n.Unit+" 2>&1 | head -n 12; journalctl -u "+n.Unit+" --no-pager -n 25 2>&1")
+	script := "systemctl status --no-pager " + n.Unit + " 2>&1 | head -n 12; journalctl -u " + n.Unit + " --no-pager -n 25 2>&1"
+	if n.Init == InitOpenRC {
+		script = "rc-service " + n.Unit + " status 2>&1; tail -n 25 " + openRCLog(n.Unit) + " 2>&1"
+	}
+	r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c", script)
 	if err != nil {
 		return fmt.Sprintf("--- %s: %v\n", n.Name, err)
 	}

@@ -2,16 +2,19 @@ package harness
 
 import (
 	"fmt"
+	"io/fs"
 	"path"
+	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/fleetcert/fleetcert/internal/installsh"
 )
 
-// This file renders the files install.sh leaves on a k3s node (docs/k3s-behaviour.md#install-sh),
-// byte for byte where fleetcert parses or rewrites them. It is pure: the
-// harness copies the result into the containers.
+// This file renders the files install.sh leaves on a k3s node (docs/k3s-behaviour.md#install-sh,
+// and #openrc on OpenRC nodes), byte for byte where fleetcert parses or
+// rewrites them. It is pure: the harness copies the result into the
+// containers.
 
 // Paths of a stock install.sh node.
 const (
@@ -30,7 +33,16 @@ const (
 	sharedDatastore  = "/var/lib/k3semu/shared"
 	defaultServerSvc = "k3s"
 	defaultAgentSvc  = "k3s-agent"
+	initDir          = "/etc/init.d"
+	rancherDir       = "/etc/rancher/k3s"
+	etcEnvironment   = "/etc/environment"
 )
+
+// openRCEnvFile is the env file the OpenRC service script sources.
+func openRCEnvFile(svc string) string { return rancherDir + "/" + svc + ".env" }
+
+// openRCLog is where the OpenRC service script sends k3s's output.
+func openRCLog(svc string) string { return installsh.OpenRC{Service: svc}.Log() }
 
 // Where the token places an operator chooses by hand live.
 const (
@@ -45,22 +57,33 @@ func envDropIn(dir, token string) file {
 	return file{path.Join(dir, "50-token.conf"), 0o600, []byte("[Service]\nEnvironment=\"K3S_TOKEN=" + token + "\"\n")}
 }
 
-// file is one file to put on a node.
+// file is one file to put on a node; with Mode modeSymlink, a symbolic
+// link to Data (see symlink).
 type file struct {
 	Path string
 	Mode int64
 	Data []byte
 }
 
+// modeSymlink marks a file that is a symbolic link.
+const modeSymlink = int64(fs.ModeSymlink)
+
+// symlink is a link at p to target.
+func symlink(p, target string) file { return file{p, modeSymlink, []byte(target)} }
+
 // installation is what install.sh would be given for one node: the role,
 // the arguments after it (INSTALL_K3S_EXEC plus script arguments) and the
 // K3S_* variables it saves into the unit's env file, plus what an operator
 // adds by hand (config.yaml, drop-ins, a token file).
 type installation struct {
-	Unit    string            // unit name without .service
-	Role    Role              // server or agent
-	Args    []string          // after the role, in ExecStart order
-	Env     map[string]string // written to <unit>.service.env
+	Unit string            // unit name without .service, or OpenRC service name
+	Role Role              // server or agent
+	Init string            // InitSystemd or InitOpenRC
+	Args []string          // after the role, in ExecStart (command_args) order
+	Env  map[string]string // written to <unit>.service.env (<service>.env on OpenRC)
+	// EtcEnv is written to /etc/environment as NAME=value lines (none when
+	// empty; OpenRC only).
+	EtcEnv  map[string]string
 	Distro  map[string]string // written to /etc/default/<unit> (none when empty)
 	Config  []string          // lines of /etc/rancher/k3s/config.yaml (none when empty)
 	DropIn  []string          // lines of config.yaml.d/50-token.yaml (none when empty)
@@ -76,6 +99,9 @@ type installation struct {
 
 // files renders the installation.
 func (in installation) files() []file {
+	if in.Init == InitOpenRC {
+		return in.openRCFiles()
+	}
 	unitFile := path.Join(systemdDir, in.Unit+".service")
 	unitPath := unitFile
 	if in.Template {
@@ -91,6 +117,49 @@ func (in installation) files() []file {
 	if len(in.Distro) > 0 {
 		fs = append(fs, file{path.Join("/etc/default", in.Unit), 0o600, []byte(installsh.EnvFile(in.Distro))})
 	}
+	return append(fs, in.common()...)
+}
+
+// openRCFiles renders the installation as install.sh writes it on OpenRC
+// (create_openrc_service_file, create_env_file): the service script,
+// 0755, and the env file it sources, 0600, always created.
+func (in installation) openRCFiles() []file {
+	envFile := openRCEnvFile(in.Unit)
+	script := installsh.OpenRC{Role: string(in.Role), Service: in.Unit, EnvFile: envFile, Args: in.Args}
+	fs := []file{
+		{path.Join(initDir, in.Unit), 0o755, []byte(script.Text())},
+		{envFile, 0o600, []byte(installsh.EnvFile(in.Env))},
+	}
+	if len(in.EtcEnv) > 0 {
+		fs = append(fs, file{etcEnvironment, 0o644, []byte(etcEnvironmentText(in.EtcEnv))})
+	}
+	return append(fs, in.common()...)
+}
+
+// etcEnvironmentText renders /etc/environment: NAME=value lines, sorted,
+// as an operator writes them (pam_env's format, which sh sources too); a
+// value with characters sh would take apart is single-quoted.
+func etcEnvironmentText(env map[string]string) string {
+	names := make([]string, 0, len(env))
+	for k := range env {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		v := env[k]
+		if strings.Trim(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:._-/") != "" {
+			v = shQuote(v)
+		}
+		b.WriteString(k + "=" + v + "\n")
+	}
+	return b.String()
+}
+
+// common renders what is the same on both init systems: config.yaml, its
+// drop-in, the token file and the operator's extra files.
+func (in installation) common() []file {
+	var fs []file
 	if len(in.Config) > 0 {
 		fs = append(fs, file{configFile, 0o600, []byte(strings.Join(in.Config, "\n") + "\n")})
 	}
@@ -130,6 +199,7 @@ func installFor(n *Node, c *Cluster, token string) installation {
 	in := installation{
 		Unit:     n.Unit,
 		Role:     n.Role,
+		Init:     n.Init,
 		Env:      map[string]string{},
 		Template: n.spec.Template,
 		ExecType: n.spec.LegacyExecType,
@@ -192,6 +262,13 @@ func installFor(n *Node, c *Cluster, token string) installation {
 			case InTokenFileNBSP:
 				in.TokFile = "\u00a0" + token
 				in.Args = append(in.Args, "--token-file", tokenFilePath)
+			case InCommandArgs:
+				in.Args = append(in.Args, "--token", token)
+			case InEtcEnvironment:
+				if in.EtcEnv == nil {
+					in.EtcEnv = map[string]string{}
+				}
+				in.EtcEnv["K3S_TOKEN"] = token
 			default:
 				panic(fmt.Sprintf("harness: unknown token place %d", p))
 			}

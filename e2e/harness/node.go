@@ -93,7 +93,9 @@ func (f *Fleet) WriteFile(ctx context.Context, node, path string, data []byte, m
 	return putFiles(ctx, f.cli, n.id, []file{{Path: path, Mode: int64(mode.Perm()), Data: data}})
 }
 
-// StopNode stops the node's container (systemd shuts down on SIGRTMIN+3).
+// StopNode stops the node's container (systemd shuts down on SIGRTMIN+3;
+// openrc-init runs the shutdown runlevel on SIGTERM, stopping k3s through
+// supervise-daemon, which takes about 3.5 s).
 func (f *Fleet) StopNode(ctx context.Context, node string) error {
 	n, err := f.node(node)
 	if err != nil {
@@ -103,9 +105,10 @@ func (f *Fleet) StopNode(ctx context.Context, node string) error {
 	return n.container.Stop(ctx, &timeout)
 }
 
-// StartNode starts a stopped node's container and waits until systemd has
-// booted and sshd runs; k3s starts on its own (the unit is enabled), use
-// WaitReady to wait for it. The SSH port and host keys stay the same.
+// StartNode starts a stopped node's container and waits until systemd (or
+// OpenRC) has booted and sshd runs; k3s starts on its own (the unit is
+// enabled, the OpenRC service is in the default runlevel), use WaitReady to
+// wait for it. The SSH port and host keys stay the same.
 func (f *Fleet) StartNode(ctx context.Context, node string) error {
 	n, err := f.node(node)
 	if err != nil {
@@ -154,11 +157,17 @@ func (f *Fleet) Reconnect(ctx context.Context, node string) error {
 // RestartUnit restarts the node's k3s unit as fleetcert does (daemon-reload,
 // `systemctl --no-block restart`) and waits until systemd has really started
 // a new run of it (a new InvocationID), so that a following health check
-// cannot see the old process. It does not wait for health: see WaitReady.
+// cannot see the old process. On OpenRC: `rc-service <service> restart`
+// (it returns once supervise-daemon has stopped the old k3s and started a
+// new one), then waits until OpenRC records a new child PID that runs. It
+// does not wait for health: see WaitReady.
 func (f *Fleet) RestartUnit(ctx context.Context, node string) error {
 	n, err := f.node(node)
 	if err != nil {
 		return err
+	}
+	if n.Init == InitOpenRC {
+		return f.restartOpenRC(ctx, n)
 	}
 	show := "systemctl show -p InvocationID --value " + n.Unit
 	r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c", show+" && systemctl daemon-reload && systemctl --no-block restart "+n.Unit)
@@ -176,11 +185,43 @@ func (f *Fleet) RestartUnit(ctx context.Context, node string) error {
 	})
 }
 
-// Logs returns the journal of the node's k3s unit.
+// restartOpenRC is RestartUnit on an OpenRC node.
+func (f *Fleet) restartOpenRC(ctx context.Context, n *Node) error {
+	old, err := f.servicePID(ctx, n)
+	if err != nil {
+		return err
+	}
+	r, err := execIn(ctx, f.cli, n.id, nil, "rc-service", n.Unit, "restart")
+	if err == nil {
+		err = r.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: rc-service %s restart: %w", n.Name, n.Unit, err)
+	}
+	return f.poll(ctx, func(ctx context.Context) (bool, error) {
+		pid, err := f.servicePID(ctx, n)
+		if err != nil || pid == 0 || pid == old {
+			return false, err
+		}
+		r, err := execIn(ctx, f.cli, n.id, nil, "test", "-d", fmt.Sprintf("/proc/%d", pid))
+		return err == nil && r.ExitCode == 0, err
+	})
+}
+
+// Logs returns the log of the node's k3s: the journal of its unit, or on
+// OpenRC the log file the service script sends k3s's output to
+// (/var/log/<service>.log; "" before k3s first started).
 func (f *Fleet) Logs(ctx context.Context, node string) (string, error) {
 	n, err := f.node(node)
 	if err != nil {
 		return "", err
+	}
+	if n.Init == InitOpenRC {
+		r, err := execIn(ctx, f.cli, n.id, nil, "sh", "-c", `[ ! -e "$1" ] || cat -- "$1"`, "sh", openRCLog(n.Unit))
+		if err != nil {
+			return "", err
+		}
+		return r.Stdout, r.Err()
 	}
 	r, err := execIn(ctx, f.cli, n.id, nil, "journalctl", "-u", n.Unit, "--no-pager", "-o", "short-iso")
 	if err != nil {

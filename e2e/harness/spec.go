@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -19,8 +20,12 @@ type Spec struct {
 	// Dir receives the inventory, known_hosts, the SSH key and custom CA
 	// material. Default: a new temporary directory, removed by Close.
 	Dir string
-	// Image is the node image. Default: build.Ensure (built when missing).
+	// Image is the node image of systemd nodes. Default: build.Ensure
+	// (built when missing).
 	Image string
+	// OpenRCImage is the node image of OpenRC nodes (NodeSpec.Init).
+	// Default: build.Ensure with Init openrc, only when a node needs it.
+	OpenRCImage string
 	// ReadyTimeout bounds the wait for each readiness step. Default 2 min.
 	ReadyTimeout time.Duration
 }
@@ -59,9 +64,20 @@ type NodeSpec struct {
 	TokenValue string
 	// DataDir is a custom --data-dir; default /var/lib/rancher/k3s.
 	DataDir string
-	// Unit is the systemd unit name without .service (INSTALL_K3S_NAME
-	// installs); default k3s or k3s-agent.
+	// Unit is the systemd unit name without .service, or the OpenRC
+	// service name, as INSTALL_K3S_NAME makes it (k3s-<name>); default k3s
+	// or k3s-agent.
 	Unit string
+	// Init is the node's init system: "" or InitSystemd, systemd as PID 1
+	// (the default), or InitOpenRC: OpenRC as PID 1 (openrc-init), k3s
+	// installed as install.sh does on OpenRC (/etc/init.d/<service> under
+	// supervise-daemon, /etc/rancher/k3s/<service>.env, the log in
+	// /var/log/<service>.log). A cluster may mix both.
+	Init string
+	// Busybox (OpenRC nodes only): sh, stat, base64 and cp are busybox
+	// applets, as on Alpine (/bin/sh, /usr/bin/stat, /usr/bin/base64 and
+	// /bin/cp are links to /bin/busybox from the first boot on).
+	Busybox bool
 	// Version is what the emulator reports (/etc/k3semu/version); empty
 	// leaves the emulator's default.
 	Version string
@@ -76,13 +92,15 @@ type NodeSpec struct {
 	// ExpectUnready: Start does not wait for this node to become Ready
 	// (a node that must fail to join, or a fault).
 	ExpectUnready bool
-	// ExtraArgs are appended to ExecStart.
+	// ExtraArgs are appended to ExecStart (command_args on OpenRC).
 	ExtraArgs []string
 	// Template installs the unit as a template, <prefix>@.service, and runs
 	// the instance Unit names (Unit must be "<prefix>@<instance>").
+	// systemd only.
 	Template bool
 	// LegacyExecType writes an agent unit as install.sh did before 2022
 	// (Type=exec); current install.sh writes Type=notify for agents too.
+	// systemd only.
 	LegacyExecType bool
 
 	// Product is "" for k3s or ProductRKE2; every node of a cluster has
@@ -90,12 +108,21 @@ type NodeSpec struct {
 	Product string
 }
 
-// TokenPlace is where an install put a node's join token.
+// The init systems of NodeSpec.Init.
+const (
+	InitSystemd = "systemd"
+	InitOpenRC  = "openrc"
+)
+
+// TokenPlace is where an install put a node's join token. Some places
+// exist only on systemd nodes, some only on OpenRC nodes (openRCPlaces);
+// the others mean the same file on both.
 type TokenPlace int
 
 const (
-	// InEnvFile: K3S_TOKEN='…' in /etc/systemd/system/<unit>.service.env,
-	// what `curl … | K3S_TOKEN=… sh -` leaves.
+	// InEnvFile: K3S_TOKEN='…' in the env file install.sh writes, what
+	// `curl … | K3S_TOKEN=… sh -` leaves: /etc/systemd/system/<unit>.service.env,
+	// or /etc/rancher/k3s/<service>.env on OpenRC.
 	InEnvFile TokenPlace = iota
 	// InDistroEnvFile: K3S_TOKEN='…' in /etc/default/<unit> (the first
 	// EnvironmentFile of the unit).
@@ -135,7 +162,28 @@ const (
 	// InTokenFileNBSP: the token file named by '--token-file' starts with a
 	// no-break space (U+00A0), which k3s's strings.TrimSpace removes.
 	InTokenFileNBSP
+	// InCommandArgs (OpenRC): '--token' '…' as two continuation lines of
+	// command_args in /etc/init.d/<service>, as install.sh writes
+	// `sh -s - server --token …`.
+	InCommandArgs
+	// InEtcEnvironment (OpenRC): K3S_TOKEN=… in /etc/environment, which the
+	// service script install.sh writes sources (before the env file).
+	InEtcEnvironment
 )
+
+// openRCPlaces says, for each place, whether it exists on OpenRC nodes
+// (true), only there (InCommandArgs, InEtcEnvironment: refused on
+// systemd), or only on systemd nodes (absent: refused on OpenRC). The
+// places that name a systemd unit or its drop-ins make no sense where
+// there is no systemd; ExecStart's token arguments are InCommandArgs there.
+var openRCPlaces = map[TokenPlace]bool{
+	InEnvFile: true, InConfig: true, InConfigDropIn: true, InTokenFileArg: true, InTokenFileConfig: true,
+	InConfigByEnv: true, InConfigByFlag: true, InConfigDotDropIn: true, InTokenFileNBSP: true,
+	InCommandArgs: true, InEtcEnvironment: true,
+}
+
+// openRCOnly are the places that exist on OpenRC nodes only.
+var openRCOnly = map[TokenPlace]bool{InCommandArgs: true, InEtcEnvironment: true}
 
 var placeNames = map[TokenPlace]string{
 	InEnvFile: "env-file", InDistroEnvFile: "etc-default", InExecStart: "execstart",
@@ -143,7 +191,7 @@ var placeNames = map[TokenPlace]string{
 	InConfig: "config", InConfigDropIn: "config-dropin", InTokenFileArg: "token-file-arg",
 	InTokenFileConfig: "token-file-config", InRuntimeDropIn: "runtime-dropin", InPrefixDropIn: "prefix-dropin",
 	InConfigByEnv: "config-by-env", InConfigByFlag: "config-by-flag", InConfigDotDropIn: "config-dot-dropin",
-	InTokenFileNBSP: "token-file-nbsp",
+	InTokenFileNBSP: "token-file-nbsp", InCommandArgs: "command-args", InEtcEnvironment: "etc-environment",
 }
 
 func (p TokenPlace) String() string {
@@ -229,6 +277,9 @@ func (s *Spec) validate() error {
 						return fmt.Errorf("node %s: unknown token place %d", n.Name, p)
 					}
 				}
+				if err := n.validateInit(); err != nil {
+					return fmt.Errorf("node %s: %w", n.Name, err)
+				}
 				if n.DataDir == "" {
 					n.DataDir = defaultDataDirOf(n.Product)
 				}
@@ -247,6 +298,43 @@ func (s *Spec) validate() error {
 		if c.Token == "" {
 			c.Token = randomHex(16)
 		}
+	}
+	return nil
+}
+
+// validateInit checks what the node's init system allows and normalizes
+// Init ("" is systemd).
+func (n *NodeSpec) validateInit() error {
+	switch n.Init {
+	case "", InitSystemd:
+		n.Init = InitSystemd
+		for _, p := range n.TokenIn {
+			if openRCOnly[p] {
+				return fmt.Errorf("token place %s exists only on OpenRC nodes", p)
+			}
+		}
+		if n.Busybox {
+			return errors.New("Busybox needs an OpenRC node (the systemd image has no busybox)")
+		}
+	case InitOpenRC:
+		if isRKE2(n.Product) {
+			return errors.New("RKE2 installs systemd units only: no RKE2 on OpenRC nodes")
+		}
+		for _, p := range n.TokenIn {
+			if !openRCPlaces[p] {
+				return fmt.Errorf("token place %s makes no sense on an OpenRC node (no systemd unit there)", p)
+			}
+		}
+		switch {
+		case n.Template:
+			return errors.New("Template: OpenRC has no unit templates")
+		case n.LegacyExecType:
+			return errors.New("LegacyExecType: OpenRC has no unit Type")
+		case strings.ContainsAny(n.Unit, "@/ "):
+			return fmt.Errorf("service name %q: not a script name for /etc/init.d", n.Unit)
+		}
+	default:
+		return fmt.Errorf("unknown init system %q (want %q or %q)", n.Init, InitSystemd, InitOpenRC)
 	}
 	return nil
 }

@@ -1,9 +1,11 @@
-// Command image builds the fleetcert e2e node image (make e2e-image):
+// Command image builds the fleetcert e2e node images (make e2e-image): the
+// systemd one and the OpenRC one, or only those -init names.
 //
-//	go run ./e2e/image [-q]
+//	go run ./e2e/image [-q] [-init systemd|openrc|all]
 //
-// It prints the image tag and how long each step took. See package
-// e2e/image/build for what the image holds and how it is cached.
+// It prints each image's tag (one a line, systemd first) and how long each
+// step took. See package e2e/image/build for what the images hold and how
+// they are cached.
 package main
 
 import (
@@ -19,27 +21,34 @@ import (
 )
 
 func main() {
-	quiet := flag.Bool("q", false, "print only the image tag")
+	quiet := flag.Bool("q", false, "print only the image tags")
+	which := flag.String("init", "all", "which image: systemd, openrc or all")
 	flag.Parse()
 
+	inits := build.Inits
+	if *which != "all" {
+		inits = []string{*which}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	start := time.Now()
-	opts := build.Options{}
-	if !*quiet {
-		opts.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-	}
-	res, err := build.Ensure(ctx, opts)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e image:", err)
-		os.Exit(1)
-	}
-	if !*quiet {
-		for _, t := range res.Timings {
-			fmt.Fprintf(os.Stderr, "  %-30s %s\n", t.Step, t.Took)
+	for _, init := range inits {
+		start := time.Now()
+		opts := build.Options{Init: init}
+		if !*quiet {
+			opts.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 		}
-		fmt.Fprintf(os.Stderr, "e2e image ready in %s (built: %v)\n", time.Since(start).Round(time.Millisecond), res.Built)
+		res, err := build.Ensure(ctx, opts)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e image (%s): %v\n", init, err)
+			os.Exit(1)
+		}
+		if !*quiet {
+			for _, t := range res.Timings {
+				fmt.Fprintf(os.Stderr, "  %-30s %s\n", t.Step, t.Took)
+			}
+			fmt.Fprintf(os.Stderr, "e2e image (%s) ready in %s (built: %v)\n", init, time.Since(start).Round(time.Millisecond), res.Built)
+		}
+		fmt.Println(res.Image)
 	}
-	fmt.Println(res.Image)
 }

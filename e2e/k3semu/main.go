@@ -165,6 +165,10 @@ func runNode(ctx context.Context, e *Env, args []string, isServer bool) error {
 	if stop, err := applyFault(ctx, e); stop || err != nil {
 		return err
 	}
+	if h := tokenHashFault(e); h != "" && !isServer {
+		e.Log.Warnf("k3semu fault token-hash: joining as if the token pinned %s", h)
+		cfg.Token = pinTokenHash(cfg.Token, h)
+	}
 	if isServer {
 		return runServer(ctx, e, cfg)
 	}
@@ -174,7 +178,8 @@ func runNode(ctx context.Context, e *Env, args []string, isServer bool) error {
 // faultPoll is how often a hang-start looks whether its fault was cleared.
 var faultPoll = time.Second
 
-// applyFault reads <EmuDir>/fault: fail-start, hang-start or crash-after=N.
+// applyFault reads <EmuDir>/fault: fail-start, hang-start or crash-after=N
+// (token-hash=HASH is tokenHashFault's).
 // stop=true means the node must not start (hang-start ended by a signal).
 func applyFault(ctx context.Context, e *Env) (stop bool, err error) {
 	b, err := os.ReadFile(filepath.Join(e.EmuDir, "fault"))
@@ -217,7 +222,36 @@ func applyFault(ctx context.Context, e *Env) (stop bool, err error) {
 			os.Exit(1)
 		}()
 		return false, nil
+	case strings.HasPrefix(fault, "token-hash="):
+		return false, nil // tokenHashFault
 	}
 	e.Log.Warnf("k3semu: unknown fault %q ignored", fault)
 	return false, nil
+}
+
+// tokenHashFault is the HASH of the fault token-hash=HASH, read at start:
+// an agent then joins as if its token pinned HASH, whatever its token
+// sources say, like an agent whose token was left on an old CA somewhere
+// fleetcert did not rewrite. "" without that fault.
+func tokenHashFault(e *Env) string {
+	b, err := os.ReadFile(filepath.Join(e.EmuDir, "fault"))
+	if err != nil {
+		return ""
+	}
+	h, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "token-hash=")
+	if !ok {
+		return ""
+	}
+	return h
+}
+
+// pinTokenHash makes token pin hash: a secure token's hash is replaced, a
+// short one becomes K10<hash>::server:<token>.
+func pinTokenHash(token, hash string) string {
+	if rest, ok := strings.CutPrefix(token, "K10"); ok {
+		if _, creds, ok := strings.Cut(rest, "::"); ok {
+			return "K10" + hash + "::" + creds
+		}
+	}
+	return "K10" + hash + "::server:" + token
 }

@@ -112,3 +112,33 @@ func TestRotateCARequiresPathAndToken(t *testing.T) {
 	}
 	assertContains(t, logs.String(), "open "+root+"/server/token: no such file or directory")
 }
+
+// TestFaultTokenHash: token-hash=HASH makes an agent join as if its token
+// pinned HASH (its token left on an old CA); servers ignore it.
+func TestFaultTokenHash(t *testing.T) {
+	h := strings.Repeat("3", 64)
+	for in, want := range map[string]string{
+		"K10" + strings.Repeat("a", 64) + "::server:pw":               "K10" + h + "::server:pw",
+		"K10" + strings.Repeat("a", 64) + "::abcdef.0123456789abcdef": "K10" + h + "::abcdef.0123456789abcdef",
+		"pw": "K10" + h + "::server:pw",
+	} {
+		if got := pinTokenHash(in, h); got != want {
+			t.Errorf("pinTokenHash(%q) = %q, want %q", in, got, want)
+		}
+	}
+	root := t.TempDir()
+	e, logs, _ := newTestEnv(t, root, nil)
+	if tokenHashFault(e) != "" {
+		t.Fatal("no fault file: no hash")
+	}
+	mustWrite(t, filepath.Join(e.EmuDir, "fault"), []byte("token-hash="+h+"\n"))
+	if got := tokenHashFault(e); got != h {
+		t.Fatalf("tokenHashFault = %q", got)
+	}
+	if stop, err := applyFault(context.Background(), e); stop || err != nil {
+		t.Fatalf("applyFault: stop %v, err %v", stop, err)
+	}
+	if strings.Contains(logs.String(), "unknown fault") {
+		t.Fatalf("token-hash taken for an unknown fault:\n%s", logs.String())
+	}
+}

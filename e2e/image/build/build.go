@@ -1,7 +1,9 @@
-// Package build makes the fleetcert e2e node image, locally and without any
+// Package build makes the fleetcert e2e node images, locally and without any
 // registry: a Debian bookworm rootfs from debootstrap (cached as a tarball),
 // imported as a base image, plus a small Dockerfile layer holding the k3s
-// emulator, the "fleet" SSH user and the sshd policy.
+// emulator, the "fleet" SSH user and the sshd policy. There are two, one per
+// init system a k3s node may run (Options.Init): systemd (the default) and
+// OpenRC, as on Alpine (openrc/Dockerfile).
 //
 // Every step is keyed by a hash of its inputs, so Ensure is cheap when
 // nothing changed: it rebuilds the emulator (Go's build cache makes that
@@ -34,11 +36,16 @@ import (
 )
 
 // Image names. The node image is tagged with a content hash of its inputs;
-// NodeLatest always points at the last one built, for hands-on use.
+// NodeLatest always points at the last one built, for hands-on use. The
+// OpenRC image has repositories of its own.
 const (
 	BaseRepo   = "fleetcert-e2e-base"
 	NodeRepo   = "fleetcert-e2e-node"
 	NodeLatest = NodeRepo + ":latest"
+
+	OpenRCBaseRepo   = "fleetcert-e2e-openrc-base"
+	OpenRCNodeRepo   = "fleetcert-e2e-openrc-node"
+	OpenRCNodeLatest = OpenRCNodeRepo + ":latest"
 
 	// LabelKey marks every image, container, network and volume the e2e
 	// tooling makes, so leftovers can be found and removed.
@@ -49,8 +56,57 @@ const (
 	EmulatorEnv = "FLEETCERT_E2E_K3S"
 )
 
-//go:embed Dockerfile nodefs
+// The init systems a node image can boot with (Options.Init).
+const (
+	Systemd = "systemd"
+	OpenRC  = "openrc"
+)
+
+// Inits lists every init system there is an image for.
+var Inits = []string{Systemd, OpenRC}
+
+//go:embed Dockerfile nodefs openrc
 var context_ embed.FS
+
+// flavor is what differs between the images of the two init systems.
+type flavor struct {
+	init               string
+	baseRepo, nodeRepo string
+	latest             string
+	packages           []string
+	cleanup            string
+	tarPrefix          string // of the cached rootfs tarball
+	// dockerfile is the Dockerfile's path in context_; overlay, when set,
+	// is a tree laid over nodefs/; skip drops the nodefs/ paths under
+	// these prefixes (another init system's files).
+	dockerfile string
+	overlay    string
+	skip       []string
+}
+
+var flavors = map[string]flavor{
+	Systemd: {
+		init: Systemd, baseRepo: BaseRepo, nodeRepo: NodeRepo, latest: NodeLatest,
+		packages: packages, cleanup: cleanup, tarPrefix: "rootfs-",
+		dockerfile: "Dockerfile",
+	},
+	OpenRC: {
+		init: OpenRC, baseRepo: OpenRCBaseRepo, nodeRepo: OpenRCNodeRepo, latest: OpenRCNodeLatest,
+		packages: openrcPackages, cleanup: cleanup, tarPrefix: "openrc-rootfs-",
+		dockerfile: "openrc/Dockerfile", overlay: "openrc/nodefs", skip: []string{"nodefs/etc/systemd/"},
+	},
+}
+
+func flavorOf(init string) (flavor, error) {
+	if init == "" {
+		init = Systemd
+	}
+	fl, ok := flavors[init]
+	if !ok {
+		return flavor{}, fmt.Errorf("no node image for init system %q (want %s)", init, strings.Join(Inits, " or "))
+	}
+	return fl, nil
+}
 
 // Options tunes Ensure. The zero value works from anywhere inside the repo.
 type Options struct {
@@ -65,6 +121,8 @@ type Options struct {
 	Emulator string
 	// Logf receives progress lines; nil is silent.
 	Logf func(format string, args ...any)
+	// Init is the node's init system: Systemd (also when empty) or OpenRC.
+	Init string
 }
 
 // Result tells what Ensure did.
@@ -86,9 +144,13 @@ func (r *Result) time(step string, start time.Time) {
 	r.Timings = append(r.Timings, Timing{step, time.Since(start).Round(time.Millisecond)})
 }
 
-// Ensure makes sure the node image for the current inputs exists and returns
-// its tag.
+// Ensure makes sure the node image of o.Init for the current inputs exists
+// and returns its tag.
 func Ensure(ctx context.Context, o Options) (*Result, error) {
+	fl, err := flavorOf(o.Init)
+	if err != nil {
+		return nil, err
+	}
 	logf := o.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -146,26 +208,26 @@ func Ensure(ctx context.Context, o Options) (*Result, error) {
 		ver = ""
 	}
 
-	ctxFiles, err := contextFiles()
+	ctxFiles, err := fl.contextFiles()
 	if err != nil {
 		return nil, err
 	}
 	var rootKey string
 	if ver != "" {
-		rootKey = rootfsKey(mirror, ver)
+		rootKey = fl.rootfsKey(mirror, ver)
 	} else {
 		// No debootstrap: reuse the newest base image there is, if any.
-		rootKey, err = newestBaseKey(ctx, cli)
+		rootKey, err = newestBaseKey(ctx, cli, fl.baseRepo)
 		if err != nil {
 			return nil, err
 		}
 	}
-	baseTag := BaseRepo + ":" + rootKey[:16]
-	res.Image = NodeRepo + ":" + nodeKey(rootKey, ctxFiles, emuSum)[:16]
+	baseTag := fl.baseRepo + ":" + rootKey[:16]
+	res.Image = fl.nodeRepo + ":" + nodeKey(rootKey, ctxFiles, emuSum)[:16]
 
 	if exists(ctx, cli, res.Image) {
 		logf("image: %s is up to date", res.Image)
-		if err := tag(ctx, cli, res.Image, NodeLatest); err != nil {
+		if err := tag(ctx, cli, res.Image, fl.latest); err != nil {
 			return nil, err
 		}
 		return res, nil
@@ -174,7 +236,7 @@ func Ensure(ctx context.Context, o Options) (*Result, error) {
 	// 3. The base image, from the cached rootfs tarball.
 	if !exists(ctx, cli, baseTag) {
 		start = time.Now()
-		tarball, _, err := ensureRootfs(ctx, o.CacheDir, mirror, logf)
+		tarball, _, err := fl.ensureRootfs(ctx, o.CacheDir, mirror, logf)
 		if err != nil {
 			return nil, err
 		}
@@ -195,11 +257,11 @@ func Ensure(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.time("docker build", start)
 	res.Built = true
-	if err := tag(ctx, cli, res.Image, NodeLatest); err != nil {
+	if err := tag(ctx, cli, res.Image, fl.latest); err != nil {
 		return nil, err
 	}
-	removeStale(ctx, cli, NodeRepo, res.Image, logf)
-	removeStale(ctx, cli, BaseRepo, baseTag, logf)
+	removeStale(ctx, cli, fl.nodeRepo, res.Image, fl.latest, logf)
+	removeStale(ctx, cli, fl.baseRepo, baseTag, fl.latest, logf)
 	// Node images that lost their tags while a fleet still ran on them.
 	cli.ImagePrune(ctx, client.ImagePruneOptions{Filters: make(client.Filters).Add("dangling", "true").Add("label", LabelKey)})
 	logf("image: built %s", res.Image)
@@ -265,18 +327,47 @@ type ctxFile struct {
 	data []byte
 }
 
-func contextFiles() ([]ctxFile, error) {
-	var files []ctxFile
-	err := fs.WalkDir(context_, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+// contextFiles is the flavor's build context: its Dockerfile as
+// "Dockerfile", and nodefs/ (less the skipped paths) with its overlay laid
+// over it. For systemd that is exactly the embedded Dockerfile and nodefs/,
+// so its node key is what it always was.
+func (fl flavor) contextFiles() ([]ctxFile, error) {
+	byPath := map[string][]byte{}
+	df, err := context_.ReadFile(fl.dockerfile)
+	if err != nil {
+		return nil, err
+	}
+	byPath["Dockerfile"] = df
+	walk := func(root, as string) error {
+		return fs.WalkDir(context_, root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			name := as + strings.TrimPrefix(p, root)
+			for _, s := range fl.skip {
+				if strings.HasPrefix(name, s) {
+					return nil
+				}
+			}
+			data, err := context_.ReadFile(p)
+			byPath[name] = data
 			return err
+		})
+	}
+	if err := walk("nodefs", "nodefs"); err != nil {
+		return nil, err
+	}
+	if fl.overlay != "" {
+		if err := walk(fl.overlay, "nodefs"); err != nil {
+			return nil, err
 		}
-		data, err := context_.ReadFile(p)
+	}
+	var files []ctxFile
+	for p, data := range byPath {
 		files = append(files, ctxFile{p, data})
-		return err
-	})
+	}
 	sort.Slice(files, func(i, j int) bool { return files[i].path < files[j].path })
-	return files, err
+	return files, nil
 }
 
 // nodeKey hashes everything the node image is made of.
@@ -302,8 +393,8 @@ func tag(ctx context.Context, cli *client.Client, src, dst string) error {
 	return nil
 }
 
-func newestBaseKey(ctx context.Context, cli *client.Client) (string, error) {
-	list, err := cli.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("reference", BaseRepo)})
+func newestBaseKey(ctx context.Context, cli *client.Client, baseRepo string) (string, error) {
+	list, err := cli.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("reference", baseRepo)})
 	if err != nil {
 		return "", err
 	}
@@ -311,13 +402,13 @@ func newestBaseKey(ctx context.Context, cli *client.Client) (string, error) {
 	key := ""
 	for _, im := range list.Items {
 		for _, t := range im.RepoTags {
-			if k, ok := strings.CutPrefix(t, BaseRepo+":"); ok && im.Created > newest {
+			if k, ok := strings.CutPrefix(t, baseRepo+":"); ok && im.Created > newest {
 				newest, key = im.Created, k
 			}
 		}
 	}
 	if key == "" {
-		return "", errors.New("debootstrap is not installed and there is no " + BaseRepo + " image to reuse: apt-get install -y debootstrap")
+		return "", errors.New("debootstrap is not installed and there is no " + baseRepo + " image to reuse: apt-get install -y debootstrap")
 	}
 	return key, nil
 }
@@ -403,16 +494,27 @@ func readStream(r io.Reader, w io.Writer) error {
 	}
 }
 
+// staleAfter is how old another content-hash tag must be before
+// removeStale drops it. Another checkout on the same engine (a worktree
+// whose emulator differs) may have just built it for a fleet it is about
+// to start: removing it between its Ensure and its containers' creation
+// makes the engine try to pull it from a registry, and fail.
+const staleAfter = time.Hour
+
 // removeStale drops older content-hash tags of repo so that they do not
-// pile up; an image still used by a container stays (no force).
-func removeStale(ctx context.Context, cli *client.Client, repo, keep string, logf func(string, ...any)) {
+// pile up; an image still used by a container stays (no force), and so
+// does one built less than staleAfter ago.
+func removeStale(ctx context.Context, cli *client.Client, repo, keep, latest string, logf func(string, ...any)) {
 	list, err := cli.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("reference", repo)})
 	if err != nil {
 		return
 	}
 	for _, im := range list.Items {
+		if time.Since(time.Unix(im.Created, 0)) < staleAfter {
+			continue
+		}
 		for _, t := range im.RepoTags {
-			if t == keep || t == NodeLatest || !strings.HasPrefix(t, repo+":") {
+			if t == keep || t == latest || !strings.HasPrefix(t, repo+":") {
 				continue
 			}
 			if _, err := cli.ImageRemove(ctx, t, client.ImageRemoveOptions{}); err == nil {

@@ -16,19 +16,31 @@ import (
 	"strings"
 )
 
-// Debian release and package set of the node rootfs. openssh-server is the
-// real sshd fleetcert talks to; systemd (+ systemd-sysv for /sbin/init, dbus
-// for systemctl's bus and logind) runs as PID 1 so that unit files behave
-// exactly as on a k3s host. curl and openssl are deliberately absent:
-// fleetcert must not need them on nodes.
+// Debian release of the node rootfs, for both init systems.
 const (
 	suite   = "bookworm"
 	variant = "minbase"
 )
 
+// Package set of the systemd rootfs. openssh-server is the real sshd
+// fleetcert talks to; systemd (+ systemd-sysv for /sbin/init, dbus for
+// systemctl's bus and logind) runs as PID 1 so that unit files behave
+// exactly as on a k3s host. curl and openssl are deliberately absent:
+// fleetcert must not need them on nodes.
 var packages = []string{
 	"openssh-server", "sudo", "procps", "iproute2",
 	"systemd", "systemd-sysv", "dbus",
+}
+
+// Package set of the OpenRC rootfs: the same userland, OpenRC (0.45:
+// openrc-init as PID 1, openrc-run, supervise-daemon, rc-service,
+// rc-update) instead of systemd, and busybox, whose applets stand in for
+// Alpine's sh, stat, base64 and cp on the nodes that ask for them
+// (harness NodeSpec.Busybox). No systemd package at all: nothing of
+// /run/systemd may exist on these nodes.
+var openrcPackages = []string{
+	"openssh-server", "sudo", "procps", "iproute2",
+	"openrc", "busybox",
 }
 
 // cleanup runs in the rootfs after debootstrap. It strips what a container
@@ -152,12 +164,16 @@ func onlySecurity(suites []string) bool {
 	return true
 }
 
-// rootfsKey is the cache key of the rootfs tarball: everything that decides
-// its content.
-func rootfsKey(mirror, debootstrapVersion string) string {
+// rootfsKey is the cache key of the flavor's rootfs tarball: everything
+// that decides its content. The systemd key is computed as it always was,
+// so that existing caches stay valid.
+func (fl flavor) rootfsKey(mirror, debootstrapVersion string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "suite=%s\nvariant=%s\narch=%s\nmirror=%s\ndebootstrap=%s\npackages=%s\ncleanup=%s",
-		suite, variant, runtime.GOARCH, mirror, debootstrapVersion, strings.Join(packages, ","), cleanup)
+		suite, variant, runtime.GOARCH, mirror, debootstrapVersion, strings.Join(fl.packages, ","), fl.cleanup)
+	if fl.init != Systemd {
+		fmt.Fprintf(h, "\ninit=%s", fl.init)
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -173,16 +189,16 @@ func debootstrapVersion(ctx context.Context) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// ensureRootfs returns the path of the cached rootfs tarball for mirror,
-// building it with debootstrap when it is not cached yet. Building needs
-// root (debootstrap chroots and creates device nodes).
-func ensureRootfs(ctx context.Context, cacheDir, mirror string, logf func(string, ...any)) (tarball, key string, err error) {
+// ensureRootfs returns the path of the flavor's cached rootfs tarball for
+// mirror, building it with debootstrap when it is not cached yet. Building
+// needs root (debootstrap chroots and creates device nodes).
+func (fl flavor) ensureRootfs(ctx context.Context, cacheDir, mirror string, logf func(string, ...any)) (tarball, key string, err error) {
 	ver, err := debootstrapVersion(ctx)
 	if err != nil {
 		return "", "", err
 	}
-	key = rootfsKey(mirror, ver)
-	tarball = filepath.Join(cacheDir, "rootfs-"+suite+"-"+key[:16]+".tar")
+	key = fl.rootfsKey(mirror, ver)
+	tarball = filepath.Join(cacheDir, fl.tarPrefix+suite+"-"+key[:16]+".tar")
 	if _, err := os.Stat(tarball); err == nil {
 		logf("rootfs: cached %s", tarball)
 		return tarball, key, nil
@@ -200,16 +216,16 @@ func ensureRootfs(ctx context.Context, cacheDir, mirror string, logf func(string
 	defer os.RemoveAll(work)
 	dir := filepath.Join(work, "rootfs")
 
-	logf("rootfs: debootstrap --variant=%s %s from %s", variant, suite, mirror)
+	logf("rootfs (%s): debootstrap --variant=%s %s from %s", fl.init, variant, suite, mirror)
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, "debootstrap", "--variant="+variant,
-		"--include="+strings.Join(packages, ","), suite, dir, mirror)
+		"--include="+strings.Join(fl.packages, ","), suite, dir, mirror)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return "", "", fmt.Errorf("debootstrap: %w\n%s", err, tail(out.String(), 30))
 	}
 	out.Reset()
-	cmd = exec.CommandContext(ctx, "chroot", dir, "/bin/sh", "-c", cleanup)
+	cmd = exec.CommandContext(ctx, "chroot", dir, "/bin/sh", "-c", fl.cleanup)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return "", "", fmt.Errorf("cleaning the rootfs: %w\n%s", err, tail(out.String(), 30))
@@ -229,9 +245,9 @@ func ensureRootfs(ctx context.Context, cacheDir, mirror string, logf func(string
 	if err := os.Rename(part, tarball); err != nil {
 		return "", "", err
 	}
-	// Tarballs of other inputs (an older mirror or debootstrap) are dead
-	// weight now.
-	old, _ := filepath.Glob(filepath.Join(cacheDir, "rootfs-*.tar"))
+	// Tarballs of this flavor made from other inputs (an older mirror or
+	// debootstrap) are dead weight now; the other flavor's stay.
+	old, _ := filepath.Glob(filepath.Join(cacheDir, fl.tarPrefix+"*.tar"))
 	for _, p := range old {
 		if p != tarball {
 			os.Remove(p)
