@@ -58,9 +58,13 @@ func (l Layout) RestartCmd() string {
 }
 
 // StopCmd and StartCmd are for `certificate rotate`, which needs k3s down.
+// On OpenRC, stop succeeds even when k3s ignored SIGTERM and
+// supervise-daemon left it running, orphaned: the PID it recorded must be
+// gone too.
 func (l Layout) StopCmd() string {
 	if l.OpenRC() {
-		return l.rcService("stop")
+		return "(" + remote.Quotef(`p=$(cat %s 2>/dev/null); `, l.OpenRCChildPID()) + l.rcService("stop") +
+			` || exit; [ -z "$p" ] || ! [ -d "/proc/$p" ] || { echo "k3s (PID $p) still runs after rc-service stop" >&2; exit 1; })`
 	}
 	return remote.Quotef("systemctl stop %s", l.UnitName()+".service")
 }
@@ -70,6 +74,37 @@ func (l Layout) StartCmd() string {
 		return l.rcService("start")
 	}
 	return remote.Quotef("systemctl --no-block start %s", l.UnitName()+".service")
+}
+
+// ServiceStateCmd prints the service's state (see ServiceState); it exits
+// non-zero when the service does not run.
+func (l Layout) ServiceStateCmd() string {
+	if l.OpenRC() {
+		return remote.Quotef("rc-service %s status", l.UnitName())
+	}
+	return remote.Quotef("systemctl is-active %s", l.UnitName()+".service")
+}
+
+// ServiceState reads ServiceStateCmd's output: systemctl is-active's word,
+// or the word after "status: " in rc-service's (" * status: started"; it
+// may print other " * " lines).
+func ServiceState(l Layout, out string) string {
+	if l.OpenRC() {
+		if _, after, ok := strings.Cut(out, "status: "); ok {
+			return strings.Fields(after + " ")[0]
+		}
+		return ""
+	}
+	return strings.TrimSpace(out)
+}
+
+// ServiceRunning reports whether a state means k3s runs: systemd's
+// "active", OpenRC's "started".
+func ServiceRunning(l Layout, state string) bool {
+	if l.OpenRC() {
+		return state == "started"
+	}
+	return state == "active"
 }
 
 // DaemonReloadCmd makes systemd reread edited unit files.

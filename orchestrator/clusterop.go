@@ -487,6 +487,15 @@ func (op *clusterOp) nodeFailed(n *Node, err error) error {
 // passGates runs gates in order under one deadline (--health-timeout) for
 // the node: a failed gate names itself and what it last saw.
 func (op *clusterOp) passGates(ctx context.Context, n *Node, gates []gate) error {
+	if n.Layout.StaticPods() && n.Role == inventory.Server {
+		// A restart leaves the static pods running, so the apiserver
+		// answers readyz at once, maybe still the old pod. The service
+		// reports ready only once it has replaced the pods whose files
+		// changed: its own word that they run what is on disk.
+		gates = append(gates, gate{n.Layout.ServiceLabel() + " reports ready (static pods reconciled)", func(ctx context.Context) (bool, string, error) {
+			return serviceReady(ctx, n)
+		}})
+	}
 	deadline := time.Now().Add(op.opts.HealthTimeout)
 	poll := op.opts.PollInterval
 	if poll == 0 {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/fleetcert/fleetcert/k3s"
 	"github.com/fleetcert/fleetcert/pki"
 	"github.com/fleetcert/fleetcert/remote"
 )
@@ -124,6 +125,17 @@ func readyz(ctx context.Context, n *Node) (bool, string, error) {
 	}
 	out := strings.TrimSpace(string(res.Stdout) + string(res.Stderr))
 	return res.ExitCode == 0 && strings.TrimSpace(string(res.Stdout)) == "ok", "readyz: " + firstLine(out), nil
+}
+
+// serviceReady asks the init system whether the node's service runs and
+// reported ready (systemd "active": past Type=notify's READY=1).
+func serviceReady(ctx context.Context, n *Node) (bool, string, error) {
+	out, err := remote.Output(ctx, n.Conn, n.Layout.ServiceStateCmd())
+	state := k3s.ServiceState(n.Layout, string(out))
+	if err != nil && state == "" {
+		return false, "", err
+	}
+	return k3s.ServiceRunning(n.Layout, state), n.Layout.ServiceLabel() + " is " + state, nil
 }
 
 // clusterNode is a node as the cluster's apiserver lists it.
