@@ -467,18 +467,11 @@ func allDigits(s string) bool {
 func parseShellEnv(file string, kind SourceKind, content []byte, allexport bool, ignored string) []TokenSource {
 	var out []TokenSource
 	entries, _ := scanEnv(content)
-	for _, e := range entries {
-		name, exported := e.key, false
-		if rest, ok := strings.CutPrefix(name, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
-			name, exported = strings.TrimLeft(rest, " \t"), true
-		}
-		setting, ok := envSettings[name]
-		if !ok {
-			continue
-		}
-		s := newSource(file, kind, name, setting, e.val, content, e.keyOff)
+	for _, d := range envDefinitions(entries) {
+		e := d.envEntry
+		s := newSource(file, kind, d.name, d.setting, e.val, content, e.keyOff)
 		s.Ignored = ignored
-		if s.Ignored == "" && !exported && !allexport {
+		if s.Ignored == "" && !d.exported && !allexport {
 			s.Ignored = "assigned but not exported (no export, no set -a): k3s does not see it"
 		}
 		if err := shellAgrees(content, e); err != nil {

@@ -371,16 +371,9 @@ func parseEnvFile(file string, kind SourceKind, content []byte, ignored string) 
 	if ignored == "" {
 		ignored = refused
 	}
-	for _, e := range entries {
-		name, exported := e.key, false
-		if rest, ok := strings.CutPrefix(name, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
-			name, exported = strings.TrimLeft(rest, " \t"), true
-		}
-		setting, ok := envSettings[name]
-		if !ok {
-			continue
-		}
-		s := newSource(file, kind, name, setting, e.val, content, e.keyOff)
+	for _, d := range envDefinitions(entries) {
+		e, exported := d.envEntry, d.exported
+		s := newSource(file, kind, d.name, d.setting, e.val, content, e.keyOff)
 		s.Ignored = ignored
 		switch {
 		case exported && s.Ignored == "":
@@ -393,6 +386,28 @@ func parseEnvFile(file string, kind SourceKind, content []byte, ignored string) 
 			s.Warning = "systemd and a POSIX shell read this value differently (quote pieces, escapes or blanks); fleetcert follows systemd"
 		}
 		out = append(out, s)
+	}
+	return out
+}
+
+// envDefinition is an environment-file entry that sets one of the settings
+// k3s reads (envSettings), with or without an "export " before its name.
+type envDefinition struct {
+	envEntry
+	name, setting string
+	exported      bool
+}
+
+func envDefinitions(entries []envEntry) []envDefinition {
+	var out []envDefinition
+	for _, e := range entries {
+		name, exported := e.key, false
+		if rest, ok := strings.CutPrefix(name, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
+			name, exported = strings.TrimLeft(rest, " \t"), true
+		}
+		if setting, ok := envSettings[name]; ok {
+			out = append(out, envDefinition{e, name, setting, exported})
+		}
 	}
 	return out
 }
