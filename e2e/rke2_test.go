@@ -85,6 +85,21 @@ func TestRKE2Delta(t *testing.T) {
 		}
 	}
 	assertAllReady(t, ctx, f, "delta")
+
+	// Retiring the old roots works on RKE2 as on k3s: the hash stays, every
+	// node comes back on the completed bundle, and status has nothing left.
+	for _, args := range [][]string{
+		{"rotate-ca", "--complete", "--min-soak", "0", "-i", f.InventoryPath(), "--cluster", "delta", "-o", "json", "--health-timeout", "3m"},
+		{"status", "-i", f.InventoryPath(), "--cluster", "delta"},
+	} {
+		if res := fleetcert(t, ctx, args...); res.Code != 0 {
+			t.Errorf("%s", res)
+		}
+	}
+	if h := clusterHash(t, ctx, f, "delta"); h != newHash {
+		t.Errorf("completing changed delta's hash: %s, want %s", h, newHash)
+	}
+	assertAllReady(t, ctx, f, "delta")
 }
 
 // TestRKE2AgentOnOldCAFailsFast: an RKE2 agent whose token goes back to
