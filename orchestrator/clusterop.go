@@ -487,6 +487,15 @@ func (op *clusterOp) nodeFailed(n *Node, err error) error {
 // passGates runs gates in order under one deadline (--health-timeout) for
 // the node: a failed gate names itself and what it last saw.
 func (op *clusterOp) passGates(ctx context.Context, n *Node, gates []gate) error {
+	if n.Layout.OpenRC() {
+		// OpenRC has no readiness protocol; the first proof that the
+		// restart happened is a new k3s process under supervise-daemon.
+		before := n.Facts.MainPID
+		gates = append([]gate{{"k3s runs under a new PID (child_pid)", func(ctx context.Context) (bool, string, error) {
+			pid, err := childPID(ctx, n)
+			return pid != 0 && pid != before, fmt.Sprintf("child_pid %d, %d before the restart", pid, before), err
+		}}}, gates...)
+	}
 	if n.Layout.StaticPods() && n.Role == inventory.Server {
 		// A restart leaves the static pods running, so the apiserver
 		// answers readyz at once, maybe still the old pod. The service

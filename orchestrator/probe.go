@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/fleetcert/fleetcert/k3s"
@@ -136,6 +137,17 @@ func serviceReady(ctx context.Context, n *Node) (bool, string, error) {
 		return false, "", err
 	}
 	return k3s.ServiceRunning(n.Layout, state), n.Layout.ServiceLabel() + " is " + state, nil
+}
+
+// childPID is the k3s PID supervise-daemon recorded on an OpenRC node; 0
+// while there is none (k3s stopped or not yet respawned).
+func childPID(ctx context.Context, n *Node) (int, error) {
+	files, err := k3s.ReadFiles(ctx, n.Conn, []string{n.Layout.OpenRCChildPID()})
+	if err != nil {
+		return 0, err
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(files[n.Layout.OpenRCChildPID()].Data)))
+	return pid, nil
 }
 
 // clusterNode is a node as the cluster's apiserver lists it.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleetcert/fleetcert/internal/installsh"
@@ -50,6 +51,7 @@ type Fleet struct {
 
 	mu      sync.Mutex
 	unknown []string
+	pids    atomic.Int64 // the last PID a fake OpenRC supervisor gave k3s
 }
 
 // Cluster is one fake cluster: the state its nodes share.
@@ -74,6 +76,7 @@ type Cluster struct {
 // its token in <unit>.service.env.
 func New(m *Material, spec Spec) *Fleet {
 	f := &Fleet{Material: m, nodes: map[string]*Node{}, version: spec.Version}
+	f.pids.Store(5000)
 	if f.version == "" {
 		f.version = "v1.33.4+k3s1"
 	}

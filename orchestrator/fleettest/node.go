@@ -673,6 +673,11 @@ func (n *Node) start(now time.Time) {
 	defer c.mu.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.layout.OpenRC() {
+		// supervise-daemon records the new k3s's PID, whether or not
+		// that k3s gets anywhere.
+		n.files[n.layout.OpenRCChildPID()] = &File{Data: fmt.Appendf(nil, "%d\n", n.fleet.pids.Add(1)), Mode: 0o644, MTime: now}
+	}
 	pinned := n.tokenHash()
 	if n.layout.Role == k3s.RoleServer {
 		ca := c.datastore["server-ca.crt"]
@@ -719,10 +724,6 @@ func (n *Node) start(now time.Time) {
 		}
 	}
 	n.units[n.inv.Service] = "active"
-	if n.layout.OpenRC() {
-		// supervise-daemon records the new k3s's PID.
-		n.files[n.layout.OpenRCChildPID()] = &File{Data: fmt.Appendf(nil, "%d\n", 1000+now.UnixNano()%30000), Mode: 0o644, MTime: now}
-	}
 }
 
 // certificateRotate is leaf renewal as fleetcert runs it: `systemctl stop
