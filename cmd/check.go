@@ -60,7 +60,7 @@ finding; 4 some nodes unreachable and nothing else wrong; 2 bad usage.`,
 		RunE: func(c *cobra.Command, _ []string) error { return a.runCheck(c, &f) },
 	}
 	c.Flags().Var(&f.within, "within", "a certificate expiring within this is a WARNING (Go duration or days, e.g. 30d)")
-	c.Flags().BoolVar(&f.crossCheck, "cross-check", false, "also run k3s's own certificate check (JSON) where the node's k3s has it (v1.32.0, v1.31.5, v1.30.9 and later) and report where it disagrees; fleetcert's own reading stays the verdict")
+	c.Flags().BoolVar(&f.crossCheck, "cross-check", false, "also run k3s's (or RKE2's) own certificate check (JSON) where the node has it (k3s v1.32.0, v1.31.5, v1.30.9 and later; RKE2 also v1.29.13) and report where it disagrees; fleetcert's own reading stays the verdict")
 	c.Flags().Var(&f.maxSkew, "max-clock-skew", "a node whose clock differs from the controller's by more is a finding (clockSkew)")
 	c.Flags().BoolVar(&f.all, "all", false, "table: list every certificate of every cluster, not only what needs attention (also with -v)")
 	c.Flags().StringVar(&f.outputFile, "output-file", "", "write the output to this file atomically (temp file in the same directory, then rename) instead of standard output")

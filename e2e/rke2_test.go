@@ -85,6 +85,8 @@ func TestRKE2Delta(t *testing.T) {
 		}
 	}
 	assertAllReady(t, ctx, f, "delta")
+	// rke2's own certificate check sees what fleetcert sees.
+	chkAgrees(t, chkJSON(t, ctx, f, 0, "--cluster", "delta", "--cross-check"))
 
 	// Retiring the old roots works on RKE2 as on k3s: the hash stays, every
 	// node comes back on the completed bundle, and status has nothing left.
