@@ -28,9 +28,10 @@ type product struct {
 	// supervisorPort serves /cacerts and agents' joins; the apiserver
 	// is on 6443 for both.
 	supervisorPort string
-	// kubectl runs kubectl against the local apiserver as admin (%s: the
-	// data dir).
-	kubectl string
+	// kubeconfig is the admin kubeconfig for the product's own kubectl,
+	// <data dir>/bin/kubectl; empty: the program has a kubectl subcommand
+	// that finds it (k3s kubectl).
+	kubeconfig string
 	// versionTag is what follows "+" in a release: v1.33.5+k3s1,
 	// v1.33.5+rke2r1.
 	versionTag string
@@ -47,13 +48,13 @@ var products = map[string]*product{
 	ProductK3s: {
 		binary: "k3s", dataDir: "/var/lib/rancher/k3s", configFile: "/etc/rancher/k3s/config.yaml",
 		unitDir: "/etc/systemd/system", envFile: "%s.service.env", serverUnit: "k3s", agentUnit: "k3s-agent",
-		supervisorPort: "6443", kubectl: "k3s kubectl", versionTag: "k3s",
+		supervisorPort: "6443", versionTag: "k3s",
 		checkOutput: gate{"v1.32.0+k3s1", "v1.31.5+k3s1", "v1.30.9+k3s1"},
 	},
 	ProductRKE2: {
 		binary: "rke2", dataDir: "/var/lib/rancher/rke2", configFile: "/etc/rancher/rke2/config.yaml",
 		unitDir: "/usr/local/lib/systemd/system", envFile: "%s.env", serverUnit: "rke2-server", agentUnit: "rke2-agent",
-		supervisorPort: "9345", kubectl: "%s/bin/kubectl --kubeconfig /etc/rancher/rke2/rke2.yaml", versionTag: "rke2r",
+		supervisorPort: "9345", kubeconfig: "/etc/rancher/rke2/rke2.yaml", versionTag: "rke2r",
 		staticPods:  true,
 		checkOutput: gate{"v1.32.1+k3s1", "v1.31.5+k3s1", "v1.30.9+k3s1", "v1.29.13+k3s1"},
 	},
@@ -125,11 +126,10 @@ func (l Layout) leafName(name string) string {
 
 // kubectl is the command that runs kubectl as the node's admin.
 func (l Layout) kubectl() string {
-	k := l.product().kubectl
-	if strings.Contains(k, "%s") {
-		return strings.Replace(k, "%s", l.dataDir(), 1)
+	if kc := l.product().kubeconfig; kc != "" {
+		return remote.Quotef("%s --kubeconfig %s", path.Join(l.dataDir(), "bin", "kubectl"), kc)
 	}
-	return l.bin() + strings.TrimPrefix(k, l.product().binary)
+	return l.bin() + " kubectl"
 }
 
 // bin runs the product's program: the path the service runs (Binary, from
