@@ -66,11 +66,7 @@ func parseFile(kind FileKind, file string, content []byte, unit string) ([]Token
 		sc := parseServiceScript(file, content)
 		srcs = append(sc.args, sc.problems...)
 	case fileShellEnv:
-		sk := kindOpenRCEnvFile
-		if file == (Layout{}).EtcEnvironment() {
-			sk = kindEtcEnvironment
-		}
-		srcs = parseShellEnv(file, sk, content, true, "")
+		srcs = parseShellEnv(file, shellEnvKind(file), content, true, "")
 	default:
 		return nil, fmt.Errorf("unknown file kind %q", kind)
 	}

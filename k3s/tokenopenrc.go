@@ -164,7 +164,7 @@ func (sc *serviceScript) readCommand(file string, content, code []byte) {
 	if err == nil {
 		err = onlyBlanksToLineEnd(content, end)
 	}
-	if err == nil && len(v.b) > 0 && bytes.IndexByte(v.b, 0) >= 0 {
+	if err == nil && bytes.IndexByte(v.b, expansionMark) >= 0 {
 		err = errors.New("takes its value from a variable")
 	}
 	if err != nil {
@@ -181,15 +181,16 @@ func (sc *serviceScript) readCommand(file string, content, code []byte) {
 // readSourced lists the files the script sources and whether allexport
 // is on for each (set -a / set -o allexport, in file order).
 func (sc *serviceScript) readSourced(file string, content, code []byte) {
+	// In file order: a set switches allexport, a source (src set) reads a
+	// file under the current setting.
 	type event struct {
-		off int
-		on  *bool // allexport switch
-		src string
+		off       int
+		src       string
+		allexport bool
 	}
 	var events []event
 	for _, m := range allexportRE.FindAllSubmatchIndex(code, -1) {
-		on := code[m[2]] == '-'
-		events = append(events, event{off: m[0], on: &on})
+		events = append(events, event{off: m[0], allexport: code[m[2]] == '-'})
 	}
 	for _, m := range sourceRE.FindAllSubmatchIndex(code, -1) {
 		events = append(events, event{off: m[2], src: string(code[m[2]:m[3]])})
@@ -197,8 +198,8 @@ func (sc *serviceScript) readSourced(file string, content, code []byte) {
 	sort.Slice(events, func(i, j int) bool { return events[i].off < events[j].off })
 	allexport := false
 	for _, e := range events {
-		if e.on != nil {
-			allexport = *e.on
+		if e.src == "" {
+			allexport = e.allexport
 			continue
 		}
 		p := e.src
@@ -221,65 +222,78 @@ const expansionMark = 0
 // $ expands), '…' (literal) or a plain word. An expansion is kept as
 // expansionMark. end is where the value ends.
 func assignedValue(b []byte, off int) (v span, end int, err error) {
+	var w word
 	i := off
 	for i < len(b) && !isBlank(b[i]) && b[i] != ';' {
 		c := b[i]
 		switch {
-		case c == '\'':
-			j := bytes.IndexByte(b[i+1:], '\'')
-			if j < 0 {
-				return v, 0, errors.New("unbalanced ' quote")
-			}
-			for k := i + 1; k < i+1+j; k++ {
-				v.lit(b[k], k)
-			}
-			i += j + 2
-		case c == '"':
-			i++
-			for ; i < len(b) && b[i] != '"'; i++ {
-				switch b[i] {
-				case '\\':
-					if i+1 < len(b) && strings.IndexByte("$`\"\\\n", b[i+1]) >= 0 {
-						i++
-						if b[i] != '\n' {
-							v.esc(b[i])
-						}
-						continue
-					}
-					v.lit('\\', i)
-				case '`':
-					return v, 0, errors.New("uses command substitution (`…`)")
-				case '$':
-					if i+1 < len(b) && isExpansionStart(b[i+1]) {
-						v.esc(expansionMark)
-						i = skipExpansion(b, i)
-						continue
-					}
-					v.lit('$', i)
-				default:
-					v.lit(b[i], i)
-				}
-			}
-			if i >= len(b) {
-				return v, 0, errors.New("unbalanced \" quote")
+		case c == '\'' || c == '"':
+			if i, err = quoted(b, nil, i, &w, true); err != nil {
+				return w.span, 0, err
 			}
 			i++
 		case c == '\\':
 			if i+1 < len(b) && b[i+1] != '\n' {
-				v.esc(b[i+1])
+				w.esc(b[i+1])
 			}
 			i += 2
 		case c == '`':
-			return v, 0, errors.New("uses command substitution (`…`)")
+			return w.span, 0, errCommandSubstitution
 		case c == '$' && i+1 < len(b) && isExpansionStart(b[i+1]):
-			v.esc(expansionMark)
+			w.esc(expansionMark)
 			i = skipExpansion(b, i) + 1
 		default:
-			v.lit(c, i)
+			w.lit(c, i)
 			i++
 		}
 	}
-	return v, i, nil
+	return w.span, i, nil
+}
+
+var errCommandSubstitution = errors.New("uses command substitution (`…`)")
+
+// quoted reads the '…' or "…" piece of b that opens at b[i] into w, as sh
+// reads quotes, and returns the offset of its closing quote. offs are the
+// file offsets of b's bytes (nil: b is the file). In double quotes a
+// backslash escapes $ ` " \ and newline (which goes), and a backtick is
+// command substitution. expand is what a $ does there: at the first level
+// it expands (expansionMark stands for the value, which fleetcert cannot
+// know); for eval the word keeps it and is marked. A first-level expansion
+// already inside the piece marks the word as well.
+func quoted(b []byte, offs []int, i int, w *word, expand bool) (int, error) {
+	off := func(k int) int {
+		if offs == nil {
+			return k
+		}
+		return offs[k]
+	}
+	q := b[i]
+	for i++; i < len(b) && b[i] != q; i++ {
+		switch c := b[i]; {
+		case q == '\'':
+			w.dollar = w.dollar || c == expansionMark
+			w.lit(c, off(i))
+		case c == '\\' && i+1 < len(b) && strings.IndexByte("$`\"\\\n", b[i+1]) >= 0:
+			i++
+			if b[i] != '\n' {
+				w.esc(b[i])
+			}
+		case c == '`':
+			return 0, errCommandSubstitution
+		case expand && c == '$' && i+1 < len(b) && isExpansionStart(b[i+1]):
+			w.esc(expansionMark)
+			i = skipExpansion(b, i)
+		case !expand && (c == '$' || c == expansionMark):
+			w.dollar = true
+			w.lit(c, off(i))
+		default:
+			w.lit(c, off(i))
+		}
+	}
+	if i >= len(b) {
+		return 0, fmt.Errorf("unbalanced %c quote", q)
+	}
+	return i, nil
 }
 
 func isExpansionStart(c byte) bool {
@@ -370,41 +384,12 @@ func evalWords(v span) ([]word, error) {
 			// The shell put the value of a variable here, as code for
 			// eval: it could be any number of words, flags among them.
 			return nil, errors.New("a variable or command expands outside quotes: eval could make any flags of it")
-		case c == '\'':
+		case c == '\'' || c == '"':
 			in = true
-			j := i + 1
-			for ; j < len(v.b) && v.b[j] != '\''; j++ {
-				// A first-level expansion happened inside these quotes.
-				cur.dollar = cur.dollar || v.b[j] == expansionMark
-				cur.lit(v.b[j], v.offs[j])
+			var err error
+			if i, err = quoted(v.b, v.offs, i, &cur, false); err != nil {
+				return nil, err
 			}
-			if j == len(v.b) {
-				return nil, errors.New("unbalanced ' quote")
-			}
-			i = j
-		case c == '"':
-			in = true
-			j := i + 1
-			for ; j < len(v.b) && v.b[j] != '"'; j++ {
-				switch d := v.b[j]; {
-				case d == '\\' && j+1 < len(v.b) && strings.IndexByte("$`\"\\\n", v.b[j+1]) >= 0:
-					j++
-					if v.b[j] != '\n' {
-						cur.esc(v.b[j])
-					}
-				case d == '`':
-					return nil, errors.New("uses command substitution (`…`)")
-				case d == '$' || d == expansionMark:
-					cur.dollar = true
-					cur.lit(d, v.offs[j])
-				default:
-					cur.lit(d, v.offs[j])
-				}
-			}
-			if j == len(v.b) {
-				return nil, errors.New("unbalanced \" quote")
-			}
-			i = j
 		case c == '\\':
 			in = true
 			if i+1 < len(v.b) {
@@ -502,12 +487,12 @@ func shellAgrees(content []byte, e envEntry) error {
 	return onlyBlanksToLineEnd(content, end)
 }
 
-// lineEndAt is the offset of the end of the line holding off.
-func lineEndAt(b []byte, off int) int {
-	if i := bytes.IndexByte(b[off:], '\n'); i >= 0 {
-		return off + i
+// shellEnvKind is the kind of a file sh sources for an OpenRC service.
+func shellEnvKind(p string) SourceKind {
+	if p == (Layout{}).EtcEnvironment() {
+		return kindEtcEnvironment
 	}
-	return len(b)
+	return kindOpenRCEnvFile
 }
 
 // openrcSources reads the token places of an OpenRC node in the order sh
@@ -534,23 +519,15 @@ func (sc *TokenScan) openrcSources(l Layout, in NodeFiles) (env, exec, problems 
 			env = append(env, parseShellEnv(p, kind, c, allexport, ignored)...)
 		}
 	}
-	readEnv(l.OpenRCConfD(), kindOpenRCEnvFile, false, "")
+	readEnv(l.OpenRCConfD(), shellEnvKind(l.OpenRCConfD()), false, "")
 	sourced := map[string]bool{}
 	for _, f := range parsed.sourced {
-		kind := kindOpenRCEnvFile
-		if f.path == l.EtcEnvironment() {
-			kind = kindEtcEnvironment
-		}
 		sourced[f.path] = true
-		readEnv(f.path, kind, f.allexport, "")
+		readEnv(f.path, shellEnvKind(f.path), f.allexport, "")
 	}
 	for _, p := range []string{l.EtcEnvironment(), l.OpenRCEnvFile()} {
 		if !sourced[p] && in.Files[p] != nil {
-			kind := kindOpenRCEnvFile
-			if p == l.EtcEnvironment() {
-				kind = kindEtcEnvironment
-			}
-			readEnv(p, kind, true, "not sourced by "+script)
+			readEnv(p, shellEnvKind(p), true, "not sourced by "+script)
 		}
 	}
 	return env, parsed.args, parsed.problems
