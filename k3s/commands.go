@@ -88,7 +88,7 @@ func (l Layout) ServiceStateCmd() string {
 // ServiceState reads ServiceStateCmd's output: systemctl is-active's word,
 // or the word after "status: " in rc-service's (" * status: started"; it
 // may print other " * " lines).
-func ServiceState(l Layout, out string) string {
+func (l Layout) ServiceState(out string) string {
 	if l.OpenRC() {
 		if _, after, ok := strings.Cut(out, "status: "); ok {
 			return strings.Fields(after + " ")[0]
@@ -100,7 +100,7 @@ func ServiceState(l Layout, out string) string {
 
 // ServiceRunning reports whether a state means k3s runs: systemd's
 // "active", OpenRC's "started".
-func ServiceRunning(l Layout, state string) bool {
+func (l Layout) ServiceRunning(state string) bool {
 	if l.OpenRC() {
 		return state == "started"
 	}

@@ -80,7 +80,7 @@ type NodeFacts struct {
 // Running reports whether the init system says k3s runs: systemd's
 // "active", OpenRC's "started".
 func (f NodeFacts) Running() bool {
-	return ServiceRunning(Layout{Init: f.Init}, f.UnitState)
+	return Layout{Init: f.Init}.ServiceRunning(f.UnitState)
 }
 
 func (f NodeFacts) noAccess(p string) bool { return slices.Contains(f.NoAccess, p) }

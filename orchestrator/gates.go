@@ -3,8 +3,6 @@ package orchestrator
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"path"
@@ -90,10 +88,11 @@ func (r *loadRotation) agentGates(ctx context.Context, n *Node, t0 time.Time) er
 // the server's leafs). The old leaf would verify against a cross-signed
 // bundle too, since the old root stays in it: only its issuer tells.
 func servesLeafOf(ctx context.Context, n *Node, bundle []byte) (bool, string, error) {
-	issuer, err := firstCert(bundle)
+	certs, err := pki.ParseCerts(bundle)
 	if err != nil {
 		return false, "", err
 	}
+	issuer := certs[0]
 	chain, err := servingChain(ctx, n)
 	if err != nil || len(chain) == 0 {
 		return false, "no serving chain", err
@@ -102,15 +101,6 @@ func servesLeafOf(ctx context.Context, n *Node, bundle []byte) (bool, string, er
 		return false, "serving certificate issued by " + chain[0].Issuer.CommonName, nil
 	}
 	return true, "serving certificate issued by " + issuer.Subject.CommonName, nil
-}
-
-// firstCert parses the first certificate of a PEM bundle.
-func firstCert(bundle []byte) (*x509.Certificate, error) {
-	block, _ := pem.Decode(bundle)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, errors.New("no certificate in the bundle")
-	}
-	return x509.ParseCertificate(block.Bytes)
 }
 
 // rewrittenSince reports whether file's mtime on the node is at or after

@@ -132,11 +132,11 @@ func readyz(ctx context.Context, n *Node) (bool, string, error) {
 // reported ready (systemd "active": past Type=notify's READY=1).
 func serviceReady(ctx context.Context, n *Node) (bool, string, error) {
 	out, err := remote.Output(ctx, n.Conn, n.Layout.ServiceStateCmd())
-	state := k3s.ServiceState(n.Layout, string(out))
+	state := n.Layout.ServiceState(string(out))
 	if err != nil && state == "" {
 		return false, "", err
 	}
-	return k3s.ServiceRunning(n.Layout, state), n.Layout.ServiceLabel() + " is " + state, nil
+	return n.Layout.ServiceRunning(state), n.Layout.ServiceLabel() + " is " + state, nil
 }
 
 // childPID is the k3s PID supervise-daemon recorded on an OpenRC node; 0
