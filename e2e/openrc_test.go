@@ -20,19 +20,6 @@ import (
 // supervise-daemon: subtest "nodes"), then runs the built fleetcert against
 // OpenRC nodes.
 
-// openrcExec runs cmd on the node and returns its stdout, failing the test
-// when it cannot run or exits non-zero.
-func openrcExec(t *testing.T, ctx context.Context, f *harness.Fleet, node, cmd string) string {
-	t.Helper()
-	r, err := f.Exec(ctx, node, cmd)
-	if err == nil {
-		err = r.Err()
-	}
-	if err != nil {
-		t.Fatalf("%s: %s: %v", node, cmd, err)
-	}
-	return r.Stdout
-}
 
 // openrcStatus runs `rc-service <svc> status` and returns its exit code and
 // output.
@@ -105,28 +92,28 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 			t.Fatalf("%s: init %q, want openrc", n.Name, n.Init)
 		}
 		// Booted by OpenRC, not merely carrying it.
-		openrcExec(t, ctx, f, n.Name, "test -e /run/openrc/softlevel && test ! -e /run/systemd/system && test \"$(cat /proc/1/comm)\" = openrc-init")
+		mustExec(t, ctx, f, n.Name, "test -e /run/openrc/softlevel && test ! -e /run/systemd/system && test \"$(cat /proc/1/comm)\" = openrc-init")
 		if code, out := openrcStatus(t, ctx, f, n); code != 0 || !strings.Contains(out, "started") {
 			t.Errorf("%s: rc-service %s status: exit %d, %q; want 0, started", n.Name, n.Unit, code, out)
 		}
-		if !strings.Contains(openrcExec(t, ctx, f, n.Name, "rc-update show default"), n.Unit) {
+		if !strings.Contains(mustExec(t, ctx, f, n.Name, "rc-update show default"), n.Unit) {
 			t.Errorf("%s: %s is not in the default runlevel", n.Name, n.Unit)
 		}
 
 		// supervise-daemon runs k3s; the pidfile is the supervisor's,
 		// child_pid is k3s's (and what ServicePID reports).
-		sup, err := strconv.Atoi(strings.TrimSpace(openrcExec(t, ctx, f, n.Name, "cat /var/run/"+n.Unit+".pid")))
+		sup, err := strconv.Atoi(strings.TrimSpace(mustExec(t, ctx, f, n.Name, "cat /var/run/"+n.Unit+".pid")))
 		if err != nil {
 			t.Fatal(err)
 		}
-		child, err := strconv.Atoi(strings.TrimSpace(openrcExec(t, ctx, f, n.Name, "cat /run/openrc/options/"+n.Unit+"/child_pid")))
+		child, err := strconv.Atoi(strings.TrimSpace(mustExec(t, ctx, f, n.Name, "cat /run/openrc/options/"+n.Unit+"/child_pid")))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if pid, err := f.ServicePID(ctx, n.Name); err != nil || pid != child {
 			t.Errorf("%s: ServicePID = %d, %v; want child_pid %d", n.Name, pid, err, child)
 		}
-		out := openrcExec(t, ctx, f, n.Name, fmt.Sprintf(
+		out := mustExec(t, ctx, f, n.Name, fmt.Sprintf(
 			"tr '\\0' '\\n' </proc/%[1]d/cmdline | head -n 1; readlink /proc/%[2]d/exe; awk '{print $4}' /proc/%[2]d/stat; tr '\\0' '|' </proc/%[2]d/cmdline | sed 's/|*$//'", sup, child))
 		got := strings.Split(strings.TrimSpace(out), "\n")
 		want := []string{"supervise-daemon", "/usr/local/bin/k3s", strconv.Itoa(sup), "/usr/local/bin/k3s " + string(n.Role)}
@@ -135,7 +122,7 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 		}
 
 		// install.sh's files.
-		modes := openrcExec(t, ctx, f, n.Name, "stat -c %a "+n.ServiceFile()+" /etc/rancher/k3s/"+n.Unit+".env")
+		modes := mustExec(t, ctx, f, n.Name, "stat -c %a "+n.ServiceFile()+" /etc/rancher/k3s/"+n.Unit+".env")
 		if strings.Fields(modes)[0] != "755" || strings.Fields(modes)[1] != "600" {
 			t.Errorf("%s: modes of the service script and env file = %q, want 755 600", n.Name, modes)
 		}
@@ -161,7 +148,7 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 		}
 
 		// Busybox applets where asked for, Debian's elsewhere.
-		links := openrcExec(t, ctx, f, n.Name, "for a in /bin/sh /usr/bin/stat /usr/bin/base64 /bin/cp; do readlink -f $a; done")
+		links := mustExec(t, ctx, f, n.Name, "for a in /bin/sh /usr/bin/stat /usr/bin/base64 /bin/cp; do readlink -f $a; done")
 		for i, target := range strings.Fields(links) {
 			if isBB := target == "/usr/bin/busybox"; isBB != n.Busybox() {
 				t.Errorf("%s: applet %d is %s (busybox wanted: %v)", n.Name, i, target, n.Busybox())
@@ -179,7 +166,7 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		openrcExec(t, ctx, f, a.Name, fmt.Sprintf("kill -9 %d", old))
+		mustExec(t, ctx, f, a.Name, fmt.Sprintf("kill -9 %d", old))
 		pid := waitNewPID(t, ctx, f, a, old, 15*time.Second)
 		waitLog(t, ctx, f, a, "Starting k3s agent", 2, 10*time.Second)
 		if code, out := openrcStatus(t, ctx, f, a); code != 0 {
@@ -196,7 +183,7 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 			t.Fatal(err)
 		}
 		// The emulator leaves on SIGTERM, which supervise-daemon sends.
-		openrcExec(t, ctx, f, a.Name, "rc-service "+a.Unit+" stop")
+		mustExec(t, ctx, f, a.Name, "rc-service "+a.Unit+" stop")
 		if code, out := openrcStatus(t, ctx, f, a); code != 3 || !strings.Contains(out, "stopped") {
 			t.Errorf("stopped: status exit %d %q, want 3, stopped", code, out)
 		}
@@ -206,7 +193,7 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 		if pid, err := f.ServicePID(ctx, a.Name); err != nil || pid != 0 {
 			t.Errorf("stopped: ServicePID = %d, %v; want 0", pid, err)
 		}
-		openrcExec(t, ctx, f, a.Name, "rc-service "+a.Unit+" start")
+		mustExec(t, ctx, f, a.Name, "rc-service "+a.Unit+" start")
 		started := waitNewPID(t, ctx, f, a, old, 10*time.Second)
 		if err := f.RestartUnit(ctx, a.Name); err != nil {
 			t.Fatal(err)
@@ -237,7 +224,7 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 		}
 		// The mismatch was on purpose: the log starts afresh (k3s appends
 		// to it), so that what fleetcert's runs cause later stands alone.
-		openrcExec(t, ctx, f, a.Name, ": >"+a.LogFile())
+		mustExec(t, ctx, f, a.Name, ": >"+a.LogFile())
 		if err := f.RestartUnit(ctx, a.Name); err != nil {
 			t.Fatal(err)
 		}
@@ -251,7 +238,7 @@ func openrcNodes(t *testing.T, ctx context.Context, f *harness.Fleet) {
 		}
 		defer f.SetClockOffset(ctx, a.Name, 0)
 		now := time.Now().Unix()
-		out := strings.Fields(openrcExec(t, ctx, f, a.Name, "date +%s; f=$(mktemp); stat -c %Y $f; rm -f $f"))
+		out := strings.Fields(mustExec(t, ctx, f, a.Name, "date +%s; f=$(mktemp); stat -c %Y $f; rm -f $f"))
 		for i, what := range []string{"date +%s", "stat -c %Y of a new file"} {
 			got, err := strconv.ParseInt(out[i], 10, 64)
 			if err != nil || got < now+3590 || got > now+3610 {

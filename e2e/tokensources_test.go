@@ -163,7 +163,9 @@ func factsJSON(t *testing.T, ctx context.Context, f *harness.Fleet) map[string]f
 	return byName
 }
 
-func mustExec(t *testing.T, ctx context.Context, f *harness.Fleet, node, cmd string) {
+// mustExec runs cmd on the node and returns its stdout, failing the test
+// when it cannot run or exits non-zero.
+func mustExec(t *testing.T, ctx context.Context, f *harness.Fleet, node, cmd string) string {
 	t.Helper()
 	r, err := f.Exec(ctx, node, cmd)
 	if err == nil {
@@ -172,6 +174,7 @@ func mustExec(t *testing.T, ctx context.Context, f *harness.Fleet, node, cmd str
 	if err != nil {
 		t.Fatalf("%s: %s: %v", node, cmd, err)
 	}
+	return r.Stdout
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
