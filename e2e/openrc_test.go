@@ -20,7 +20,6 @@ import (
 // supervise-daemon: subtest "nodes"), then runs the built fleetcert against
 // OpenRC nodes.
 
-
 // openrcStatus runs `rc-service <svc> status` and returns its exit code and
 // output.
 func openrcStatus(t *testing.T, ctx context.Context, f *harness.Fleet, n *harness.Node) (int, string) {
