@@ -137,6 +137,17 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
+// waitRegistered fails the test with why unless the agent registers with
+// its server within 5 seconds.
+func waitRegistered(t *testing.T, a *agent, why string) {
+	t.Helper()
+	select {
+	case <-a.registered:
+	case <-time.After(5 * time.Second):
+		t.Fatal(why)
+	}
+}
+
 func mustRead(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)

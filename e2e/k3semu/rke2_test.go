@@ -307,11 +307,7 @@ func TestRKE2AgentJoinsThroughSupervisor(t *testing.T) {
 	token := strings.TrimSpace(string(mustRead(t, s.dir+"/token")))
 	a, _, stopAgent := startAgent(t, e, &nodeConfig{Token: token, ServerURL: e.LocalURL, DataDir: root + "/a1", NodeName: "a1"})
 	defer stopAgent()
-	select {
-	case <-a.registered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("agent did not register")
-	}
+	waitRegistered(t, a, "agent did not register")
 	waitFor(t, 5*time.Second, "a1 Ready", func() bool { return kubectlNodes(t, e)["a1"] == "True" })
 
 	bad := "K10" + strings.Repeat("0", 64) + token[strings.Index(token, "::"):]

@@ -32,11 +32,7 @@ func TestAgentAcrossRotations(t *testing.T) {
 	token := strings.TrimSpace(string(mustRead(t, s.dir+"/token")))
 	a, _, stopAgent := startAgent(t, e, &nodeConfig{Token: token, ServerURL: e.LocalURL, DataDir: root + "/a1", NodeName: "a1"})
 	defer stopAgent()
-	select {
-	case <-a.registered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("agent did not register")
-	}
+	waitRegistered(t, a, "agent did not register")
 	heartbeatSince := func(since time.Time) func() bool {
 		return func() bool {
 			nodes, _ := s.ds.listNodes()
@@ -103,9 +99,5 @@ func TestAgentAcrossRotations(t *testing.T) {
 	}
 	a3, _, stopAgent3 := startAgent(t, e, &nodeConfig{Token: newToken, ServerURL: e.LocalURL, DataDir: root + "/a1", NodeName: "a1"})
 	defer stopAgent3()
-	select {
-	case <-a3.registered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("restarted agent did not register")
-	}
+	waitRegistered(t, a3, "restarted agent did not register")
 }

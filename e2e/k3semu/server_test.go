@@ -107,11 +107,7 @@ func TestServerAndAgentJoin(t *testing.T) {
 	defer stopShort()
 
 	for _, a := range []*agent{good, short} {
-		select {
-		case <-a.registered:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("agent %s did not register", a.cfg.NodeName)
-		}
+		waitRegistered(t, a, "agent "+a.cfg.NodeName+" did not register")
 	}
 	assertContains(t, shortLogs.String(), "the token does not include a CA hash")
 	if !bytes.Equal(mustRead(t, root+"/a1/agent/server-ca.crt"), ca) || !bytes.Equal(mustRead(t, root+"/a1/agent/client-ca.crt"), mustRead(t, s.tlsDir+"/client-ca.crt")) {
@@ -345,11 +341,7 @@ func TestAgentToken(t *testing.T) {
 
 	a, _, stopA := startAgent(t, e, &nodeConfig{Token: strings.TrimSpace(agentToken), ServerURL: e.LocalURL, DataDir: root + "/a1", NodeName: "a1"})
 	defer stopA()
-	select {
-	case <-a.registered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("agent with the agent token did not register")
-	}
+	waitRegistered(t, a, "agent with the agent token did not register")
 	_, logs, stopB := startAgent(t, e, &nodeConfig{Token: "K10" + sum(ca) + "::node:wrong", ServerURL: e.LocalURL, DataDir: root + "/a2", NodeName: "a2"})
 	defer stopB()
 	waitFor(t, 3*time.Second, "401 for a wrong password", func() bool { return strings.Contains(logs.String(), "401 Unauthorized") })

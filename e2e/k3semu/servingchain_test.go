@@ -225,11 +225,7 @@ func TestServingChainAcrossCompletingLoad(t *testing.T) {
 	// An agent joins through the stale chain (its leaf is the intermediate's)
 	// and gets the completed bundle and a leaf with the completed chain.
 	a, _, stopAgent := startAgent(t, e, &nodeConfig{Token: strings.TrimSpace(token), ServerURL: e.LocalURL, DataDir: root + "/a1", NodeName: "a1"})
-	select {
-	case <-a.registered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("agent did not register")
-	}
+	waitRegistered(t, a, "agent did not register")
 	stopAgent()
 	if !equalChains(pemCerts(t, mustRead(t, root+"/a1/agent/server-ca.crt")), two) ||
 		!equalChains(pemCerts(t, mustRead(t, root+"/a1/agent/serving-kubelet.crt"))[1:], two) {
