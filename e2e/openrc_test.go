@@ -406,6 +406,12 @@ func TestOpenRC(t *testing.T) {
 		}
 		assertTokensPin(t, ctx, f, "gamma", newHash)
 		assertOnlyHashChanged(t, ctx, f, "gamma", tokenFilesBefore, oldHash, newHash)
+		// What the running k3s was given, as OpenRC evaluated command_args
+		// (it keeps the arguments of the running service): the new token.
+		argv := mustExec(t, ctx, f, s.Name, "cat /run/openrc/options/"+s.Unit+"/argv_*")
+		if !strings.Contains(argv, "K10"+newHash+"::") || strings.Contains(argv, oldHash) {
+			t.Errorf("%s: the running k3s's arguments do not pin the new CA alone", s.Name)
+		}
 		assertAllReady(t, ctx, f, "gamma")
 		assertNoMismatchLogged(t, ctx, f, c.Nodes()...)
 
